@@ -1,0 +1,35 @@
+//! `flexidepth perplexity`: mean NLL and perplexity over the first `--ctx` tokens of a file, in one window.
+
+use crate::LoadArgs;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: LoadArgs,
+    /// The text file (UTF-8).
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// Tokens of the file to score (the window).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{}: not valid UTF-8 at byte {}", args.file.display(), e.utf8_error().valid_up_to())
+    })?;
+    let (files, model) = args.model.load()?;
+    let mut ids = files.tokenizer.encode(&text, false)?;
+    if ids.len() > args.ctx {
+        ids.truncate(args.ctx);
+    }
+    let start = std::time::Instant::now();
+    let p = flexidepth::eval::perplexity(&model, &ids)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("tokens: {}  mean NLL: {:.5}  perplexity: {:.4}", p.n_tokens, p.mean_nll, p.ppl);
+    eprintln!("scored {} tokens in {:.3} s, {:.1} tokens/s", p.n_tokens, secs, p.n_tokens as f64 / secs);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `flexidepth`: the command-line tool. Text goes to stdout, statistics and progress to stderr.
+
+mod cmd_convert;
+mod cmd_generate;
+mod cmd_info;
+mod cmd_perplexity;
+mod cmd_tokenize;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flexidepth", version, about = "Adaptive-depth LLM inference (FlexiDepth, DMTD) on candle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt or a chat message.
+    Generate(cmd_generate::Args),
+    /// Perplexity of the first tokens of a text file.
+    Perplexity(cmd_perplexity::Args),
+    /// Print the token ids of a text as a JSON array (no special tokens added).
+    Tokenize(cmd_tokenize::Args),
+    /// Describe a model: architecture, sizes, storage types, parameter count.
+    Info(cmd_info::Args),
+    /// Write an HF folder (config.json, model.safetensors, tokenizer files) from a model.
+    Convert(cmd_convert::Args),
+}
+
+/// Model selection shared by every command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, an HF folder, or a default model's short name
+    /// (smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
+    #[arg(short = 'm', long = "model", default_value = flexidepth::loader::DEFAULT_MODEL)]
+    pub model: String,
+}
+
+/// Model selection plus how to hold the weights, for the commands that compute.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weight format in memory: f32 (dequantized reference path) or q (keep GGUF quantized blocks).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> anyhow::Result<flexidepth::loader::ModelFiles> {
+        use anyhow::Context;
+        flexidepth::loader::ModelFiles::open(&self.model).with_context(|| format!("cannot open model '{}'", self.model))
+    }
+
+}
+
+impl LoadArgs {
+    pub fn load(&self) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
+        use anyhow::Context;
+        let format: flexidepth::model::WeightFormat = self.dtype.parse()?;
+        let files = self.model.open()?;
+        let start = std::time::Instant::now();
+        let model = files
+            .load_model(format, &device()?)
+            .with_context(|| format!("cannot load the weights of '{}'", self.model.model))?;
+        eprintln!(
+            "loaded {} ({} layers, {}) in {:.2} s",
+            self.model.model,
+            files.config.num_hidden_layers,
+            self.dtype,
+            start.elapsed().as_secs_f64()
+        );
+        Ok((files, model))
+    }
+}
+
+/// The compute device: the first CUDA GPU when built with `--features cuda`, else the CPU.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(candle_core::Device::new_cuda(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(candle_core::Device::Cpu)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Generate(a) => cmd_generate::run(a),
+        Command::Perplexity(a) => cmd_perplexity::run(a),
+        Command::Tokenize(a) => cmd_tokenize::run(a),
+        Command::Info(a) => cmd_info::run(a),
+        Command::Convert(a) => cmd_convert::run(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,271 @@
+//! One resolved [`ModelConfig`], read from an HF `config.json` or from GGUF metadata.
+//!
+//! Options we do not implement (rope scaling, sliding windows, non-SiLU activations) are refused here, at load,
+//! so the model code never has to branch on them.
+
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+
+/// The decoder families we run. All are pre-norm RMSNorm + RoPE + SwiGLU decoders; they differ in small ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `LlamaForCausalLM` (SmolLM2, Llama 2/3 without rope scaling).
+    Llama,
+    /// `Qwen2ForCausalLM`: biases on q/k/v projections.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: per-head RMSNorm on q and k, explicit `head_dim`.
+    Qwen3,
+}
+
+impl Arch {
+    /// From `architectures[0]` of an HF `config.json`.
+    pub fn from_hf(name: &str) -> Result<Self> {
+        match name {
+            "LlamaForCausalLM" => Ok(Arch::Llama),
+            "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+            "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
+            other => Err(Error::UnknownArchitecture(other.to_string())),
+        }
+    }
+    /// From `general.architecture` of a GGUF file.
+    pub fn from_gguf(name: &str) -> Result<Self> {
+        match name {
+            "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            "qwen3" => Ok(Arch::Qwen3),
+            other => Err(Error::UnknownArchitecture(other.to_string())),
+        }
+    }
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// The resolved shape and hyper-parameters of a decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2 always; Llama when `attention_bias` is set).
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn get<'a>(cfg: &'a Value, key: &str) -> Result<&'a Value> {
+    cfg.get(key)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| Error::Config(format!("config.json is missing the key '{key}'")))
+}
+
+fn get_usize(cfg: &Value, key: &str) -> Result<usize> {
+    get(cfg, key)?
+        .as_u64()
+        .filter(|&v| v > 0)
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::Config(format!("'{key}' must be a positive integer")))
+}
+
+fn get_f64(cfg: &Value, key: &str) -> Result<f64> {
+    get(cfg, key)?
+        .as_f64()
+        .ok_or_else(|| Error::Config(format!("'{key}' must be a number")))
+}
+
+/// `eos_token_id` may be one id or a list of ids.
+pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    /// Parse an HF `config.json` document.
+    pub fn from_hf_json(cfg: &Value) -> Result<Self> {
+        let arch_name = get(cfg, "architectures")?
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| Error::Config("'architectures' must be a non-empty list of names".into()))?;
+        let arch = Arch::from_hf(arch_name)?;
+        if let Some(act) = cfg.get("hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                return Err(Error::Unsupported(format!("hidden_act '{act}' (only 'silu')")));
+            }
+        }
+        if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
+            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str());
+            if kind != Some("default") {
+                return Err(Error::Unsupported(format!("rope_scaling {rs} (only plain RoPE is implemented)")));
+            }
+        }
+        if cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(Error::Unsupported("use_sliding_window = true".into()));
+        }
+        let hidden_size = get_usize(cfg, "hidden_size")?;
+        let num_attention_heads = get_usize(cfg, "num_attention_heads")?;
+        let num_key_value_heads = match cfg.get("num_key_value_heads").filter(|v| !v.is_null()) {
+            Some(_) => get_usize(cfg, "num_key_value_heads")?,
+            None => num_attention_heads,
+        };
+        let head_dim = match cfg.get("head_dim").filter(|v| !v.is_null()) {
+            Some(_) => get_usize(cfg, "head_dim")?,
+            None => hidden_size / num_attention_heads,
+        };
+        let attention_bias = match arch {
+            Arch::Qwen2 => true,
+            _ => cfg.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        let config = ModelConfig {
+            arch,
+            vocab_size: get_usize(cfg, "vocab_size")?,
+            hidden_size,
+            intermediate_size: get_usize(cfg, "intermediate_size")?,
+            num_hidden_layers: get_usize(cfg, "num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: get_f64(cfg, "rms_norm_eps")?,
+            rope_theta: cfg.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            max_position_embeddings: get_usize(cfg, "max_position_embeddings")?,
+            tie_word_embeddings: cfg.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            attention_bias,
+            bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+            eos_token_ids: token_ids(cfg.get("eos_token_id")),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the relations between sizes that the kernels rely on.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::Config(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::Config(format!("head_dim ({}) must be even for RoPE", self.head_dim)));
+        }
+        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+            return Err(Error::Config("rms_norm_eps and rope_theta must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The HF `config.json` that describes this model (used by `convert`).
+    pub fn to_hf_json(&self, torch_dtype: &str) -> Value {
+        let mut v = json!({
+            "architectures": [self.arch.hf_name()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": null,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": torch_dtype,
+        });
+        if self.arch == Arch::Llama {
+            v["attention_bias"] = json!(self.attention_bias);
+        }
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = json!(b);
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => v["eos_token_id"] = json!(one),
+            many => v["eos_token_id"] = json!(many),
+        }
+        v
+    }
+
+    /// Parameters of the decoder, counted from the shapes.
+    pub fn num_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut attn = h * q + 2 * h * kv + q * h;
+        if self.attention_bias {
+            attn += q + 2 * kv;
+        }
+        if self.arch == Arch::Qwen3 {
+            attn += 2 * self.head_dim;
+        }
+        let layer = attn + 3 * h * self.intermediate_size + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        self.num_hidden_layers * layer + embed + head + h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama_json() -> Value {
+        json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "eos_token_id": [2, 3]})
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        let c = ModelConfig::from_hf_json(&llama_json()).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.eos_token_ids, vec![2, 3]);
+        let back = ModelConfig::from_hf_json(&c.to_hf_json("float32")).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let mut j = llama_json();
+        j.as_object_mut().unwrap().remove("hidden_size");
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_architecture_and_rope_scaling_are_refused() {
+        let mut j = llama_json();
+        j["architectures"] = json!(["MambaForCausalLM"]);
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("MambaForCausalLM"), "{e}");
+        let mut j = llama_json();
+        j["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("rope_scaling"), "{e}");
+    }
+}

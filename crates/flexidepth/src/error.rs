@@ -1,0 +1,97 @@
+//! The library's error type: every failure that user input can cause is one of these, never a panic.
+
+use std::path::PathBuf;
+
+/// Errors of the flexidepth library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A model file that cannot be read as what it claims to be (truncated, corrupt, wrong format).
+    #[error("{path}: {msg}")]
+    BadModelFile { path: PathBuf, msg: String },
+    #[error("unsupported architecture '{0}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM; GGUF: llama, qwen2, qwen3)")]
+    UnknownArchitecture(String),
+    /// A config option we do not implement; refused at load so that kernels never branch on it.
+    #[error("unsupported model option: {0}")]
+    Unsupported(String),
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("tensor '{name}': expected shape {expected:?}, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor '{0}' is missing from the model weights")]
+    MissingTensor(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("the input has {tokens} tokens but the context window holds {context} (reduce the prompt or -n)")]
+    ContextOverflow { tokens: usize, context: usize },
+    /// Anything else wrong with what the user gave us (empty prompt, bad option value, ...).
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn bad_file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::BadModelFile {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+/// Read a whole file, naming it in the error.
+pub(crate) fn read_to_string(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not valid UTF-8 (byte offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// Write a file atomically: a temporary file in the same folder, then a rename, so that a crash or a full disk
+/// never leaves a half-written file under the final name.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// The temporary name used by [`write_atomic`] and friends for `path`.
+pub(crate) fn tmp_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}

@@ -1,0 +1,156 @@
+//! The decode loop: batched prefill, then one token at a time with the KV cache, sampling, stop conditions and
+//! streamed text. Timings follow llama.cpp: prompt tokens/s over the prefill, decode tokens/s from the first
+//! generated token on, and time to first token.
+
+pub mod sampler;
+pub mod stream;
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::model::{Logits, Model};
+use crate::tokenizer::Tokenizer;
+pub use sampler::{Sampler, SamplingParams};
+use std::time::Instant;
+pub use stream::{StopStrings, TokenStream};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends after any of these tokens (not shown).
+    pub eos_token_ids: Vec<u32>,
+    /// Generation ends when the text contains any of these (the stop string is not shown).
+    pub stop_strings: Vec<String>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Eos,
+    StopString,
+    MaxTokens,
+    ContextFull,
+}
+
+/// Counts and timings of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prefill up to and including the first sampled token.
+    pub time_to_first_token_s: f64,
+    pub prefill_s: f64,
+    /// From the first generated token to the last.
+    pub decode_s: f64,
+    pub stop_reason: StopReason,
+}
+
+impl GenerationStats {
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_s.max(1e-9)
+    }
+    /// Tokens after the first over the time they took (the first one belongs to the prefill).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_s.max(1e-9)
+    }
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids (the EOS token included when it ended generation).
+    pub ids: Vec<u32>,
+    /// The text shown (stop strings and special tokens excluded).
+    pub text: String,
+    pub stats: GenerationStats,
+}
+
+/// Generate from `prompt_ids`, calling `on_text` with each piece of text as soon as it is complete.
+pub fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    if prompt_ids.is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt_ids.len() >= context {
+        return Err(Error::ContextOverflow {
+            tokens: prompt_ids.len(),
+            context,
+        });
+    }
+    let mut cache: KvCache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut detok = TokenStream::new();
+    let mut stops = StopStrings::new(opts.stop_strings.clone());
+    let mut history = prompt_ids.to_vec();
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut emit = |piece: &str, text: &mut String| -> Result<()> {
+        if !piece.is_empty() {
+            text.push_str(piece);
+            on_text(piece)?;
+        }
+        Ok(())
+    };
+
+    let start = Instant::now();
+    let mut logits = model.forward(prompt_ids, &mut cache, Logits::Last)?;
+    let prefill_s = start.elapsed().as_secs_f64();
+    let mut first_token_at = None;
+    let mut stop_reason = StopReason::MaxTokens;
+    for step in 0..opts.max_new_tokens {
+        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let next = sampler.sample(&row, &history);
+        if step == 0 {
+            first_token_at = Some(Instant::now());
+        }
+        ids.push(next);
+        history.push(next);
+        if opts.eos_token_ids.contains(&next) {
+            stop_reason = StopReason::Eos;
+            break;
+        }
+        if let Some(piece) = detok.push(tokenizer, next)? {
+            let (shown, stopped) = stops.push(&piece);
+            emit(&shown, &mut text)?;
+            if stopped {
+                stop_reason = StopReason::StopString;
+                break;
+            }
+        }
+        if step + 1 == opts.max_new_tokens {
+            break;
+        }
+        if cache.len() + 1 > cache.max_len() {
+            stop_reason = StopReason::ContextFull;
+            break;
+        }
+        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+    }
+    if stop_reason != StopReason::StopString {
+        let rest = detok.finish(tokenizer)?;
+        let (shown, _) = stops.push(&rest);
+        emit(&shown, &mut text)?;
+        emit(&stops.finish(), &mut text)?;
+    }
+    let end = Instant::now();
+    let first = first_token_at.unwrap_or(end);
+    Ok(Generation {
+        stats: GenerationStats {
+            prompt_tokens: prompt_ids.len(),
+            generated_tokens: ids.len(),
+            time_to_first_token_s: (first - start).as_secs_f64(),
+            prefill_s,
+            decode_s: (end - first).as_secs_f64(),
+            stop_reason,
+        },
+        ids,
+        text,
+    })
+}

@@ -1,0 +1,20 @@
+//! flexidepth: an engine for adaptive-depth LLM inference on candle.
+//!
+//! The pieces, each in its own module: [`config`] (one resolved model config), [`weights`] (GGUF and
+//! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`cache`] (the KV
+//! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity),
+//! [`convert`] (GGUF → HF folder) and [`loader`] (finding and opening models).
+
+pub mod cache;
+pub mod chat;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod loader;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

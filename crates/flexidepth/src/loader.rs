@@ -1,0 +1,195 @@
+//! Finding and opening a model: a GGUF file, an HF folder, or a short name of a default model in the cache.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::generate::SamplingParams;
+use crate::model::{Model, WeightFormat};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{GgufFile, SafetensorsFiles, WeightSource};
+use candle_core::Device;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The default models: short name, cached file name.
+pub const KNOWN_MODELS: &[(&str, &str)] = &[
+    ("smollm2-135m-instruct", "smollm2-135m-instruct.Q4_1.gguf"),
+    ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct.gguf"),
+];
+
+/// The default model of the CLI.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// Where fetched models live: `$FLEXIDEPTH_CACHE`, else `~/.cache/flexidepth`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FLEXIDEPTH_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("flexidepth")
+}
+
+/// What a model argument points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+/// Resolve `-m`: a short name, a GGUF path or an HF folder.
+pub fn resolve(spec: &str) -> Result<ModelPath> {
+    if let Some((name, file)) = KNOWN_MODELS.iter().find(|(n, _)| *n == spec) {
+        let path = cache_dir().join(file);
+        if !path.exists() {
+            return Err(Error::Input(format!(
+                "model '{name}' is not in the cache ({}); fetch it with: scripts/fetch-models.sh {name}",
+                path.display()
+            )));
+        }
+        return Ok(ModelPath::Gguf(path));
+    }
+    let path = PathBuf::from(spec);
+    if path.is_dir() {
+        return Ok(ModelPath::HfDir(path));
+    }
+    if path.is_file() {
+        return Ok(ModelPath::Gguf(path));
+    }
+    let known: Vec<&str> = KNOWN_MODELS.iter().map(|(n, _)| *n).collect();
+    Err(Error::Input(format!(
+        "model '{spec}' not found: give a GGUF file, an HF folder, or one of {}",
+        known.join(", ")
+    )))
+}
+
+/// Sampling and stopping defaults from `generation_config.json`.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationDefaults {
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl GenerationDefaults {
+    pub fn from_json(v: &Value) -> Self {
+        GenerationDefaults {
+            do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
+            temperature: v.get("temperature").and_then(|x| x.as_f64()),
+            top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
+            top_p: v.get("top_p").and_then(|x| x.as_f64()),
+            min_p: v.get("min_p").and_then(|x| x.as_f64()),
+            repetition_penalty: v.get("repetition_penalty").and_then(|x| x.as_f64()).map(|x| x as f32),
+            eos_token_ids: crate::config::token_ids(v.get("eos_token_id")),
+        }
+    }
+
+    /// The sampling parameters these defaults imply (`do_sample: false` means greedy).
+    pub fn sampling(&self) -> SamplingParams {
+        let mut p = SamplingParams::default();
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+        }
+        if self.do_sample == Some(false) {
+            p.temperature = 0.0;
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(x) = self.top_p {
+            p.top_p = x;
+        }
+        if let Some(x) = self.min_p {
+            p.min_p = x;
+        }
+        if let Some(x) = self.repetition_penalty {
+            p.repeat_penalty = x;
+        }
+        p
+    }
+}
+
+/// An opened model: config, weights (not yet materialised), tokenizer and generation defaults.
+pub struct ModelFiles {
+    pub path: ModelPath,
+    pub config: ModelConfig,
+    pub weights: WeightSource,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationDefaults,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = crate::error::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))
+}
+
+impl ModelFiles {
+    /// Open the model named by `spec` (see [`resolve`]).
+    pub fn open(spec: &str) -> Result<Self> {
+        Self::open_path(resolve(spec)?)
+    }
+
+    pub fn open_path(path: ModelPath) -> Result<Self> {
+        match &path {
+            ModelPath::Gguf(p) => {
+                let gguf = GgufFile::open(p)?;
+                let config = gguf.config()?;
+                let tokenizer = Tokenizer::from_gguf(&gguf)?;
+                let generation = GenerationDefaults {
+                    eos_token_ids: config.eos_token_ids.clone(),
+                    ..Default::default()
+                };
+                Ok(ModelFiles {
+                    path,
+                    config,
+                    weights: WeightSource::Gguf(gguf),
+                    tokenizer,
+                    generation,
+                })
+            }
+            ModelPath::HfDir(dir) => {
+                let cfg_path = dir.join("config.json");
+                let config = ModelConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
+                    other => other,
+                })?;
+                let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
+                let tokenizer = Tokenizer::from_hf_dir(dir)?;
+                let gen_path = dir.join("generation_config.json");
+                let mut generation = if gen_path.exists() {
+                    GenerationDefaults::from_json(&read_json(&gen_path)?)
+                } else {
+                    GenerationDefaults::default()
+                };
+                if generation.eos_token_ids.is_empty() {
+                    generation.eos_token_ids = config.eos_token_ids.clone();
+                }
+                Ok(ModelFiles {
+                    path,
+                    config,
+                    weights,
+                    tokenizer,
+                    generation,
+                })
+            }
+        }
+    }
+
+    /// Materialise the model's weights.
+    pub fn load_model(&self, format: WeightFormat, device: &Device) -> Result<Model> {
+        Model::load(&self.config, &self.weights, format, device)
+    }
+
+    /// Token ids that end generation: the model's EOS ids, plus the tokenizer's EOS token.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        let mut ids = self.generation.eos_token_ids.clone();
+        if let Some(id) = self.tokenizer.eos_token.as_deref().and_then(|t| self.tokenizer.token_to_id(t)) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}

@@ -1,0 +1,191 @@
+//! The decoder stack (Llama, Qwen2, Qwen3), with a struct tree that mirrors the HF checkpoint's key tree:
+//! `model.layers.{i}.self_attn.q_proj.weight` is `Model::layers[i].self_attn.q_proj`.
+
+pub mod attention;
+pub mod layer;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use crate::cache::KvCache;
+use crate::config::{Arch, ModelConfig};
+use crate::error::{Error, Result};
+use crate::weights::WeightSource;
+use attention::Attention;
+use candle_core::{DType, Device, Tensor};
+use layer::DecoderLayer;
+use linear::Linear;
+use mlp::Mlp;
+use norm::RmsNorm;
+use rope::Rope;
+
+/// How weights are held and computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Dequantize everything to f32 (the reference path).
+    F32,
+    /// Keep GGUF quantized blocks for the linear layers; activations in f32.
+    Quantized,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(WeightFormat::F32),
+            "q" | "quantized" => Ok(WeightFormat::Quantized),
+            other => Err(Error::Input(format!("unknown --dtype '{other}' (use f32 or q)"))),
+        }
+    }
+}
+
+/// What a forward pass needs besides the hidden states, threaded through every layer.
+pub struct ForwardCtx<'a> {
+    /// Position of the first new token.
+    pub pos: usize,
+    /// Number of new tokens.
+    pub seq_len: usize,
+    pub rope: &'a Rope,
+    /// `[seq_len, pos + seq_len]`, `None` for a single token.
+    pub mask: Option<Tensor>,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation): `[1, vocab]`.
+    Last,
+    /// Every position (perplexity, scoring): `[seq, vocab]`.
+    All,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    /// `[vocab, hidden]`
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; the embedding itself when tied.
+    pub lm_head: Linear,
+    rope: Rope,
+    device: Device,
+}
+
+impl Model {
+    /// Build the model from `weights`, checking every tensor's shape against `config`.
+    pub fn load(config: &ModelConfig, weights: &WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
+        let c = config;
+        let dt = DType::F32;
+        let quant = format == WeightFormat::Quantized;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let w = weights.stored(&format!("{name}.weight"), &[out, inp], device)?;
+            let b = if bias {
+                Some(weights.dense(&format!("{name}.bias"), &[out], dt, device)?)
+            } else {
+                None
+            };
+            Linear::from_stored(w, b, dt, quant, device)
+        };
+        let norm = |name: &str, dim: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(weights.dense(&format!("{name}.weight"), &[dim], dt, device)?, c.rms_norm_eps))
+        };
+
+        let embed_name = "model.embed_tokens.weight";
+        let embed_stored = weights.stored(embed_name, &[c.vocab_size, h], device)?;
+        let embed_tokens = embed_stored.to_dense(dt, device)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for layer_idx in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{layer_idx}");
+            let (q_norm, k_norm) = if c.arch == Arch::Qwen3 {
+                (Some(norm(&format!("{p}.self_attn.q_norm"), hd)?), Some(norm(&format!("{p}.self_attn.k_norm"), hd)?))
+            } else {
+                (None, None)
+            };
+            layers.push(DecoderLayer {
+                layer_idx,
+                input_layernorm: norm(&format!("{p}.input_layernorm"), h)?,
+                self_attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                    q_norm,
+                    k_norm,
+                    num_heads: c.num_attention_heads,
+                    num_kv_heads: c.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"), h)?,
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                },
+            });
+        }
+        // Some checkpoints store lm_head even when tied; the tie flag decides. A tied f32 head shares the
+        // embedding tensor instead of holding a second copy.
+        let lm_head = match (c.tie_word_embeddings, quant) {
+            (true, false) => Linear::dense(embed_tokens.clone(), None),
+            (true, true) => Linear::from_stored(embed_stored, None, dt, quant, device)?,
+            (false, _) => linear("lm_head", c.vocab_size, h, false)?,
+        };
+        Ok(Model {
+            config: c.clone(),
+            embed_tokens,
+            layers,
+            norm: norm("model.norm", h)?,
+            lm_head,
+            rope: Rope::new(hd, c.rope_theta, c.max_position_embeddings, dt, device)?,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A KV cache for this model holding up to `max_len` positions (at most the context window).
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        KvCache::new(&self.config, max_len.min(self.config.max_position_embeddings), DType::F32, &self.device)
+    }
+
+    /// Embed `ids`, run them through every layer at the cache's next position, and return their logits.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::Input("cannot run the model on zero tokens".into()));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", self.config.vocab_size)));
+        }
+        let pos = cache.len();
+        let seq_len = ids.len();
+        cache.reserve(pos + seq_len)?;
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids_t, 0)?;
+        let mask = if seq_len > 1 {
+            Some(attention::causal_mask(seq_len, pos, &self.device, DType::F32)?)
+        } else {
+            None
+        };
+        let ctx = ForwardCtx {
+            pos,
+            seq_len,
+            rope: &self.rope,
+            mask,
+        };
+        for layer in &self.layers {
+            x = layer.forward(&x, &ctx, cache)?;
+        }
+        cache.set_len(pos + seq_len);
+        let x = match logits {
+            Logits::Last => x.narrow(0, seq_len - 1, 1)?,
+            Logits::All => x,
+        };
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+}

@@ -1,0 +1,91 @@
+//! Rotary position embedding, HF's half-split form (`rotate_half`), with the tables computed in f32 the way
+//! transformers computes them so that logits agree closely with the reference.
+
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `[max_pos, head_dim / 2]`
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64, max_pos: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for pos in 0..max_pos {
+            for &f in &inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotate `x: [heads, seq, head_dim]` whose first row sits at position `pos`.
+    pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let seq = x.dim(1)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        let y = candle_nn::rotary_emb::rope(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?;
+        Ok(y.squeeze(0)?)
+    }
+
+    pub fn max_pos(&self) -> usize {
+        self.cos.dims()[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook rotation on one vector: pairs (i, i + d/2) rotated by pos · θ^(-2i/d).
+    fn reference(x: &[f32], pos: usize, theta: f64) -> Vec<f32> {
+        let d = x.len();
+        let mut out = vec![0f32; d];
+        for i in 0..d / 2 {
+            let a = pos as f64 * theta.powf(-((2 * i) as f64) / d as f64);
+            let (c, s) = (a.cos() as f32, a.sin() as f32);
+            out[i] = x[i] * c - x[i + d / 2] * s;
+            out[i + d / 2] = x[i + d / 2] * c + x[i] * s;
+        }
+        out
+    }
+
+    #[test]
+    fn matches_reference_rotation() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 10_000.0, 64, DType::F32, &dev).unwrap();
+        let data: Vec<f32> = (0..2 * 3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Tensor::from_vec(data.clone(), (2, 3, 8), &dev).unwrap();
+        let y = rope.apply(&x, 5).unwrap().to_vec3::<f32>().unwrap();
+        for h in 0..2 {
+            for t in 0..3 {
+                let v = &data[(h * 3 + t) * 8..(h * 3 + t + 1) * 8];
+                let want = reference(v, 5 + t, 10_000.0);
+                for (a, b) in y[h][t].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_zero_is_identity() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(4, 10_000.0, 8, DType::F32, &dev).unwrap();
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &dev).unwrap();
+        assert_eq!(rope.apply(&x, 0).unwrap().to_vec3::<f32>().unwrap(), x.to_vec3::<f32>().unwrap());
+    }
+}
