@@ -22,6 +22,10 @@ pub fn run(args: Args) -> Result<()> {
     let start = std::time::Instant::now();
     flexidepth::convert::convert_to_hf(&files, &args.output, dtype)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!("wrote {} in {:.1} s", args.output.display(), start.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1} s",
+        args.output.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

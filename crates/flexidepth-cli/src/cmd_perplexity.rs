@@ -17,9 +17,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{}: not valid UTF-8 at byte {}", args.file.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{}: not valid UTF-8 at byte {}",
+            args.file.display(),
+            e.utf8_error().valid_up_to()
+        )
     })?;
     let (files, model) = args.model.load()?;
     let mut ids = files.tokenizer.encode(&text, false)?;
@@ -29,7 +34,15 @@ pub fn run(args: Args) -> Result<()> {
     let start = std::time::Instant::now();
     let p = flexidepth::eval::perplexity(&model, &ids)?;
     let secs = start.elapsed().as_secs_f64();
-    println!("tokens: {}  mean NLL: {:.5}  perplexity: {:.4}", p.n_tokens, p.mean_nll, p.ppl);
-    eprintln!("scored {} tokens in {:.3} s, {:.1} tokens/s", p.n_tokens, secs, p.n_tokens as f64 / secs);
+    println!(
+        "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
+        p.n_tokens, p.mean_nll, p.ppl
+    );
+    eprintln!(
+        "scored {} tokens in {:.3} s, {:.1} tokens/s",
+        p.n_tokens,
+        secs,
+        p.n_tokens as f64 / secs
+    );
     Ok(())
 }

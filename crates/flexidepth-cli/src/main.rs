@@ -9,7 +9,11 @@ mod cmd_tokenize;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "flexidepth", version, about = "Adaptive-depth LLM inference (FlexiDepth, DMTD) on candle")]
+#[command(
+    name = "flexidepth",
+    version,
+    about = "Adaptive-depth LLM inference (FlexiDepth, DMTD) on candle"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,13 +55,15 @@ pub struct LoadArgs {
 impl ModelArgs {
     pub fn open(&self) -> anyhow::Result<flexidepth::loader::ModelFiles> {
         use anyhow::Context;
-        flexidepth::loader::ModelFiles::open(&self.model).with_context(|| format!("cannot open model '{}'", self.model))
+        flexidepth::loader::ModelFiles::open(&self.model)
+            .with_context(|| format!("cannot open model '{}'", self.model))
     }
-
 }
 
 impl LoadArgs {
-    pub fn load(&self) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
+    pub fn load(
+        &self,
+    ) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
         use anyhow::Context;
         let format: flexidepth::model::WeightFormat = self.dtype.parse()?;
         let files = self.model.open()?;

@@ -164,8 +164,14 @@ mod tests {
         }
         c.set_len(4);
         let (k, v) = c.view(1, 4).unwrap();
-        assert_eq!(k.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (0..16).map(|i| i as f32).collect::<Vec<_>>());
-        assert_eq!(v.get(0).unwrap().get(3).unwrap().to_vec1::<f32>().unwrap(), vec![112., 113., 114., 115.]);
+        assert_eq!(
+            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (0..16).map(|i| i as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            v.get(0).unwrap().get(3).unwrap().to_vec1::<f32>().unwrap(),
+            vec![112., 113., 114., 115.]
+        );
         c.truncate(2);
         assert_eq!(c.len(), 2);
         c.truncate(10);
@@ -175,7 +181,13 @@ mod tests {
     #[test]
     fn overflow_is_an_error() {
         let mut c = KvCache::new(&cfg(), 8, DType::F32, &Device::Cpu);
-        assert!(matches!(c.reserve(9), Err(Error::ContextOverflow { tokens: 9, context: 8 })));
+        assert!(matches!(
+            c.reserve(9),
+            Err(Error::ContextOverflow {
+                tokens: 9,
+                context: 8
+            })
+        ));
         c.reserve(8).unwrap();
         assert_eq!(c.capacity(), 8);
     }

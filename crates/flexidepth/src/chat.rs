@@ -47,16 +47,27 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use this for a "today" line; a fixed date keeps outputs reproducible.
-            fmt.replace("%d", "01").replace("%b", "Jan").replace("%B", "January").replace("%Y", "2025")
+            fmt.replace("%d", "01")
+                .replace("%b", "Jan")
+                .replace("%B", "January")
+                .replace("%Y", "2025")
         });
         env.add_template("chat", &self.source)
             .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -83,7 +94,13 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         let sys = t
-            .render(&[Message::new("system", "Be brief."), Message::new("user", "hi")], false)
+            .render(
+                &[
+                    Message::new("system", "Be brief."),
+                    Message::new("user", "hi"),
+                ],
+                false,
+            )
             .unwrap();
         assert!(sys.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n"));
         assert!(!sys.ends_with("assistant\n"));
@@ -92,13 +109,19 @@ mod tests {
     #[test]
     fn trims_blocks_and_supports_python_methods_and_exceptions() {
         let t = ChatTemplate::new(
-            "{% for m in messages %}\n  {{ m.content.strip() }}|{% endfor %}{% if messages|length > 1 %}{{ raise_exception('one only') }}{% endif %}".into(),
+            "{% for m in messages %}\n  {% if m.content %}{{ m.content.strip() }}{% endif %}|{% endfor %}{% if messages|length > 1 %}{{ raise_exception('one only') }}{% endif %}".into(),
             None,
             None,
         );
-        assert_eq!(t.render(&[Message::new("user", "  x  ")], false).unwrap(), "x|");
+        assert_eq!(
+            t.render(&[Message::new("user", "  x  ")], false).unwrap(),
+            "x|"
+        );
         let e = t
-            .render(&[Message::new("user", "a"), Message::new("user", "b")], false)
+            .render(
+                &[Message::new("user", "a"), Message::new("user", "b")],
+                false,
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("one only"), "{e}");

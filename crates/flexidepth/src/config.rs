@@ -97,7 +97,11 @@ fn get_f64(cfg: &Value, key: &str) -> Result<f64> {
 pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -109,17 +113,26 @@ impl ModelConfig {
             .as_array()
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
-            .ok_or_else(|| Error::Config("'architectures' must be a non-empty list of names".into()))?;
+            .ok_or_else(|| {
+                Error::Config("'architectures' must be a non-empty list of names".into())
+            })?;
         let arch = Arch::from_hf(arch_name)?;
         if let Some(act) = cfg.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(Error::Unsupported(format!("hidden_act '{act}' (only 'silu')")));
+                return Err(Error::Unsupported(format!(
+                    "hidden_act '{act}' (only 'silu')"
+                )));
             }
         }
         if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
-            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str());
+            let kind = rs
+                .get("rope_type")
+                .or_else(|| rs.get("type"))
+                .and_then(|v| v.as_str());
             if kind != Some("default") {
-                return Err(Error::Unsupported(format!("rope_scaling {rs} (only plain RoPE is implemented)")));
+                return Err(Error::Unsupported(format!(
+                    "rope_scaling {rs} (only plain RoPE is implemented)"
+                )));
             }
         }
         if cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
@@ -137,7 +150,10 @@ impl ModelConfig {
         };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            _ => cfg.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            _ => cfg
+                .get("attention_bias")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         };
         let config = ModelConfig {
             arch,
@@ -149,11 +165,20 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: get_f64(cfg, "rms_norm_eps")?,
-            rope_theta: cfg.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rope_theta: cfg
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0),
             max_position_embeddings: get_usize(cfg, "max_position_embeddings")?,
-            tie_word_embeddings: cfg.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            tie_word_embeddings: cfg
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             attention_bias,
-            bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+            bos_token_id: cfg
+                .get("bos_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32),
             eos_token_ids: token_ids(cfg.get("eos_token_id")),
         };
         config.validate()?;
@@ -162,17 +187,42 @@ impl ModelConfig {
 
     /// Check the relations between sizes that the kernels rely on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        let sizes = [
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.max_position_embeddings,
+        ];
+        if sizes.contains(&0) {
+            return Err(Error::Config(format!("a size is zero: {self:?}")));
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::Config(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(Error::Config(format!("head_dim ({}) must be even for RoPE", self.head_dim)));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::Config(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            )));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
-            return Err(Error::Config("rms_norm_eps and rope_theta must be positive".into()));
+        if self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
+            return Err(Error::Config(
+                "rms_norm_eps and rope_theta must be positive".into(),
+            ));
         }
         Ok(())
     }

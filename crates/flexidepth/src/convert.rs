@@ -21,7 +21,9 @@ impl std::str::FromStr for ConvertDtype {
         match s {
             "f32" => Ok(ConvertDtype::F32),
             "bf16" => Ok(ConvertDtype::Bf16),
-            other => Err(Error::Input(format!("unknown dtype '{other}' (use f32 or bf16)"))),
+            other => Err(Error::Input(format!(
+                "unknown dtype '{other}' (use f32 or bf16)"
+            ))),
         }
     }
 }
@@ -43,7 +45,10 @@ pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) ->
             .weights
             .describe(&name)
             .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-        let t = files.weights.dense(&name, &shape, DType::F32, &device)?.to_dtype(dt)?;
+        let t = files
+            .weights
+            .dense(&name, &shape, DType::F32, &device)?
+            .to_dtype(dt)?;
         tensors.insert(name, t);
     }
     let st_path = out_dir.join("model.safetensors");
@@ -57,10 +62,21 @@ pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) ->
     })?;
     std::fs::rename(&tmp, &st_path).map_err(|e| Error::io(&st_path, e))?;
 
-    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
-    write_atomic(&out_dir.join("config.json"), &pretty(&files.config.to_hf_json(torch_dtype)))?;
-    write_atomic(&out_dir.join("tokenizer.json"), &pretty(files.tokenizer.to_json()))?;
-    write_atomic(&out_dir.join("tokenizer_config.json"), &pretty(&files.tokenizer.config_json()))?;
+    let pretty = |v: &serde_json::Value| {
+        serde_json::to_vec_pretty(v).expect("a JSON value always serialises")
+    };
+    write_atomic(
+        &out_dir.join("config.json"),
+        &pretty(&files.config.to_hf_json(torch_dtype)),
+    )?;
+    write_atomic(
+        &out_dir.join("tokenizer.json"),
+        &pretty(files.tokenizer.to_json()),
+    )?;
+    write_atomic(
+        &out_dir.join("tokenizer_config.json"),
+        &pretty(&files.tokenizer.config_json()),
+    )?;
     let eos = files.eos_token_ids();
     let mut gen = json!({ "do_sample": files.generation.do_sample.unwrap_or(false) });
     if !eos.is_empty() {

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 /// The default models: short name, cached file name.
 pub const KNOWN_MODELS: &[(&str, &str)] = &[
     ("smollm2-135m-instruct", "smollm2-135m-instruct.Q4_1.gguf"),
-    ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct.gguf"),
+    (
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-0.5b-instruct.gguf",
+    ),
 ];
 
 /// The default model of the CLI.
@@ -24,7 +27,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FLEXIDEPTH_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("flexidepth")
 }
 
@@ -81,7 +86,10 @@ impl GenerationDefaults {
             top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
             top_p: v.get("top_p").and_then(|x| x.as_f64()),
             min_p: v.get("min_p").and_then(|x| x.as_f64()),
-            repetition_penalty: v.get("repetition_penalty").and_then(|x| x.as_f64()).map(|x| x as f32),
+            repetition_penalty: v
+                .get("repetition_penalty")
+                .and_then(|x| x.as_f64())
+                .map(|x| x as f32),
             eos_token_ids: crate::config::token_ids(v.get("eos_token_id")),
         }
     }
@@ -151,10 +159,11 @@ impl ModelFiles {
             }
             ModelPath::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
-                let config = ModelConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
-                    Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
-                    other => other,
-                })?;
+                let config =
+                    ModelConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
+                        Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
+                        other => other,
+                    })?;
                 let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 let gen_path = dir.join("generation_config.json");
@@ -185,7 +194,12 @@ impl ModelFiles {
     /// Token ids that end generation: the model's EOS ids, plus the tokenizer's EOS token.
     pub fn eos_token_ids(&self) -> Vec<u32> {
         let mut ids = self.generation.eos_token_ids.clone();
-        if let Some(id) = self.tokenizer.eos_token.as_deref().and_then(|t| self.tokenizer.token_to_id(t)) {
+        if let Some(id) = self
+            .tokenizer
+            .eos_token
+            .as_deref()
+            .and_then(|t| self.tokenizer.token_to_id(t))
+        {
             if !ids.contains(&id) {
                 ids.push(id);
             }

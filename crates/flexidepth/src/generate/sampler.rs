@@ -62,7 +62,10 @@ impl Sampler {
 
     /// Pick the next token from `logits` (`[vocab]`), given the tokens so far (`history`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut logits: Vec<f32> = logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }).collect();
+        let mut logits: Vec<f32> = logits
+            .iter()
+            .map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l })
+            .collect();
         self.apply_repeat_penalty(&mut logits, history);
         if self.params.temperature <= 0.0 {
             return argmax(&logits);
@@ -76,7 +79,10 @@ impl Sampler {
                 return id;
             }
         }
-        probs.last().map(|&(id, _)| id).unwrap_or_else(|| argmax(&logits))
+        probs
+            .last()
+            .map(|&(id, _)| id)
+            .unwrap_or_else(|| argmax(&logits))
     }
 
     fn apply_repeat_penalty(&self, logits: &mut [f32], history: &[u32]) {
@@ -182,7 +188,10 @@ mod tests {
     fn same_seed_same_draws_other_seed_differs() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).sin()).collect();
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params(1.0, 0, 1.0, 0.0) });
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params(1.0, 0, 1.0, 0.0)
+            });
             (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
@@ -192,7 +201,11 @@ mod tests {
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
         let logits = [0.5f32, 2.0, 1.9, -3.0];
-        for p in [params(1.5, 1, 1.0, 0.0), params(1.5, 0, 1e-9, 0.0), params(1.5, 0, 0.0, 0.0)] {
+        for p in [
+            params(1.5, 1, 1.0, 0.0),
+            params(1.5, 0, 1e-9, 0.0),
+            params(1.5, 0, 0.0, 0.0),
+        ] {
             let mut s = Sampler::new(p);
             for _ in 0..20 {
                 assert_eq!(s.sample(&logits, &[]), 1);

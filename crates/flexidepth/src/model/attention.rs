@@ -40,7 +40,11 @@ impl Attention {
     /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
     /// each `[kv_heads, seq, head_dim]`.
     pub fn project_kv(&self, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
-        let k = self.split_heads(&self.k_proj.forward(x)?, self.num_kv_heads, self.k_norm.as_ref())?;
+        let k = self.split_heads(
+            &self.k_proj.forward(x)?,
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        )?;
         let k = rope.apply(&k, pos)?;
         let v = self.split_heads(&self.v_proj.forward(x)?, self.num_kv_heads, None)?;
         Ok((k, v))
@@ -49,10 +53,22 @@ impl Attention {
     /// Queries of `x: [seq, hidden]` at `pos..` attend over `k`, `v: [kv_heads, kv_len, head_dim]` (the cache up to
     /// and including these tokens); returns `o_proj` of the result, `[seq, hidden]`. `mask: [seq, kv_len]` is added
     /// to the scores (causal mask in prefill; `None` for a single query, which may see everything).
-    pub fn attend(&self, x: &Tensor, rope: &Rope, pos: usize, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let group = self.num_heads / self.num_kv_heads;
-        let q = self.split_heads(&self.q_proj.forward(x)?, self.num_heads, self.q_norm.as_ref())?;
+        let q = self.split_heads(
+            &self.q_proj.forward(x)?,
+            self.num_heads,
+            self.q_norm.as_ref(),
+        )?;
         let q = rope.apply(&q, pos)?;
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
         let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
@@ -77,7 +93,12 @@ impl Attention {
 }
 
 /// The additive causal mask for `seq` new queries at `pos` over `pos + seq` keys: `-inf` where key > query.
-pub fn causal_mask(seq: usize, pos: usize, device: &candle_core::Device, dtype: candle_core::DType) -> Result<Tensor> {
+pub fn causal_mask(
+    seq: usize,
+    pos: usize,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<Tensor> {
     let kv_len = pos + seq;
     let data: Vec<f32> = (0..seq)
         .flat_map(|i| (0..kv_len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
@@ -92,7 +113,10 @@ mod tests {
 
     #[test]
     fn mask_shape_and_values() {
-        let m = causal_mask(2, 3, &Device::Cpu, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(2, 3, &Device::Cpu, DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0], vec![0., 0., 0., 0., f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0., 0., 0., 0., 0.]);
     }
@@ -102,12 +126,15 @@ mod tests {
     fn gqa_matches_per_head_reference() {
         let dev = Device::Cpu;
         let (hidden, heads, kv_heads, hd, seq) = (8, 4, 2, 4, 3);
-        let lin = |o: usize, i: usize| Linear::dense(Tensor::rand(-0.5f32, 0.5, (o, i), &dev).unwrap(), None);
+        let lin = |o: usize, i: usize| {
+            Linear::dense(Tensor::rand(-0.5f32, 0.5, (o, i), &dev).unwrap(), None)
+        };
         let attn = Attention {
             q_proj: lin(heads * hd, hidden),
             k_proj: lin(kv_heads * hd, hidden),
             v_proj: lin(kv_heads * hd, hidden),
-            o_proj: Linear::dense(Tensor::eye(hidden, DType::F32, &dev).unwrap(), None),
+            // Identity output projection, so the result is the concatenated heads.
+            o_proj: Linear::dense(Tensor::eye(heads * hd, DType::F32, &dev).unwrap(), None),
             q_norm: None,
             k_norm: None,
             num_heads: heads,
@@ -118,16 +145,24 @@ mod tests {
         let x = Tensor::rand(-1f32, 1., (seq, hidden), &dev).unwrap();
         let (k, v) = attn.project_kv(&x, &rope, 0).unwrap();
         let mask = causal_mask(seq, 0, &dev, DType::F32).unwrap();
-        let got = attn.attend(&x, &rope, 0, &k, &v, Some(&mask)).unwrap().to_vec2::<f32>().unwrap();
+        let got = attn
+            .attend(&x, &rope, 0, &k, &v, Some(&mask))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
 
-        let q = attn.split_heads(&attn.q_proj.forward(&x).unwrap(), heads, None).unwrap();
+        let q = attn
+            .split_heads(&attn.q_proj.forward(&x).unwrap(), heads, None)
+            .unwrap();
         let q = rope.apply(&q, 0).unwrap().to_vec3::<f32>().unwrap();
         let (k, v) = (k.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap());
         for h in 0..heads {
             let kh = h / (heads / kv_heads);
             for t in 0..seq {
                 let scores: Vec<f32> = (0..=t)
-                    .map(|j| (0..hd).map(|d| q[h][t][d] * k[kh][j][d]).sum::<f32>() / (hd as f32).sqrt())
+                    .map(|j| {
+                        (0..hd).map(|d| q[h][t][d] * k[kh][j][d]).sum::<f32>() / (hd as f32).sqrt()
+                    })
                     .collect();
                 let mx = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - mx).exp()).collect();
@@ -135,7 +170,10 @@ mod tests {
                 for d in 0..hd {
                     let want: f32 = (0..=t).map(|j| e[j] / z * v[kh][j][d]).sum();
                     let g = got[t][h * hd + d];
-                    assert!((g - want).abs() < 1e-5, "head {h} t {t} d {d}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() < 1e-5,
+                        "head {h} t {t} d {d}: {g} vs {want}"
+                    );
                 }
             }
         }

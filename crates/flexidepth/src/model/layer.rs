@@ -24,11 +24,18 @@ impl DecoderLayer {
         let (k, v) = self.self_attn.project_kv(&normed, ctx.rope, ctx.pos)?;
         cache.write(self.layer_idx, ctx.pos, &k, &v)?;
         let (k_all, v_all) = cache.view(self.layer_idx, ctx.pos + ctx.seq_len)?;
-        let attn = self
-            .self_attn
-            .attend(&normed, ctx.rope, ctx.pos, &k_all, &v_all, ctx.mask.as_ref())?;
+        let attn = self.self_attn.attend(
+            &normed,
+            ctx.rope,
+            ctx.pos,
+            &k_all,
+            &v_all,
+            ctx.mask.as_ref(),
+        )?;
         let h = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
         Ok((h + mlp)?)
     }
 }

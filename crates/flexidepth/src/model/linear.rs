@@ -34,7 +34,13 @@ impl Linear {
     }
 
     /// Build from a stored tensor: kept quantized when `keep_quantized` and the storage is quantized.
-    pub fn from_stored(w: StoredTensor, bias: Option<Tensor>, dtype: DType, keep_quantized: bool, device: &Device) -> Result<Self> {
+    pub fn from_stored(
+        w: StoredTensor,
+        bias: Option<Tensor>,
+        dtype: DType,
+        keep_quantized: bool,
+        device: &Device,
+    ) -> Result<Self> {
         match w {
             StoredTensor::Quantized(q) if keep_quantized => {
                 let out_features = q.shape().dims()[0];

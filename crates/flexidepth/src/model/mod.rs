@@ -35,7 +35,9 @@ impl std::str::FromStr for WeightFormat {
         match s {
             "f32" => Ok(WeightFormat::F32),
             "q" | "quantized" => Ok(WeightFormat::Quantized),
-            other => Err(Error::Input(format!("unknown --dtype '{other}' (use f32 or q)"))),
+            other => Err(Error::Input(format!(
+                "unknown --dtype '{other}' (use f32 or q)"
+            ))),
         }
     }
 }
@@ -75,7 +77,12 @@ pub struct Model {
 
 impl Model {
     /// Build the model from `weights`, checking every tensor's shape against `config`.
-    pub fn load(config: &ModelConfig, weights: &WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &ModelConfig,
+        weights: &WeightSource,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Self> {
         let c = config;
         let dt = DType::F32;
         let quant = format == WeightFormat::Quantized;
@@ -91,7 +98,10 @@ impl Model {
             Linear::from_stored(w, b, dt, quant, device)
         };
         let norm = |name: &str, dim: usize| -> Result<RmsNorm> {
-            Ok(RmsNorm::new(weights.dense(&format!("{name}.weight"), &[dim], dt, device)?, c.rms_norm_eps))
+            Ok(RmsNorm::new(
+                weights.dense(&format!("{name}.weight"), &[dim], dt, device)?,
+                c.rms_norm_eps,
+            ))
         };
 
         let embed_name = "model.embed_tokens.weight";
@@ -101,7 +111,10 @@ impl Model {
         for layer_idx in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer_idx}");
             let (q_norm, k_norm) = if c.arch == Arch::Qwen3 {
-                (Some(norm(&format!("{p}.self_attn.q_norm"), hd)?), Some(norm(&format!("{p}.self_attn.k_norm"), hd)?))
+                (
+                    Some(norm(&format!("{p}.self_attn.q_norm"), hd)?),
+                    Some(norm(&format!("{p}.self_attn.k_norm"), hd)?),
+                )
             } else {
                 (None, None)
             };
@@ -110,8 +123,18 @@ impl Model {
                 input_layernorm: norm(&format!("{p}.input_layernorm"), h)?,
                 self_attn: Attention {
                     q_proj: linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
+                    k_proj: linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        kv_out,
+                        h,
+                        c.attention_bias,
+                    )?,
+                    v_proj: linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        kv_out,
+                        h,
+                        c.attention_bias,
+                    )?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
                     q_norm,
                     k_norm,
@@ -121,9 +144,19 @@ impl Model {
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"), h)?,
                 mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                    gate_proj: linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        c.intermediate_size,
+                        h,
+                        false,
+                    )?,
                     up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                    down_proj: linear(
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        c.intermediate_size,
+                        false,
+                    )?,
                 },
             });
         }
@@ -151,7 +184,12 @@ impl Model {
 
     /// A KV cache for this model holding up to `max_len` positions (at most the context window).
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(&self.config, max_len.min(self.config.max_position_embeddings), DType::F32, &self.device)
+        KvCache::new(
+            &self.config,
+            max_len.min(self.config.max_position_embeddings),
+            DType::F32,
+            &self.device,
+        )
     }
 
     /// Embed `ids`, run them through every layer at the cache's next position, and return their logits.
@@ -160,7 +198,10 @@ impl Model {
             return Err(Error::Input("cannot run the model on zero tokens".into()));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", self.config.vocab_size)));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.config.vocab_size
+            )));
         }
         let pos = cache.len();
         let seq_len = ids.len();
@@ -168,7 +209,12 @@ impl Model {
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids_t, 0)?;
         let mask = if seq_len > 1 {
-            Some(attention::causal_mask(seq_len, pos, &self.device, DType::F32)?)
+            Some(attention::causal_mask(
+                seq_len,
+                pos,
+                &self.device,
+                DType::F32,
+            )?)
         } else {
             None
         };

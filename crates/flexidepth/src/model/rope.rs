@@ -12,7 +12,13 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, theta: f64, max_pos: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        max_pos: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
@@ -86,6 +92,9 @@ mod tests {
         let dev = Device::Cpu;
         let rope = Rope::new(4, 10_000.0, 8, DType::F32, &dev).unwrap();
         let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &dev).unwrap();
-        assert_eq!(rope.apply(&x, 0).unwrap().to_vec3::<f32>().unwrap(), x.to_vec3::<f32>().unwrap());
+        assert_eq!(
+            rope.apply(&x, 0).unwrap().to_vec3::<f32>().unwrap(),
+            x.to_vec3::<f32>().unwrap()
+        );
     }
 }

@@ -28,7 +28,12 @@ impl GgufFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let arch_name = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
-            _ => return Err(Error::bad_file(path, "GGUF metadata has no 'general.architecture'")),
+            _ => {
+                return Err(Error::bad_file(
+                    path,
+                    "GGUF metadata has no 'general.architecture'",
+                ))
+            }
         };
         let file = GgufFile {
             path: path.to_path_buf(),
@@ -57,7 +62,8 @@ impl GgufFile {
         let len = self.mmap.len() as u64;
         for (name, info) in &self.content.tensor_infos {
             let start = self.content.tensor_data_offset.saturating_add(info.offset);
-            let end = start.saturating_add(byte_len(info.ggml_dtype, info.shape.elem_count()) as u64);
+            let end =
+                start.saturating_add(byte_len(info.ggml_dtype, info.shape.elem_count()) as u64);
             if end > len {
                 return Err(Error::bad_file(
                     &self.path,
@@ -74,18 +80,28 @@ impl GgufFile {
 
     fn meta_arch_u64(&self, key: &str) -> Result<u64> {
         let full = format!("{}.{key}", self.arch_name);
-        let v = self
-            .meta(&full)
-            .ok_or_else(|| Error::bad_file(&self.path, format!("GGUF metadata is missing '{full}'")))?;
+        let v = self.meta(&full).ok_or_else(|| {
+            Error::bad_file(&self.path, format!("GGUF metadata is missing '{full}'"))
+        })?;
         v.to_u64()
             .or_else(|_| v.to_u32().map(u64::from))
             .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-            .map_err(|_| Error::bad_file(&self.path, format!("GGUF metadata '{full}' is not an integer")))
+            .map_err(|_| {
+                Error::bad_file(
+                    &self.path,
+                    format!("GGUF metadata '{full}' is not an integer"),
+                )
+            })
     }
 
     fn meta_arch_f64(&self, key: &str) -> Option<f64> {
         let v = self.meta(&format!("{}.{key}", self.arch_name))?;
-        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
+        // GGUF stores these as f32: take the shortest decimal that round-trips (1e-5, not 9.999999747e-6), so a
+        // converted config.json says what the original one said.
+        v.to_f32()
+            .map(|x| x.to_string().parse().unwrap_or(f64::from(x)))
+            .or_else(|_| v.to_f64())
+            .ok()
     }
 
     fn meta_u32(&self, key: &str) -> Option<u32> {
@@ -96,7 +112,9 @@ impl GgufFile {
     /// The model config from the metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.arch()?;
-        if let Some(gguf_file::Value::String(kind)) = self.meta(&format!("{}.rope.scaling.type", self.arch_name)) {
+        if let Some(gguf_file::Value::String(kind)) =
+            self.meta(&format!("{}.rope.scaling.type", self.arch_name))
+        {
             if kind != "none" {
                 return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'")));
             }
@@ -128,7 +146,9 @@ impl GgufFile {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self.meta_arch_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rms_norm_eps: self
+                .meta_arch_f64("attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-6),
             rope_theta: self.meta_arch_f64("rope.freq_base").unwrap_or(10_000.0),
             max_position_embeddings: self.meta_arch_u64("context_length").unwrap_or(4096) as usize,
             tie_word_embeddings: tie,
@@ -142,7 +162,12 @@ impl GgufFile {
 
     /// HF names of all tensors the name table knows.
     pub fn hf_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.content.tensor_infos.keys().filter_map(|g| names::gguf_to_hf(g)).collect();
+        let mut v: Vec<String> = self
+            .content
+            .tensor_infos
+            .keys()
+            .filter_map(|g| names::gguf_to_hf(g))
+            .collect();
         v.sort();
         v
     }
@@ -156,8 +181,12 @@ impl GgufFile {
 
     /// Load a tensor by HF name in its stored block format, with llama's q/k row permutation undone.
     pub fn qtensor(&self, hf_name: &str, device: &Device) -> Result<Option<QTensor>> {
-        let Some(g) = names::hf_to_gguf(hf_name) else { return Ok(None) };
-        let Some(info) = self.content.tensor_infos.get(&g) else { return Ok(None) };
+        let Some(g) = names::hf_to_gguf(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.content.tensor_infos.get(&g) else {
+            return Ok(None);
+        };
         let dims = info.shape.dims().to_vec();
         let n = byte_len(info.ggml_dtype, info.shape.elem_count());
         let start = (self.content.tensor_data_offset + info.offset) as usize;
@@ -197,9 +226,16 @@ pub(crate) fn byte_len(dtype: GgmlDType, elems: usize) -> usize {
 
 /// Undo llama.cpp's `reshape(n_head, 2, hd/2, in).swapaxes(1, 2)` on whole rows:
 /// GGUF row `h*hd + 2*i + j` holds HF row `h*hd + j*hd/2 + i`.
-pub(crate) fn unpermute_rows(raw: &[u8], rows: usize, row_bytes: usize, n_head: usize) -> std::result::Result<Vec<u8>, String> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
-        return Err(format!("{rows} rows cannot be split into {n_head} heads of even size"));
+pub(crate) fn unpermute_rows(
+    raw: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    n_head: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+        return Err(format!(
+            "{rows} rows cannot be split into {n_head} heads of even size"
+        ));
     }
     let hd = rows / n_head;
     let mut out = vec![0u8; raw.len()];
@@ -208,7 +244,8 @@ pub(crate) fn unpermute_rows(raw: &[u8], rows: usize, row_bytes: usize, n_head: 
             for j in 0..2 {
                 let src = h * hd + 2 * i + j;
                 let dst = h * hd + j * (hd / 2) + i;
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }

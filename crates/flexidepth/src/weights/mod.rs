@@ -58,7 +58,10 @@ impl SafetensorsFiles {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::bad_file(&index, "no 'weight_map' object"))?;
-            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
             shards.sort();
             shards.dedup();
             shards.iter().map(|s| dir.join(s)).collect()
@@ -70,7 +73,10 @@ impl SafetensorsFiles {
         };
         for f in &files {
             if !f.exists() {
-                return Err(Error::io(f, std::io::Error::from(std::io::ErrorKind::NotFound)));
+                return Err(Error::io(
+                    f,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
             }
         }
         Self::open(files)
@@ -79,7 +85,10 @@ impl SafetensorsFiles {
     pub fn open(files: Vec<PathBuf>) -> Result<Self> {
         // SAFETY: read-only memory maps of files we do not modify while they are open.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
-            Error::bad_file(files.first().cloned().unwrap_or_default(), format!("not a readable safetensors file: {e}"))
+            Error::bad_file(
+                files.first().cloned().unwrap_or_default(),
+                format!("not a readable safetensors file: {e}"),
+            )
         })?;
         Ok(SafetensorsFiles { files, st })
     }
@@ -121,7 +130,11 @@ impl WeightSource {
     pub fn describe(&self, name: &str) -> Option<(Vec<usize>, String)> {
         match self {
             WeightSource::Gguf(g) => g.info(name).map(|(s, t)| (s, format!("{t:?}"))),
-            WeightSource::Safetensors(s) => s.st.get(name).ok().map(|v| (v.shape().to_vec(), format!("{:?}", v.dtype()))),
+            WeightSource::Safetensors(s) => {
+                s.st.get(name)
+                    .ok()
+                    .map(|v| (v.shape().to_vec(), format!("{:?}", v.dtype())))
+            }
         }
     }
 
@@ -130,10 +143,14 @@ impl WeightSource {
         let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for n in self.names() {
             if let Some((_, t)) = self.describe(&n) {
-                out.entry(names::tensor_kind(&n).to_string()).or_default().insert(t);
+                out.entry(names::tensor_kind(&n).to_string())
+                    .or_default()
+                    .insert(t);
             }
         }
-        out.into_iter().map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join("+"))).collect()
+        out.into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join("+")))
+            .collect()
     }
 
     /// Read a tensor as stored, checking its shape. A missing tensor is an error naming it.
@@ -150,13 +167,19 @@ impl WeightSource {
         };
         match self {
             WeightSource::Gguf(g) => {
-                let (found, _) = g.info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+                let (found, _) = g
+                    .info(name)
+                    .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
                 check(found)?;
-                let q = g.qtensor(name, device)?.ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+                let q = g
+                    .qtensor(name, device)?
+                    .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
                 Ok(StoredTensor::Quantized(q))
             }
             WeightSource::Safetensors(s) => {
-                let view = s.st.get(name).map_err(|_| Error::MissingTensor(name.to_string()))?;
+                let view =
+                    s.st.get(name)
+                        .map_err(|_| Error::MissingTensor(name.to_string()))?;
                 check(view.shape().to_vec())?;
                 let t = view
                     .load(device)
@@ -167,12 +190,24 @@ impl WeightSource {
     }
 
     /// Read a tensor as a plain tensor of `dtype`, checking its shape.
-    pub fn dense(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn dense(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         self.stored(name, shape, device)?.to_dense(dtype, device)
     }
 
     /// Like [`Self::dense`], but `None` when the tensor is absent.
-    pub fn dense_opt(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    pub fn dense_opt(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
         if !self.contains(name) {
             return Ok(None);
         }

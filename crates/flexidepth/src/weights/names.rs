@@ -50,7 +50,10 @@ pub fn gguf_to_hf(gguf: &str) -> Option<String> {
 
 /// A short kind for a tensor name (`q_proj`, `embed_tokens`, ...), used to summarise dtypes per kind.
 pub fn tensor_kind(hf: &str) -> &str {
-    let stem = hf.strip_suffix(".weight").or_else(|| hf.strip_suffix(".bias")).unwrap_or(hf);
+    let stem = hf
+        .strip_suffix(".weight")
+        .or_else(|| hf.strip_suffix(".bias"))
+        .unwrap_or(hf);
     let kind = stem.rsplit('.').next().unwrap_or(stem);
     if hf.ends_with(".bias") {
         // Keep biases apart from weights of the same projection.
@@ -72,8 +75,14 @@ mod tests {
     fn maps_both_ways() {
         for (hf, g) in [
             ("model.embed_tokens.weight", "token_embd.weight"),
-            ("model.layers.7.self_attn.o_proj.weight", "blk.7.attn_output.weight"),
-            ("model.layers.12.mlp.down_proj.weight", "blk.12.ffn_down.weight"),
+            (
+                "model.layers.7.self_attn.o_proj.weight",
+                "blk.7.attn_output.weight",
+            ),
+            (
+                "model.layers.12.mlp.down_proj.weight",
+                "blk.12.ffn_down.weight",
+            ),
             ("model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias"),
         ] {
             assert_eq!(hf_to_gguf(hf).as_deref(), Some(g));
@@ -81,7 +90,13 @@ mod tests {
         }
         assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
-        assert_eq!(tensor_kind("model.layers.3.self_attn.q_proj.weight"), "q_proj");
-        assert_eq!(tensor_kind("model.layers.3.self_attn.q_proj.bias"), "q_proj.bias");
+        assert_eq!(
+            tensor_kind("model.layers.3.self_attn.q_proj.weight"),
+            "q_proj"
+        );
+        assert_eq!(
+            tensor_kind("model.layers.3.self_attn.q_proj.bias"),
+            "q_proj.bias"
+        );
     }
 }

@@ -42,9 +42,36 @@ pub fn model(name: &str) -> &'static (ModelFiles, Model) {
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The fixture's perplexity passage: Pride and Prejudice from "It is a truth universally acknowledged" on, lines
+/// joined by newlines (from `scripts/fetch-data.sh`'s `data/austen/prideprejudice.txt`). 200 lines are far more
+/// than the 512 tokens scored.
+pub fn pride_passage() -> String {
+    let path = flexidepth::loader::cache_dir().join("data/austen/prideprejudice.txt");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; fetch it with scripts/fetch-data.sh austen",
+            path.display()
+        )
+    });
+    let lines: Vec<&str> = text.split('\n').collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("It is a truth universally acknowledged"))
+        .expect("the novel's first sentence");
+    lines[start..start + 200].join("\n")
 }
