@@ -11,6 +11,9 @@ pub struct Args {
     /// Output folder (created if needed).
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+    /// Add this depth-adapter file's routers, writing the official FlexiDepth layout (model_type ddllama).
+    #[arg(long)]
+    pub depth: Option<PathBuf>,
     /// Storage dtype of the written weights: f32 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -20,7 +23,7 @@ pub fn run(args: Args) -> Result<()> {
     let dtype: flexidepth::convert::ConvertDtype = args.dtype.parse()?;
     let files = args.model.open()?;
     let start = std::time::Instant::now();
-    flexidepth::convert::convert_to_hf(&files, &args.output, dtype)
+    flexidepth::convert::convert_with_depth(&files, args.depth.as_deref(), &args.output, dtype)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(
         "wrote {} in {:.1} s",

@@ -1,6 +1,6 @@
 //! `flexidepth generate`: llama.cpp-style text generation with streaming output.
 
-use crate::LoadArgs;
+use crate::{DepthArgs, LoadArgs};
 use anyhow::{bail, Context, Result};
 use flexidepth::chat::Message;
 use flexidepth::generate::{generate, GenerateOptions};
@@ -10,6 +10,20 @@ use std::io::Write;
 pub struct Args {
     #[command(flatten)]
     pub model: LoadArgs,
+    #[command(flatten)]
+    pub depth: DepthArgs,
+    /// Write the depth trace (one JSON object per token: gate and decision per routed layer) to this file.
+    #[arg(long)]
+    pub trace: Option<std::path::PathBuf>,
+    /// Write a depth map; the extension picks the format: .html, .svg or .txt (ANSI colours).
+    #[arg(long)]
+    pub depth_map: Option<std::path::PathBuf>,
+    /// Print the generated text shaded by layers used to stderr (24-bit colour terminals).
+    #[arg(long)]
+    pub show_depth: bool,
+    /// Include the prompt's tokens in the trace and depth maps.
+    #[arg(long)]
+    pub trace_prompt: bool,
     /// Raw prompt (the tokenizer's own special tokens, e.g. a BOS, are added).
     #[arg(short = 'p', long, conflicts_with_all = ["chat", "file"])]
     pub prompt: Option<String>,
@@ -47,7 +61,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (files, model) = args.model.load()?;
+    if let Some(path) = &args.depth_map {
+        // Refuse an unknown format before spending time on the model.
+        flexidepth::depthmap::DepthMapFormat::from_path(path)?;
+    }
+    let (files, mut model) = args.model.load()?;
+    let depth = args.depth.apply(&mut model)?;
+    let routed = !model.routed_layers().is_empty();
+    if !routed && (args.trace.is_some() || args.depth_map.is_some() || args.show_depth) {
+        bail!("--trace, --depth-map and --show-depth need a model with routers: give --depth FILE");
+    }
     let tok = &files.tokenizer;
     let prompt_ids = if let Some(msg) = &args.chat {
         let template = tok
@@ -65,8 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         let text = match (&args.prompt, &args.file) {
             (Some(p), _) => p.clone(),
             (None, Some(f)) => {
-                let bytes =
-                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
                 String::from_utf8(bytes).map_err(|e| {
                     anyhow::anyhow!(
                         "{}: not valid UTF-8 at byte {}",
@@ -106,6 +128,8 @@ pub fn run(args: Args) -> Result<()> {
         sampling,
         eos_token_ids: files.eos_token_ids(),
         stop_strings: args.stop.clone(),
+        depth,
+        trace: routed,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -129,6 +153,36 @@ pub fn run(args: Args) -> Result<()> {
         s.decode_s,
         s.decode_tokens_per_s()
     );
+    if let Some(trace) = &gen.trace {
+        write_trace_outputs(&args, trace)?;
+    }
     eprintln!("time to first token: {:.3} s", s.time_to_first_token_s);
+    Ok(())
+}
+
+/// The trace file, depth map and terminal rendering that the flags ask for, plus the mean depth on stderr.
+fn write_trace_outputs(args: &Args, trace: &flexidepth::trace::DepthTrace) -> Result<()> {
+    let mut shown = trace.clone();
+    if !args.trace_prompt {
+        shown.tokens.retain(|t| !t.prompt);
+    }
+    if let Some(path) = &args.trace {
+        flexidepth::error::write_atomic(path, shown.to_jsonl().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.depth_map {
+        flexidepth::depthmap::write_depth_map(path, &shown, args.trace_prompt)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.show_depth {
+        eprintln!("{}", flexidepth::depthmap::to_ansi(&shown, args.trace_prompt));
+    }
+    eprintln!(
+        "layers used: {:.2} of {} per generated token (routed layers {}..={})",
+        trace.mean_layers_generated(),
+        trace.num_layers,
+        trace.routed_layers.first().copied().unwrap_or(0),
+        trace.routed_layers.last().copied().unwrap_or(0)
+    );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `flexidepth perplexity`: mean NLL and perplexity over the first `--ctx` tokens of a file, in one window.
 
-use crate::LoadArgs;
+use crate::{DepthArgs, LoadArgs};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub model: LoadArgs,
+    #[command(flatten)]
+    pub depth: DepthArgs,
     /// The text file (UTF-8).
     #[arg(short = 'f', long)]
     pub file: PathBuf,
@@ -17,8 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{}: not valid UTF-8 at byte {}",
@@ -26,18 +27,26 @@ pub fn run(args: Args) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let (files, model) = args.model.load()?;
+    let (files, mut model) = args.model.load()?;
+    let depth = args.depth.apply(&mut model)?;
     let mut ids = files.tokenizer.encode(&text, false)?;
     if ids.len() > args.ctx {
         ids.truncate(args.ctx);
     }
     let start = std::time::Instant::now();
-    let p = flexidepth::eval::perplexity(&model, &ids)?;
+    let p = flexidepth::eval::perplexity_with(&model, &ids, &depth)?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    let mut line = format!(
         "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
         p.n_tokens, p.mean_nll, p.ppl
     );
+    if !model.routed_layers().is_empty() {
+        line += &format!(
+            "  layers/token: {:.2} of {}",
+            p.mean_layers, model.config.num_hidden_layers
+        );
+    }
+    println!("{line}");
     eprintln!(
         "scored {} tokens in {:.3} s, {:.1} tokens/s",
         p.n_tokens,

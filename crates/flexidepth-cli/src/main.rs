@@ -1,6 +1,7 @@
 //! `flexidepth`: the command-line tool. Text goes to stdout, statistics and progress to stderr.
 
 mod cmd_convert;
+mod cmd_depth;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt or a chat message.
-    Generate(cmd_generate::Args),
+    Generate(Box<cmd_generate::Args>),
     /// Perplexity of the first tokens of a text file.
     Perplexity(cmd_perplexity::Args),
     /// Print the token ids of a text as a JSON array (no special tokens added).
@@ -31,6 +32,8 @@ enum Command {
     Info(cmd_info::Args),
     /// Write an HF folder (config.json, model.safetensors, tokenizer files) from a model.
     Convert(cmd_convert::Args),
+    /// FlexiDepth depth adapters (routers and adapters): create them.
+    Depth(cmd_depth::Args),
 }
 
 /// Model selection shared by every command.
@@ -55,15 +58,12 @@ pub struct LoadArgs {
 impl ModelArgs {
     pub fn open(&self) -> anyhow::Result<flexidepth::loader::ModelFiles> {
         use anyhow::Context;
-        flexidepth::loader::ModelFiles::open(&self.model)
-            .with_context(|| format!("cannot open model '{}'", self.model))
+        flexidepth::loader::ModelFiles::open(&self.model).with_context(|| format!("cannot open model '{}'", self.model))
     }
 }
 
 impl LoadArgs {
-    pub fn load(
-        &self,
-    ) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
+    pub fn load(&self) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
         use anyhow::Context;
         let format: flexidepth::model::WeightFormat = self.dtype.parse()?;
         let files = self.model.open()?;
@@ -82,6 +82,49 @@ impl LoadArgs {
     }
 }
 
+/// FlexiDepth options shared by the commands that compute.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DepthArgs {
+    /// A depth-adapter file (routers and adapters) to attach to the model.
+    #[arg(long = "depth")]
+    pub depth: Option<std::path::PathBuf>,
+    /// dynamic (trained routing), run (every layer, exactly the base model) or skip (every routed layer skipped).
+    #[arg(long, default_value = "dynamic")]
+    pub depth_mode: String,
+    /// Run a routed layer iff its gate is above this (released: 0.5). Higher skips more.
+    #[arg(long, default_value_t = 0.5)]
+    pub skip_threshold: f32,
+    /// Skipped tokens write no K/V (the paper's "no KV cache" ablation).
+    #[arg(long)]
+    pub no_skip_kv: bool,
+}
+
+impl DepthArgs {
+    /// Attach the depth file (if any) and return the settings to run with.
+    pub fn apply(&self, model: &mut flexidepth::model::Model) -> anyhow::Result<flexidepth::depth::DepthSettings> {
+        use anyhow::Context;
+        if let Some(path) = &self.depth {
+            let meta = flexidepth::depth::file::attach_depth_file(model, path)
+                .with_context(|| format!("cannot attach the depth adapter {}", path.display()))?;
+            eprintln!(
+                "depth adapter {}: routed layers {}..={}",
+                path.display(),
+                meta.routed_layers.first().copied().unwrap_or(0),
+                meta.routed_layers.last().copied().unwrap_or(0)
+            );
+        }
+        let settings = flexidepth::depth::DepthSettings {
+            mode: self.depth_mode.parse()?,
+            skip_threshold: self.skip_threshold,
+            skip_kv: !self.no_skip_kv,
+        };
+        if model.routed_layers().is_empty() && (self.depth_mode != "dynamic" || self.no_skip_kv) {
+            anyhow::bail!("--depth-mode and --no-skip-kv need a model with routers: give --depth FILE");
+        }
+        Ok(settings)
+    }
+}
+
 /// The compute device: the first CUDA GPU when built with `--features cuda`, else the CPU.
 pub fn device() -> anyhow::Result<candle_core::Device> {
     #[cfg(feature = "cuda")]
@@ -97,11 +140,12 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Generate(a) => cmd_generate::run(a),
+        Command::Generate(a) => cmd_generate::run(*a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
+        Command::Depth(a) => cmd_depth::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -19,10 +19,7 @@ fn assert_clean_failure(out: &Output, needle: &str) {
     let err = text(&out.stderr);
     assert!(!out.status.success(), "should fail: {err}");
     assert!(!err.contains("panicked"), "must not panic: {err}");
-    assert!(
-        err.contains(needle),
-        "stderr should mention {needle:?}: {err}"
-    );
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
 }
 
 #[test]
@@ -93,10 +90,7 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
     ]);
     let cut_text = text(&cut.stdout);
     assert!(greedy.contains("Paris"), "{greedy}");
-    assert_eq!(
-        cut_text.trim_end(),
-        greedy[..greedy.find("Paris").unwrap()].trim_end()
-    );
+    assert_eq!(cut_text.trim_end(), greedy[..greedy.find("Paris").unwrap()].trim_end());
     assert!(text(&cut.stderr).contains("StopString"));
 }
 
@@ -115,11 +109,7 @@ fn tokenize_info_and_perplexity() {
 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.txt");
-    std::fs::write(
-        &f,
-        "The quick brown fox jumps over the lazy dog. ".repeat(20),
-    )
-    .unwrap();
+    std::fs::write(&f, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
     let out = flexidepth(&["perplexity", "-f", f.to_str().unwrap(), "--ctx", "64"]);
     let s = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -150,14 +140,8 @@ fn bad_input_gives_clear_errors() {
         "context window holds 8192",
     );
 
-    assert_clean_failure(
-        &flexidepth(&["generate", "-p", "", "-n", "4"]),
-        "the prompt is empty",
-    );
-    assert_clean_failure(
-        &flexidepth(&["generate", "-m", "nope.gguf", "-p", "x"]),
-        "not found",
-    );
+    assert_clean_failure(&flexidepth(&["generate", "-p", "", "-n", "4"]), "the prompt is empty");
+    assert_clean_failure(&flexidepth(&["generate", "-m", "nope.gguf", "-p", "x"]), "not found");
     assert_clean_failure(
         &flexidepth(&["perplexity", "-f", "/no/such/file.txt"]),
         "/no/such/file.txt",
@@ -168,15 +152,8 @@ fn bad_input_gives_clear_errors() {
     );
 
     let junk = dir.path().join("junk.gguf");
-    std::fs::write(
-        &junk,
-        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
-    )
-    .unwrap();
-    assert_clean_failure(
-        &flexidepth(&["info", "-m", junk.to_str().unwrap()]),
-        "junk.gguf",
-    );
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    assert_clean_failure(&flexidepth(&["info", "-m", junk.to_str().unwrap()]), "junk.gguf");
 }
 
 #[test]

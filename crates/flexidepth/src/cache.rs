@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Tensor};
 pub struct KvCache {
     /// Per layer `(k, v)`, each `[kv_heads, capacity, head_dim]`; allocated on first use.
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per layer, positions whose K/V must not be attended to (FlexiDepth's no-skip-KV ablation); empty when none.
+    hidden: Vec<Vec<bool>>,
     len: usize,
     capacity: usize,
     max_len: usize,
@@ -23,6 +25,7 @@ impl KvCache {
     pub fn new(config: &ModelConfig, max_len: usize, dtype: DType, device: &Device) -> Self {
         KvCache {
             layers: (0..config.num_hidden_layers).map(|_| None).collect(),
+            hidden: vec![Vec::new(); config.num_hidden_layers],
             len: 0,
             capacity: 0,
             max_len,
@@ -90,7 +93,29 @@ impl KvCache {
             .ok_or_else(|| Error::Input("KV cache not reserved".into()))?;
         ck.slice_set(&k.to_dtype(self.dtype)?, 1, pos)?;
         cv.slice_set(&v.to_dtype(self.dtype)?, 1, pos)?;
+        // Fresh K/V are visible, whatever an earlier (rolled-back) write at these positions said.
+        let hidden = &mut self.hidden[layer_idx];
+        if hidden.len() > pos {
+            let end = (pos + seq).min(hidden.len());
+            hidden[pos..end].iter_mut().for_each(|h| *h = false);
+        }
         Ok(())
+    }
+
+    /// Hide position `pos` of layer `layer_idx` from later queries (its K/V count as not written).
+    pub fn hide(&mut self, layer_idx: usize, pos: usize) {
+        let hidden = &mut self.hidden[layer_idx];
+        if hidden.len() <= pos {
+            hidden.resize(pos + 1, false);
+        }
+        hidden[pos] = true;
+    }
+
+    /// Hidden positions of layer `layer_idx` among `0..len`, if any is hidden.
+    pub fn hidden(&self, layer_idx: usize, len: usize) -> Option<&[bool]> {
+        let h = &self.hidden[layer_idx];
+        let h = &h[..h.len().min(len)];
+        h.contains(&true).then_some(h)
     }
 
     /// Keys and values of layer `layer_idx` for positions `0..len`, `[kv_heads, len, head_dim]` (views, no copy).
@@ -179,14 +204,24 @@ mod tests {
     }
 
     #[test]
+    fn hidden_positions_are_cleared_by_a_rewrite() {
+        let mut c = KvCache::new(&cfg(), 16, DType::F32, &Device::Cpu);
+        c.reserve(4).unwrap();
+        assert!(c.hidden(0, 4).is_none());
+        c.hide(0, 2);
+        assert_eq!(c.hidden(0, 4), Some(&[false, false, true][..]));
+        assert!(c.hidden(1, 4).is_none(), "per layer");
+        assert!(c.hidden(0, 2).is_none(), "only within the asked length");
+        c.write(0, 2, &kv(1, 0.), &kv(1, 0.)).unwrap();
+        assert!(c.hidden(0, 4).is_none());
+    }
+
+    #[test]
     fn overflow_is_an_error() {
         let mut c = KvCache::new(&cfg(), 8, DType::F32, &Device::Cpu);
         assert!(matches!(
             c.reserve(9),
-            Err(Error::ContextOverflow {
-                tokens: 9,
-                context: 8
-            })
+            Err(Error::ContextOverflow { tokens: 9, context: 8 })
         ));
         c.reserve(8).unwrap();
         assert_eq!(c.capacity(), 8);

@@ -50,10 +50,7 @@ impl ChatTemplate {
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
             },
         );
         env.add_function("strftime_now", |fmt: String| -> String {
@@ -65,9 +62,7 @@ impl ChatTemplate {
         });
         env.add_template("chat", &self.source)
             .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -95,10 +90,7 @@ mod tests {
         );
         let sys = t
             .render(
-                &[
-                    Message::new("system", "Be brief."),
-                    Message::new("user", "hi"),
-                ],
+                &[Message::new("system", "Be brief."), Message::new("user", "hi")],
                 false,
             )
             .unwrap();
@@ -113,15 +105,9 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(
-            t.render(&[Message::new("user", "  x  ")], false).unwrap(),
-            "x|"
-        );
+        assert_eq!(t.render(&[Message::new("user", "  x  ")], false).unwrap(), "x|");
         let e = t
-            .render(
-                &[Message::new("user", "a"), Message::new("user", "b")],
-                false,
-            )
+            .render(&[Message::new("user", "a"), Message::new("user", "b")], false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("one only"), "{e}");

@@ -24,6 +24,8 @@ impl Arch {
             "LlamaForCausalLM" => Ok(Arch::Llama),
             "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
             "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
+            // The released FlexiDepth model: Llama plus routers (`routing_layers` in its config).
+            "DDLlamaForCausalLM" => Ok(Arch::Llama),
             other => Err(Error::UnknownArchitecture(other.to_string())),
         }
     }
@@ -97,11 +99,7 @@ fn get_f64(cfg: &Value, key: &str) -> Result<f64> {
 pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
         _ => vec![],
     }
 }
@@ -113,22 +111,15 @@ impl ModelConfig {
             .as_array()
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
-            .ok_or_else(|| {
-                Error::Config("'architectures' must be a non-empty list of names".into())
-            })?;
+            .ok_or_else(|| Error::Config("'architectures' must be a non-empty list of names".into()))?;
         let arch = Arch::from_hf(arch_name)?;
         if let Some(act) = cfg.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(Error::Unsupported(format!(
-                    "hidden_act '{act}' (only 'silu')"
-                )));
+                return Err(Error::Unsupported(format!("hidden_act '{act}' (only 'silu')")));
             }
         }
         if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
-            let kind = rs
-                .get("rope_type")
-                .or_else(|| rs.get("type"))
-                .and_then(|v| v.as_str());
+            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str());
             if kind != Some("default") {
                 return Err(Error::Unsupported(format!(
                     "rope_scaling {rs} (only plain RoPE is implemented)"
@@ -150,10 +141,7 @@ impl ModelConfig {
         };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            _ => cfg
-                .get("attention_bias")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+            _ => cfg.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
         };
         let config = ModelConfig {
             arch,
@@ -165,20 +153,14 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: get_f64(cfg, "rms_norm_eps")?,
-            rope_theta: cfg
-                .get("rope_theta")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10_000.0),
+            rope_theta: cfg.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
             max_position_embeddings: get_usize(cfg, "max_position_embeddings")?,
             tie_word_embeddings: cfg
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
             attention_bias,
-            bos_token_id: cfg
-                .get("bos_token_id")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as u32),
+            bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
             eos_token_ids: token_ids(cfg.get("eos_token_id")),
         };
         config.validate()?;
@@ -200,10 +182,7 @@ impl ModelConfig {
         if sizes.contains(&0) {
             return Err(Error::Config(format!("a size is zero: {self:?}")));
         }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::Config(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
@@ -215,14 +194,9 @@ impl ModelConfig {
                 self.head_dim
             )));
         }
-        if self.rms_norm_eps.is_nan()
-            || self.rms_norm_eps <= 0.0
-            || self.rope_theta.is_nan()
-            || self.rope_theta <= 0.0
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0
         {
-            return Err(Error::Config(
-                "rms_norm_eps and rope_theta must be positive".into(),
-            ));
+            return Err(Error::Config("rms_norm_eps and rope_theta must be positive".into()));
         }
         Ok(())
     }

@@ -21,15 +21,25 @@ impl std::str::FromStr for ConvertDtype {
         match s {
             "f32" => Ok(ConvertDtype::F32),
             "bf16" => Ok(ConvertDtype::Bf16),
-            other => Err(Error::Input(format!(
-                "unknown dtype '{other}' (use f32 or bf16)"
-            ))),
+            other => Err(Error::Input(format!("unknown dtype '{other}' (use f32 or bf16)"))),
         }
     }
 }
 
-/// Write `files` as an HF folder in `out_dir` (created if needed; files are replaced atomically).
+/// Write `files` as an HF folder in `out_dir` (created if needed; files are replaced atomically). A model in the
+/// official FlexiDepth layout keeps its routers and `routing_layers`.
 pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) -> Result<()> {
+    convert_with_depth(files, None, out_dir, dtype)
+}
+
+/// Like [`convert_to_hf`], adding the router and adapter tensors of a depth-adapter file: the official FlexiDepth
+/// layout (`model_type: ddllama`, `routing_layers`, router tensors inside `model.safetensors`).
+pub fn convert_with_depth(
+    files: &ModelFiles,
+    depth_file: Option<&Path>,
+    out_dir: &Path,
+    dtype: ConvertDtype,
+) -> Result<()> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let (dt, torch_dtype) = match dtype {
         ConvertDtype::F32 => (DType::F32, "float32"),
@@ -45,11 +55,24 @@ pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) ->
             .weights
             .describe(&name)
             .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-        let t = files
-            .weights
-            .dense(&name, &shape, DType::F32, &device)?
-            .to_dtype(dt)?;
+        let t = files.weights.dense(&name, &shape, DType::F32, &device)?.to_dtype(dt)?;
         tensors.insert(name, t);
+    }
+    let mut routing_layers = files.routing_layers.clone();
+    if let Some(path) = depth_file {
+        let (meta, depth) = crate::depth::file::read_depth_tensors(path)?;
+        if meta.base_fingerprint != crate::depth::file::base_fingerprint(&files.config) {
+            return Err(Error::Input(format!(
+                "{}: made for a {} with {} layers, not this model",
+                path.display(),
+                meta.base_architecture,
+                meta.num_hidden_layers
+            )));
+        }
+        for (name, t) in depth {
+            tensors.insert(name, t.to_dtype(dt)?);
+        }
+        routing_layers = Some(meta.routed_layers);
     }
     let st_path = out_dir.join("model.safetensors");
     let tmp = crate::error::tmp_path(&st_path);
@@ -62,17 +85,18 @@ pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) ->
     })?;
     std::fs::rename(&tmp, &st_path).map_err(|e| Error::io(&st_path, e))?;
 
-    let pretty = |v: &serde_json::Value| {
-        serde_json::to_vec_pretty(v).expect("a JSON value always serialises")
-    };
-    write_atomic(
-        &out_dir.join("config.json"),
-        &pretty(&files.config.to_hf_json(torch_dtype)),
-    )?;
-    write_atomic(
-        &out_dir.join("tokenizer.json"),
-        &pretty(files.tokenizer.to_json()),
-    )?;
+    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
+    let mut config = files.config.to_hf_json(torch_dtype);
+    if let Some(layers) = routing_layers {
+        // The released FlexiDepth model is a Llama ("ddllama"); other bases keep their names and gain the key.
+        if files.config.arch == crate::config::Arch::Llama {
+            config["architectures"] = json!(["DDLlamaForCausalLM"]);
+            config["model_type"] = json!("ddllama");
+        }
+        config["routing_layers"] = json!(layers);
+    }
+    write_atomic(&out_dir.join("config.json"), &pretty(&config))?;
+    write_atomic(&out_dir.join("tokenizer.json"), &pretty(files.tokenizer.to_json()))?;
     write_atomic(
         &out_dir.join("tokenizer_config.json"),
         &pretty(&files.tokenizer.config_json()),

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A model file that cannot be read as what it claims to be (truncated, corrupt, wrong format).
     #[error("{path}: {msg}")]
     BadModelFile { path: PathBuf, msg: String },

@@ -9,12 +9,15 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod convert;
+pub mod depth;
+pub mod depthmap;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod tokenizer;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Error, Result};

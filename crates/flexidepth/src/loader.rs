@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 /// The default models: short name, cached file name.
 pub const KNOWN_MODELS: &[(&str, &str)] = &[
     ("smollm2-135m-instruct", "smollm2-135m-instruct.Q4_1.gguf"),
-    (
-        "qwen2.5-coder-0.5b-instruct",
-        "qwen2.5-coder-0.5b-instruct.gguf",
-    ),
+    ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct.gguf"),
 ];
 
 /// The default model of the CLI.
@@ -86,10 +83,7 @@ impl GenerationDefaults {
             top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
             top_p: v.get("top_p").and_then(|x| x.as_f64()),
             min_p: v.get("min_p").and_then(|x| x.as_f64()),
-            repetition_penalty: v
-                .get("repetition_penalty")
-                .and_then(|x| x.as_f64())
-                .map(|x| x as f32),
+            repetition_penalty: v.get("repetition_penalty").and_then(|x| x.as_f64()).map(|x| x as f32),
             eos_token_ids: crate::config::token_ids(v.get("eos_token_id")),
         }
     }
@@ -126,6 +120,9 @@ pub struct ModelFiles {
     pub weights: WeightSource,
     pub tokenizer: Tokenizer,
     pub generation: GenerationDefaults,
+    /// Routed layers of a model in the official FlexiDepth layout (`routing_layers` in `config.json`), whose
+    /// router tensors sit in the model's own weights.
+    pub routing_layers: Option<Vec<usize>>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -155,15 +152,33 @@ impl ModelFiles {
                     weights: WeightSource::Gguf(gguf),
                     tokenizer,
                     generation,
+                    routing_layers: None,
                 })
             }
             ModelPath::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
-                let config =
-                    ModelConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
-                        Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
-                        other => other,
-                    })?;
+                let cfg_json = read_json(&cfg_path)?;
+                let config = ModelConfig::from_hf_json(&cfg_json).map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
+                    other => other,
+                })?;
+                let routing_layers = match cfg_json.get("routing_layers") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(
+                        v.as_array()
+                            .and_then(|a| {
+                                a.iter()
+                                    .map(|x| x.as_u64().map(|x| x as usize))
+                                    .collect::<Option<Vec<_>>>()
+                            })
+                            .ok_or_else(|| {
+                                Error::Config(format!(
+                                    "{}: 'routing_layers' must be a list of layer indices",
+                                    cfg_path.display()
+                                ))
+                            })?,
+                    ),
+                };
                 let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 let gen_path = dir.join("generation_config.json");
@@ -181,14 +196,20 @@ impl ModelFiles {
                     weights,
                     tokenizer,
                     generation,
+                    routing_layers,
                 })
             }
         }
     }
 
-    /// Materialise the model's weights.
+    /// Materialise the model's weights (with its routers, for the official FlexiDepth layout).
     pub fn load_model(&self, format: WeightFormat, device: &Device) -> Result<Model> {
-        Model::load(&self.config, &self.weights, format, device)
+        let mut model = Model::load(&self.config, &self.weights, format, device)?;
+        if let Some(layers) = &self.routing_layers {
+            let parts = crate::depth::file::load_parts(&self.weights, &self.config, layers, device)?;
+            model.attach_depth(parts)?;
+        }
+        Ok(model)
     }
 
     /// Token ids that end generation: the model's EOS ids, plus the tokenizer's EOS token.

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Qwen2's pre-tokenizer regex (also used by `deepseek-llm`-style files).
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Llama 3's pre-tokenizer regex (`llama-bpe`): like Qwen2's but digits in groups of up to three.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -27,16 +28,10 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    fn from_json(
-        json: Value,
-        chat_template: Option<String>,
-        bos: Option<String>,
-        eos: Option<String>,
-    ) -> Result<Self> {
+    fn from_json(json: Value, chat_template: Option<String>, bos: Option<String>, eos: Option<String>) -> Result<Self> {
         let inner: tokenizers::Tokenizer = serde_json::from_value(json.clone())
             .map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer: {e}")))?;
-        let chat_template =
-            chat_template.map(|src| ChatTemplate::new(src, bos.clone(), eos.clone()));
+        let chat_template = chat_template.map(|src| ChatTemplate::new(src, bos.clone(), eos.clone()));
         Ok(Tokenizer {
             inner,
             json,
@@ -50,13 +45,12 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let text = crate::error::read_to_string(&path)?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&path, format!("invalid JSON: {e}")))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("invalid JSON: {e}")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let t = crate::error::read_to_string(&cfg_path)?;
-            serde_json::from_str(&t)
-                .map_err(|e| Error::bad_file(&cfg_path, format!("invalid JSON: {e}")))?
+            serde_json::from_str(&t).map_err(|e| Error::bad_file(&cfg_path, format!("invalid JSON: {e}")))?
         } else {
             json!({})
         };
@@ -83,13 +77,8 @@ impl Tokenizer {
                 _ => None,
             }
         };
-        Self::from_json(
-            json,
-            template,
-            token_str("bos_token"),
-            token_str("eos_token"),
-        )
-        .map_err(|e| Error::bad_file(&path, e))
+        Self::from_json(json, template, token_str("bos_token"), token_str("eos_token"))
+            .map_err(|e| Error::bad_file(&path, e))
     }
 
     /// The tokenizer embedded in a GGUF file.
@@ -120,10 +109,7 @@ impl Tokenizer {
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<i64> = match gguf.meta("tokenizer.ggml.token_type") {
-            Some(GgufValue::Array(a)) => a
-                .iter()
-                .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
-                .collect(),
+            Some(GgufValue::Array(a)) => a.iter().map(|v| v.to_i32().map(i64::from).unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
         let pre = match gguf.meta("tokenizer.ggml.pre") {
@@ -131,19 +117,10 @@ impl Tokenizer {
             _ => "default".to_string(),
         };
         let id_meta = |key: &str| gguf.meta(key).and_then(|v| v.to_u32().ok());
-        let add_bos = matches!(
-            gguf.meta("tokenizer.ggml.add_bos_token"),
-            Some(GgufValue::Bool(true))
-        );
+        let add_bos = matches!(gguf.meta("tokenizer.ggml.add_bos_token"), Some(GgufValue::Bool(true)));
         let bos_id = id_meta("tokenizer.ggml.bos_token_id");
         let eos_id = id_meta("tokenizer.ggml.eos_token_id");
-        let json = gguf_tokenizer_json(
-            &tokens,
-            &types,
-            &merges,
-            &pre,
-            if add_bos { bos_id } else { None },
-        )?;
+        let json = gguf_tokenizer_json(&tokens, &types, &merges, &pre, if add_bos { bos_id } else { None })?;
         let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
         let template = match gguf.meta("tokenizer.chat_template") {
             Some(GgufValue::String(s)) => Some(s.clone()),
@@ -215,8 +192,10 @@ fn gguf_tokenizer_json(
         }
         vocab.insert(tok.clone(), json!(id));
         if ty == 3 || ty == 4 {
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
-                              "normalized": ty == 4, "special": ty == 3}));
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                              "normalized": ty == 4, "special": ty == 3}),
+            );
         }
     }
     let byte_level = |use_regex: bool, trim: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim, "use_regex": use_regex});
@@ -282,16 +261,13 @@ mod tests {
         tokens.push("ab".into());
         let mut types = vec![3i64];
         types.extend(std::iter::repeat_n(1, 257));
-        let json =
-            gguf_tokenizer_json(&tokens, &types, &["a b".to_string()], "smollm", None).unwrap();
+        let json = gguf_tokenizer_json(&tokens, &types, &["a b".to_string()], "smollm", None).unwrap();
         Tokenizer::from_json(json, None, None, None).unwrap()
     }
 
     /// GPT-2's byte → printable-symbol map.
     fn byte_symbol(b: u8) -> char {
-        let printable = |b: u8| {
-            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-        };
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         if printable(b) {
             return b as char;
         }

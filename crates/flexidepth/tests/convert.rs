@@ -36,11 +36,7 @@ fn converted_hf_folder_gives_the_same_model() {
     assert_eq!(hf.eos_token_ids(), gguf.eos_token_ids());
     for case in golden_model(name)["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            hf.tokenizer.encode(text, false).unwrap(),
-            ids(&case["ids"]),
-            "{text:?}"
-        );
+        assert_eq!(hf.tokenizer.encode(text, false).unwrap(), ids(&case["ids"]), "{text:?}");
     }
     let msgs = [Message::new("user", "hi")];
     assert_eq!(
@@ -57,17 +53,12 @@ fn converted_hf_folder_gives_the_same_model() {
             .render(&msgs, true)
             .unwrap()
     );
-    let hf_model = hf
-        .load_model(WeightFormat::F32, &candle_core::Device::Cpu)
-        .unwrap();
+    let hf_model = hf.load_model(WeightFormat::F32, &candle_core::Device::Cpu).unwrap();
     for case in golden_model(name)["logits"].as_array().unwrap() {
         let prompt = ids(&case["ids"]);
         let run = |m: &flexidepth::model::Model| -> Vec<Vec<f32>> {
             let mut cache = m.new_cache(prompt.len());
-            m.forward(&prompt, &mut cache, Logits::All)
-                .unwrap()
-                .to_vec2()
-                .unwrap()
+            m.forward(&prompt, &mut cache, Logits::All).unwrap().to_vec2().unwrap()
         };
         let (a, b) = (run(gguf_model), run(&hf_model));
         let diff = a
@@ -81,34 +72,20 @@ fn converted_hf_folder_gives_the_same_model() {
 
     // A config.json with a key missing, or not JSON at all, is refused with the file and key named.
     let cfg_path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("num_hidden_layers");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let e = open(dir.path())
-        .err()
-        .expect("missing key refused")
-        .to_string();
-    assert!(
-        e.contains("num_hidden_layers") && e.contains("config.json"),
-        "{e}"
-    );
+    let e = open(dir.path()).err().expect("missing key refused").to_string();
+    assert!(e.contains("num_hidden_layers") && e.contains("config.json"), "{e}");
     std::fs::write(&cfg_path, b"{\"architectures\": [").unwrap();
-    let e = open(dir.path())
-        .err()
-        .expect("bad JSON refused")
-        .to_string();
-    assert!(
-        e.contains("config.json") && e.contains("invalid JSON"),
-        "{e}"
-    );
+    let e = open(dir.path()).err().expect("bad JSON refused").to_string();
+    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
 }
 
 #[test]
 fn truncated_corrupt_and_missing_gguf_are_clear_errors() {
     let src = flexidepth::loader::cache_dir().join("smollm2-135m-instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&src)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-models.sh", src.display()));
+    let bytes = std::fs::read(&src).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-models.sh", src.display()));
     let dir = tempfile::tempdir().unwrap();
 
     let truncated = dir.path().join("truncated.gguf");
@@ -119,10 +96,7 @@ fn truncated_corrupt_and_missing_gguf_are_clear_errors() {
 
     let header_only = dir.path().join("header.gguf");
     std::fs::write(&header_only, &bytes[..1000]).unwrap();
-    let e = open(&header_only)
-        .err()
-        .expect("cut header refused")
-        .to_string();
+    let e = open(&header_only).err().expect("cut header refused").to_string();
     assert!(e.contains("header.gguf"), "{e}");
 
     let corrupt = dir.path().join("corrupt.gguf");
@@ -140,8 +114,5 @@ fn truncated_corrupt_and_missing_gguf_are_clear_errors() {
         .err()
         .expect("missing file refused")
         .to_string();
-    assert!(
-        e.contains("not found") && e.contains("smollm2-135m-instruct"),
-        "{e}"
-    );
+    assert!(e.contains("not found") && e.contains("smollm2-135m-instruct"), "{e}");
 }

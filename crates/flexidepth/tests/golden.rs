@@ -6,7 +6,7 @@ mod common;
 use candle_core::D;
 use common::{floats, golden_model, ids, model, MODELS};
 use flexidepth::chat::Message;
-use flexidepth::generate::{generate, GenerateOptions, SamplingParams};
+use flexidepth::generate::{generate, GenerateOptions};
 use flexidepth::model::Logits;
 
 #[test]
@@ -53,10 +53,7 @@ fn logits_match_reference_top10_and_logsumexp() {
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
                 for (k, want) in want_logits.iter().enumerate() {
                     let got = row[order[k]];
-                    assert!(
-                        (got - want).abs() < 1e-3,
-                        "{name} pos {pos} rank {k}: {got} vs {want}"
-                    );
+                    assert!((got - want).abs() < 1e-3, "{name} pos {pos} rank {k}: {got} vs {want}");
                 }
                 assert_eq!(order[0] as u32, want_ids[0], "{name} pos {pos}: top-1");
                 let want_lse = case["logsumexp"][pos].as_f64().unwrap() as f32;
@@ -77,22 +74,11 @@ fn greedy_chat_continuations_match_reference() {
         for case in golden_model(name)["chat"].as_array().unwrap() {
             let user = case["user"].as_str().unwrap();
             let template = files.tokenizer.chat_template.as_ref().unwrap();
-            let text = template
-                .render(&[Message::new("user", user)], true)
-                .unwrap();
+            let text = template.render(&[Message::new("user", user)], true).unwrap();
             let prompt = files.tokenizer.encode(&text, false).unwrap();
-            assert_eq!(
-                prompt,
-                ids(&case["prompt_ids"]),
-                "{name}: chat prompt for {user:?}"
-            );
+            assert_eq!(prompt, ids(&case["prompt_ids"]), "{name}: chat prompt for {user:?}");
             let want = ids(&case["greedy_ids"]);
-            let opts = GenerateOptions {
-                max_new_tokens: 48,
-                sampling: SamplingParams::greedy(),
-                eos_token_ids: files.eos_token_ids(),
-                stop_strings: vec![],
-            };
+            let opts = GenerateOptions::greedy(48, files.eos_token_ids());
             let gen = generate(m, &files.tokenizer, &prompt, &opts, &mut |_| Ok(())).unwrap();
             assert_eq!(gen.ids, want, "{name}: greedy continuation of {user:?}");
             assert_eq!(
@@ -140,18 +126,12 @@ fn streaming_detokenizer_keeps_multibyte_characters_whole() {
         let mut pieces = Vec::new();
         for &id in &ids {
             if let Some(p) = stream.push(&files.tokenizer, id).unwrap() {
-                assert!(
-                    !p.contains('\u{FFFD}'),
-                    "{name}: piece {p:?} holds a broken character"
-                );
+                assert!(!p.contains('\u{FFFD}'), "{name}: piece {p:?} holds a broken character");
                 pieces.push(p);
             }
         }
         pieces.push(stream.finish(&files.tokenizer).unwrap());
-        assert!(
-            pieces.len() > 5,
-            "{name}: text should stream in several pieces"
-        );
+        assert!(pieces.len() > 5, "{name}: text should stream in several pieces");
         assert_eq!(pieces.concat(), text, "{name}");
     }
 }
@@ -163,10 +143,7 @@ fn quantized_path_agrees_with_f32() {
     let text = common::pride_passage();
     let (files, f32_model) = model(MODELS[0]);
     let q = files
-        .load_model(
-            flexidepth::model::WeightFormat::Quantized,
-            &candle_core::Device::Cpu,
-        )
+        .load_model(flexidepth::model::WeightFormat::Quantized, &candle_core::Device::Cpu)
         .unwrap();
     let mut passage = files.tokenizer.encode(&text, false).unwrap();
     passage.truncate(256);
@@ -184,11 +161,7 @@ fn quantized_path_agrees_with_f32() {
         let prompt = ids(&case["ids"]);
         let top = |m: &flexidepth::model::Model| {
             let mut cache = m.new_cache(prompt.len());
-            let l: Vec<Vec<f32>> = m
-                .forward(&prompt, &mut cache, Logits::All)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
+            let l: Vec<Vec<f32>> = m.forward(&prompt, &mut cache, Logits::All).unwrap().to_vec2().unwrap();
             l.iter()
                 .map(|r| flexidepth::generate::sampler::argmax(r))
                 .collect::<Vec<_>>()
@@ -197,8 +170,5 @@ fn quantized_path_agrees_with_f32() {
         agree += x.iter().zip(&y).filter(|(a, b)| a == b).count();
         total += x.len();
     }
-    assert!(
-        agree as f64 >= 0.9 * total as f64,
-        "top-1 agreement {agree}/{total}"
-    );
+    assert!(agree as f64 >= 0.9 * total as f64, "top-1 agreement {agree}/{total}");
 }

@@ -6,9 +6,12 @@ pub mod sampler;
 pub mod stream;
 
 use crate::cache::KvCache;
+use crate::depth::DepthSettings;
 use crate::error::{Error, Result};
+use crate::model::layer::LayerRouting;
 use crate::model::{Logits, Model};
 use crate::tokenizer::Tokenizer;
+use crate::trace::{DepthTrace, LayerDecision, TokenDepth};
 pub use sampler::{Sampler, SamplingParams};
 use std::time::Instant;
 pub use stream::{StopStrings, TokenStream};
@@ -22,6 +25,24 @@ pub struct GenerateOptions {
     pub eos_token_ids: Vec<u32>,
     /// Generation ends when the text contains any of these (the stop string is not shown).
     pub stop_strings: Vec<String>,
+    /// How FlexiDepth layers decide (ignored by a model without routers).
+    pub depth: DepthSettings,
+    /// Record a depth trace (prompt and generated tokens).
+    pub trace: bool,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding of up to `max_new_tokens`, stopping at `eos_token_ids`.
+    pub fn greedy(max_new_tokens: usize, eos_token_ids: Vec<u32>) -> Self {
+        GenerateOptions {
+            max_new_tokens,
+            sampling: SamplingParams::greedy(),
+            eos_token_ids,
+            stop_strings: vec![],
+            depth: DepthSettings::default(),
+            trace: false,
+        }
+    }
 }
 
 /// Why generation ended.
@@ -64,6 +85,56 @@ pub struct Generation {
     /// The text shown (stop strings and special tokens excluded).
     pub text: String,
     pub stats: GenerationStats,
+    /// With [`GenerateOptions::trace`]: each token's path through the routed layers.
+    pub trace: Option<DepthTrace>,
+}
+
+/// Collects per-token routing into a [`DepthTrace`].
+struct TraceBuilder {
+    trace: DepthTrace,
+}
+
+impl TraceBuilder {
+    fn new(model: &Model) -> Self {
+        TraceBuilder {
+            trace: DepthTrace {
+                num_layers: model.config.num_hidden_layers,
+                routed_layers: model.routed_layers(),
+                tokens: Vec::new(),
+            },
+        }
+    }
+
+    /// Record the rows `ids` (at `pos..`) of one forward pass.
+    fn record(
+        &mut self,
+        tokenizer: &Tokenizer,
+        ids: &[u32],
+        pos: usize,
+        prompt: bool,
+        routing: &[LayerRouting],
+    ) -> Result<()> {
+        let unrouted = self.trace.num_layers - self.trace.routed_layers.len();
+        for (row, &id) in ids.iter().enumerate() {
+            let routed: Vec<LayerDecision> = routing
+                .iter()
+                .map(|r| LayerDecision {
+                    layer_idx: r.layer_idx,
+                    gate: r.gates[row],
+                    run: r.run[row],
+                })
+                .collect();
+            self.trace.tokens.push(TokenDepth {
+                pos: pos + row,
+                token_id: id,
+                text: tokenizer.decode(&[id], false)?,
+                prompt,
+                layers_used: unrouted + routed.iter().filter(|d| d.run).count(),
+                routed,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Generate from `prompt_ids`, calling `on_text` with each piece of text as soon as it is complete.
@@ -99,8 +170,13 @@ pub fn generate(
         Ok(())
     };
 
+    let mut tracer = opts.trace.then(|| TraceBuilder::new(model));
     let start = Instant::now();
-    let mut logits = model.forward(prompt_ids, &mut cache, Logits::Last)?;
+    let out = model.forward_with(prompt_ids, &mut cache, Logits::Last, &opts.depth)?;
+    if let Some(t) = tracer.as_mut() {
+        t.record(tokenizer, prompt_ids, 0, true, &out.routing)?;
+    }
+    let mut logits = out.logits;
     let prefill_s = start.elapsed().as_secs_f64();
     let mut first_token_at = None;
     let mut stop_reason = StopReason::MaxTokens;
@@ -131,7 +207,12 @@ pub fn generate(
             stop_reason = StopReason::ContextFull;
             break;
         }
-        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        let pos = cache.len();
+        let out = model.forward_with(&[next], &mut cache, Logits::Last, &opts.depth)?;
+        if let Some(t) = tracer.as_mut() {
+            t.record(tokenizer, &[next], pos, false, &out.routing)?;
+        }
+        logits = out.logits;
     }
     if stop_reason != StopReason::StopString {
         let rest = detok.finish(tokenizer)?;
@@ -140,6 +221,14 @@ pub fn generate(
         emit(&stops.finish(), &mut text)?;
     }
     let end = Instant::now();
+    // The last token was never fed back; a trace still wants its depth (after the timer stops).
+    if let (Some(t), Some(&last)) = (tracer.as_mut(), ids.last()) {
+        if cache.len() < cache.max_len() && t.trace.tokens.len() < prompt_ids.len() + ids.len() {
+            let pos = cache.len();
+            let out = model.forward_with(&[last], &mut cache, Logits::Last, &opts.depth)?;
+            t.record(tokenizer, &[last], pos, false, &out.routing)?;
+        }
+    }
     let first = first_token_at.unwrap_or(end);
     Ok(Generation {
         stats: GenerationStats {
@@ -152,5 +241,6 @@ pub fn generate(
         },
         ids,
         text,
+        trace: tracer.map(|t| t.trace),
     })
 }

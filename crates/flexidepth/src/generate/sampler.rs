@@ -79,10 +79,7 @@ impl Sampler {
                 return id;
             }
         }
-        probs
-            .last()
-            .map(|&(id, _)| id)
-            .unwrap_or_else(|| argmax(&logits))
+        probs.last().map(|&(id, _)| id).unwrap_or_else(|| argmax(&logits))
     }
 
     fn apply_repeat_penalty(&self, logits: &mut [f32], history: &[u32]) {

@@ -64,12 +64,7 @@ impl StopStrings {
     /// Feed text; returns the text safe to show and whether a stop string was reached (text from it on is dropped).
     pub fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
             let out = self.pending[..at].to_string();
             self.pending.clear();
             return (out, true);
@@ -96,11 +91,7 @@ impl StopStrings {
 fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     (1..stop.len().min(text.len() + 1))
         .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n)
-                && stop.is_char_boundary(n)
-                && text.ends_with(&stop[..n])
-        })
+        .find(|&n| text.is_char_boundary(text.len() - n) && stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
         .unwrap_or(0)
 }
 
@@ -130,29 +121,13 @@ mod tests {
         let tok = crate::tokenizer::toy_tokenizer();
         let text = "aé🚀b";
         let ids = tok.encode(text, false).unwrap();
-        assert_eq!(
-            ids.len(),
-            1 + 2 + 4 + 1,
-            "one token per byte in the toy vocabulary"
-        );
+        assert_eq!(ids.len(), 1 + 2 + 4 + 1, "one token per byte in the toy vocabulary");
         let mut stream = TokenStream::new();
-        let pieces: Vec<Option<String>> = ids
-            .iter()
-            .map(|&id| stream.push(&tok, id).unwrap())
-            .collect();
+        let pieces: Vec<Option<String>> = ids.iter().map(|&id| stream.push(&tok, id).unwrap()).collect();
         let some = |s: &str| Some(s.to_string());
         assert_eq!(
             pieces,
-            vec![
-                some("a"),
-                None,
-                some("é"),
-                None,
-                None,
-                None,
-                some("🚀"),
-                some("b")
-            ]
+            vec![some("a"), None, some("é"), None, None, None, some("🚀"), some("b")]
         );
         assert_eq!(stream.finish(&tok).unwrap(), "");
     }

@@ -7,6 +7,14 @@ use super::rope::Rope;
 use crate::error::Result;
 use candle_core::Tensor;
 
+/// Where the query rows of an attention call sit.
+pub enum QueryPos<'a> {
+    /// Rows at `start, start + 1, ...`.
+    Contiguous(usize),
+    /// Rows at the positions of this `[rows]` u32 tensor (the rows of a batch that run a layer).
+    Rows(&'a Tensor),
+}
+
 #[derive(Debug)]
 pub struct Attention {
     /// `[heads · head_dim, hidden]`
@@ -40,11 +48,7 @@ impl Attention {
     /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
     /// each `[kv_heads, seq, head_dim]`.
     pub fn project_kv(&self, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
-        let k = self.split_heads(
-            &self.k_proj.forward(x)?,
-            self.num_kv_heads,
-            self.k_norm.as_ref(),
-        )?;
+        let k = self.split_heads(&self.k_proj.forward(x)?, self.num_kv_heads, self.k_norm.as_ref())?;
         let k = rope.apply(&k, pos)?;
         let v = self.split_heads(&self.v_proj.forward(x)?, self.num_kv_heads, None)?;
         Ok((k, v))
@@ -57,19 +61,18 @@ impl Attention {
         &self,
         x: &Tensor,
         rope: &Rope,
-        pos: usize,
+        pos: QueryPos,
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let group = self.num_heads / self.num_kv_heads;
-        let q = self.split_heads(
-            &self.q_proj.forward(x)?,
-            self.num_heads,
-            self.q_norm.as_ref(),
-        )?;
-        let q = rope.apply(&q, pos)?;
+        let q = self.split_heads(&self.q_proj.forward(x)?, self.num_heads, self.q_norm.as_ref())?;
+        let q = match pos {
+            QueryPos::Contiguous(start) => rope.apply(&q, start)?,
+            QueryPos::Rows(idx) => rope.apply_rows(&q, idx)?,
+        };
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
         let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -93,23 +96,52 @@ impl Attention {
 }
 
 /// The additive causal mask for `seq` new queries at `pos` over `pos + seq` keys: `-inf` where key > query.
-pub fn causal_mask(
-    seq: usize,
-    pos: usize,
+pub fn causal_mask(seq: usize, pos: usize, device: &candle_core::Device, dtype: candle_core::DType) -> Result<Tensor> {
+    let positions: Vec<usize> = (pos..pos + seq).collect();
+    mask_for_rows(&positions, pos + seq, None, device, dtype)
+}
+
+/// The additive mask for queries at `positions` over `kv_len` keys: `-inf` where the key comes later than the
+/// query, or where `hidden[key]` (keys a skipped token did not write, in the no-skip-KV ablation).
+pub fn mask_for_rows(
+    positions: &[usize],
+    kv_len: usize,
+    hidden: Option<&[bool]>,
     device: &candle_core::Device,
     dtype: candle_core::DType,
 ) -> Result<Tensor> {
-    let kv_len = pos + seq;
-    let data: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..kv_len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+    let data: Vec<f32> = positions
+        .iter()
+        .flat_map(|&p| {
+            (0..kv_len).map(move |j| {
+                let is_hidden = j != p && hidden.is_some_and(|h| h.get(j).copied().unwrap_or(false));
+                if j > p || is_hidden {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
-    Ok(Tensor::from_vec(data, (seq, kv_len), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(data, (positions.len(), kv_len), device)?.to_dtype(dtype)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn row_mask_hides_later_and_hidden_keys() {
+        let hidden = [false, true, false, false];
+        let m = mask_for_rows(&[1, 3], 4, Some(&hidden), &Device::Cpu, DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m[0], vec![0., 0., inf, inf], "a token always sees its own key");
+        assert_eq!(m[1], vec![0., inf, 0., 0.]);
+    }
 
     #[test]
     fn mask_shape_and_values() {
@@ -126,9 +158,7 @@ mod tests {
     fn gqa_matches_per_head_reference() {
         let dev = Device::Cpu;
         let (hidden, heads, kv_heads, hd, seq) = (8, 4, 2, 4, 3);
-        let lin = |o: usize, i: usize| {
-            Linear::dense(Tensor::rand(-0.5f32, 0.5, (o, i), &dev).unwrap(), None)
-        };
+        let lin = |o: usize, i: usize| Linear::dense(Tensor::rand(-0.5f32, 0.5, (o, i), &dev).unwrap(), None);
         let attn = Attention {
             q_proj: lin(heads * hd, hidden),
             k_proj: lin(kv_heads * hd, hidden),
@@ -146,7 +176,7 @@ mod tests {
         let (k, v) = attn.project_kv(&x, &rope, 0).unwrap();
         let mask = causal_mask(seq, 0, &dev, DType::F32).unwrap();
         let got = attn
-            .attend(&x, &rope, 0, &k, &v, Some(&mask))
+            .attend(&x, &rope, QueryPos::Contiguous(0), &k, &v, Some(&mask))
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
@@ -160,9 +190,7 @@ mod tests {
             let kh = h / (heads / kv_heads);
             for t in 0..seq {
                 let scores: Vec<f32> = (0..=t)
-                    .map(|j| {
-                        (0..hd).map(|d| q[h][t][d] * k[kh][j][d]).sum::<f32>() / (hd as f32).sqrt()
-                    })
+                    .map(|j| (0..hd).map(|d| q[h][t][d] * k[kh][j][d]).sum::<f32>() / (hd as f32).sqrt())
                     .collect();
                 let mx = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - mx).exp()).collect();
@@ -170,10 +198,7 @@ mod tests {
                 for d in 0..hd {
                     let want: f32 = (0..=t).map(|j| e[j] / z * v[kh][j][d]).sum();
                     let g = got[t][h * hd + d];
-                    assert!(
-                        (g - want).abs() < 1e-5,
-                        "head {h} t {t} d {d}: {g} vs {want}"
-                    );
+                    assert!((g - want).abs() < 1e-5, "head {h} t {t} d {d}: {g} vs {want}");
                 }
             }
         }

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::weights::StoredTensor;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How a layer's weight is kept in memory.
@@ -21,6 +22,8 @@ pub struct Linear {
     pub weight: LinearWeight,
     pub bias: Option<Tensor>,
     out_features: usize,
+    /// Rows multiplied so far: the trace of work done, which tests use to prove that skipped layers are not paid for.
+    rows_computed: AtomicU64,
 }
 
 impl Linear {
@@ -30,6 +33,7 @@ impl Linear {
             weight: LinearWeight::Dense(weight),
             bias,
             out_features,
+            rows_computed: AtomicU64::new(0),
         }
     }
 
@@ -49,6 +53,7 @@ impl Linear {
                     weight: LinearWeight::Quantized(mm),
                     bias,
                     out_features,
+                    rows_computed: AtomicU64::new(0),
                 })
             }
             other => Ok(Linear::dense(other.to_dense(dtype, device)?, bias)),
@@ -59,7 +64,14 @@ impl Linear {
         self.out_features
     }
 
+    /// Rows this layer has multiplied since it was built.
+    pub fn rows_computed(&self) -> u64 {
+        self.rows_computed.load(Ordering::Relaxed)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dims().iter().rev().skip(1).product::<usize>() as u64;
+        self.rows_computed.fetch_add(rows, Ordering::Relaxed);
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,

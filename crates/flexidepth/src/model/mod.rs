@@ -10,11 +10,12 @@ pub mod rope;
 
 use crate::cache::KvCache;
 use crate::config::{Arch, ModelConfig};
+use crate::depth::{Adapter, DepthSettings, Router};
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 use attention::Attention;
 use candle_core::{DType, Device, Tensor};
-use layer::DecoderLayer;
+use layer::{DecoderLayer, LayerRouting};
 use linear::Linear;
 use mlp::Mlp;
 use norm::RmsNorm;
@@ -35,9 +36,7 @@ impl std::str::FromStr for WeightFormat {
         match s {
             "f32" => Ok(WeightFormat::F32),
             "q" | "quantized" => Ok(WeightFormat::Quantized),
-            other => Err(Error::Input(format!(
-                "unknown --dtype '{other}' (use f32 or q)"
-            ))),
+            other => Err(Error::Input(format!("unknown --dtype '{other}' (use f32 or q)"))),
         }
     }
 }
@@ -51,6 +50,16 @@ pub struct ForwardCtx<'a> {
     pub rope: &'a Rope,
     /// `[seq_len, pos + seq_len]`, `None` for a single token.
     pub mask: Option<Tensor>,
+    /// How routed layers decide (ignored by unrouted ones).
+    pub depth: DepthSettings,
+}
+
+/// Logits plus what the routed layers decided.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    pub logits: Tensor,
+    /// One entry per routed layer, in layer order; empty for a model without routers.
+    pub routing: Vec<LayerRouting>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -71,18 +80,15 @@ pub struct Model {
     pub norm: RmsNorm,
     /// `[vocab, hidden]`; the embedding itself when tied.
     pub lm_head: Linear,
+    /// Settings used by [`Model::forward`]; [`Model::forward_with`] takes its own.
+    pub depth_settings: DepthSettings,
     rope: Rope,
     device: Device,
 }
 
 impl Model {
     /// Build the model from `weights`, checking every tensor's shape against `config`.
-    pub fn load(
-        config: &ModelConfig,
-        weights: &WeightSource,
-        format: WeightFormat,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn load(config: &ModelConfig, weights: &WeightSource, format: WeightFormat, device: &Device) -> Result<Self> {
         let c = config;
         let dt = DType::F32;
         let quant = format == WeightFormat::Quantized;
@@ -123,18 +129,8 @@ impl Model {
                 input_layernorm: norm(&format!("{p}.input_layernorm"), h)?,
                 self_attn: Attention {
                     q_proj: linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
-                    k_proj: linear(
-                        &format!("{p}.self_attn.k_proj"),
-                        kv_out,
-                        h,
-                        c.attention_bias,
-                    )?,
-                    v_proj: linear(
-                        &format!("{p}.self_attn.v_proj"),
-                        kv_out,
-                        h,
-                        c.attention_bias,
-                    )?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
                     q_norm,
                     k_norm,
@@ -144,20 +140,12 @@ impl Model {
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"), h)?,
                 mlp: Mlp {
-                    gate_proj: linear(
-                        &format!("{p}.mlp.gate_proj"),
-                        c.intermediate_size,
-                        h,
-                        false,
-                    )?,
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
                     up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                    down_proj: linear(
-                        &format!("{p}.mlp.down_proj"),
-                        h,
-                        c.intermediate_size,
-                        false,
-                    )?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
                 },
+                router: None,
+                router_proj: None,
             });
         }
         // Some checkpoints store lm_head even when tied; the tie flag decides. A tied f32 head shares the
@@ -173,6 +161,7 @@ impl Model {
             layers,
             norm: norm("model.norm", h)?,
             lm_head,
+            depth_settings: DepthSettings::default(),
             rope: Rope::new(hd, c.rope_theta, c.max_position_embeddings, dt, device)?,
             device: device.clone(),
         })
@@ -192,8 +181,52 @@ impl Model {
         )
     }
 
-    /// Embed `ids`, run them through every layer at the cache's next position, and return their logits.
+    /// Give routed layers their router and adapter (FlexiDepth). Layers not listed stay plain.
+    pub fn attach_depth(&mut self, parts: Vec<(usize, Router, Adapter)>) -> Result<()> {
+        for (layer_idx, router, adapter) in parts {
+            let n = self.layers.len();
+            let layer = self.layers.get_mut(layer_idx).ok_or_else(|| {
+                Error::Input(format!(
+                    "routed layer {layer_idx} does not exist (the model has {n} layers)"
+                ))
+            })?;
+            layer.router = Some(router);
+            layer.router_proj = Some(adapter);
+        }
+        Ok(())
+    }
+
+    /// Remove every router and adapter: the plain base model again.
+    pub fn detach_depth(&mut self) {
+        for layer in &mut self.layers {
+            layer.router = None;
+            layer.router_proj = None;
+        }
+    }
+
+    /// Indices of the layers that have a router.
+    pub fn routed_layers(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .filter(|l| l.router.is_some())
+            .map(|l| l.layer_idx)
+            .collect()
+    }
+
+    /// Embed `ids`, run them through every layer at the cache's next position, and return their logits
+    /// (routed layers decide with [`Model::depth_settings`]).
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        Ok(self.forward_with(ids, cache, logits, &self.depth_settings)?.logits)
+    }
+
+    /// [`Model::forward`] with explicit depth settings, returning the routing decisions too.
+    pub fn forward_with(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+        depth: &DepthSettings,
+    ) -> Result<ForwardOutput> {
         if ids.is_empty() {
             return Err(Error::Input("cannot run the model on zero tokens".into()));
         }
@@ -209,12 +242,7 @@ impl Model {
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids_t, 0)?;
         let mask = if seq_len > 1 {
-            Some(attention::causal_mask(
-                seq_len,
-                pos,
-                &self.device,
-                DType::F32,
-            )?)
+            Some(attention::causal_mask(seq_len, pos, &self.device, DType::F32)?)
         } else {
             None
         };
@@ -223,15 +251,22 @@ impl Model {
             seq_len,
             rope: &self.rope,
             mask,
+            depth: *depth,
         };
+        let mut routing = Vec::new();
         for layer in &self.layers {
-            x = layer.forward(&x, &ctx, cache)?;
+            let (y, decided) = layer.forward(&x, &ctx, cache)?;
+            x = y;
+            routing.extend(decided);
         }
         cache.set_len(pos + seq_len);
         let x = match logits {
             Logits::Last => x.narrow(0, seq_len - 1, 1)?,
             Logits::All => x,
         };
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        Ok(ForwardOutput {
+            logits: self.lm_head.forward(&self.norm.forward(&x)?)?,
+            routing,
+        })
     }
 }

@@ -12,13 +12,7 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(
-        head_dim: usize,
-        theta: f64,
-        max_pos: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(head_dim: usize, theta: f64, max_pos: usize, dtype: DType, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
@@ -43,6 +37,15 @@ impl Rope {
         let seq = x.dim(1)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
+        let y = candle_nn::rotary_emb::rope(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?;
+        Ok(y.squeeze(0)?)
+    }
+
+    /// Rotate `x: [heads, rows, head_dim]` whose rows sit at the positions in `pos_idx` (`[rows]`, u32): the rows
+    /// of a batch that run a layer need not be contiguous.
+    pub fn apply_rows(&self, x: &Tensor, pos_idx: &Tensor) -> Result<Tensor> {
+        let cos = self.cos.index_select(pos_idx, 0)?;
+        let sin = self.sin.index_select(pos_idx, 0)?;
         let y = candle_nn::rotary_emb::rope(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?;
         Ok(y.squeeze(0)?)
     }
@@ -85,6 +88,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gathered_rows_equal_contiguous_rotation() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 10_000.0, 64, DType::F32, &dev).unwrap();
+        let x = Tensor::rand(-1f32, 1., (2, 3, 8), &dev).unwrap();
+        let want = rope.apply(&x, 7).unwrap().to_vec3::<f32>().unwrap();
+        let idx = Tensor::new(&[7u32, 8, 9], &dev).unwrap();
+        assert_eq!(rope.apply_rows(&x, &idx).unwrap().to_vec3::<f32>().unwrap(), want);
     }
 
     #[test]

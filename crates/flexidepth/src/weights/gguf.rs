@@ -28,12 +28,7 @@ impl GgufFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let arch_name = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
-            _ => {
-                return Err(Error::bad_file(
-                    path,
-                    "GGUF metadata has no 'general.architecture'",
-                ))
-            }
+            _ => return Err(Error::bad_file(path, "GGUF metadata has no 'general.architecture'")),
         };
         let file = GgufFile {
             path: path.to_path_buf(),
@@ -62,8 +57,7 @@ impl GgufFile {
         let len = self.mmap.len() as u64;
         for (name, info) in &self.content.tensor_infos {
             let start = self.content.tensor_data_offset.saturating_add(info.offset);
-            let end =
-                start.saturating_add(byte_len(info.ggml_dtype, info.shape.elem_count()) as u64);
+            let end = start.saturating_add(byte_len(info.ggml_dtype, info.shape.elem_count()) as u64);
             if end > len {
                 return Err(Error::bad_file(
                     &self.path,
@@ -80,18 +74,13 @@ impl GgufFile {
 
     fn meta_arch_u64(&self, key: &str) -> Result<u64> {
         let full = format!("{}.{key}", self.arch_name);
-        let v = self.meta(&full).ok_or_else(|| {
-            Error::bad_file(&self.path, format!("GGUF metadata is missing '{full}'"))
-        })?;
+        let v = self
+            .meta(&full)
+            .ok_or_else(|| Error::bad_file(&self.path, format!("GGUF metadata is missing '{full}'")))?;
         v.to_u64()
             .or_else(|_| v.to_u32().map(u64::from))
             .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-            .map_err(|_| {
-                Error::bad_file(
-                    &self.path,
-                    format!("GGUF metadata '{full}' is not an integer"),
-                )
-            })
+            .map_err(|_| Error::bad_file(&self.path, format!("GGUF metadata '{full}' is not an integer")))
     }
 
     fn meta_arch_f64(&self, key: &str) -> Option<f64> {
@@ -112,9 +101,7 @@ impl GgufFile {
     /// The model config from the metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.arch()?;
-        if let Some(gguf_file::Value::String(kind)) =
-            self.meta(&format!("{}.rope.scaling.type", self.arch_name))
-        {
+        if let Some(gguf_file::Value::String(kind)) = self.meta(&format!("{}.rope.scaling.type", self.arch_name)) {
             if kind != "none" {
                 return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'")));
             }
@@ -146,9 +133,7 @@ impl GgufFile {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self
-                .meta_arch_f64("attention.layer_norm_rms_epsilon")
-                .unwrap_or(1e-6),
+            rms_norm_eps: self.meta_arch_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
             rope_theta: self.meta_arch_f64("rope.freq_base").unwrap_or(10_000.0),
             max_position_embeddings: self.meta_arch_u64("context_length").unwrap_or(4096) as usize,
             tie_word_embeddings: tie,
@@ -233,9 +218,7 @@ pub(crate) fn unpermute_rows(
     n_head: usize,
 ) -> std::result::Result<Vec<u8>, String> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
-        return Err(format!(
-            "{rows} rows cannot be split into {n_head} heads of even size"
-        ));
+        return Err(format!("{rows} rows cannot be split into {n_head} heads of even size"));
     }
     let hd = rows / n_head;
     let mut out = vec![0u8; raw.len()];

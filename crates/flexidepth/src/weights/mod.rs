@@ -52,16 +52,13 @@ impl SafetensorsFiles {
             vec![single]
         } else if index.exists() {
             let text = crate::error::read_to_string(&index)?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::bad_file(&index, format!("invalid JSON: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::bad_file(&index, format!("invalid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::bad_file(&index, "no 'weight_map' object"))?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect();
+            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
             shards.sort();
             shards.dedup();
             shards.iter().map(|s| dir.join(s)).collect()
@@ -73,10 +70,7 @@ impl SafetensorsFiles {
         };
         for f in &files {
             if !f.exists() {
-                return Err(Error::io(
-                    f,
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                ));
+                return Err(Error::io(f, std::io::Error::from(std::io::ErrorKind::NotFound)));
             }
         }
         Self::open(files)
@@ -143,9 +137,7 @@ impl WeightSource {
         let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for n in self.names() {
             if let Some((_, t)) = self.describe(&n) {
-                out.entry(names::tensor_kind(&n).to_string())
-                    .or_default()
-                    .insert(t);
+                out.entry(names::tensor_kind(&n).to_string()).or_default().insert(t);
             }
         }
         out.into_iter()
@@ -167,9 +159,7 @@ impl WeightSource {
         };
         match self {
             WeightSource::Gguf(g) => {
-                let (found, _) = g
-                    .info(name)
-                    .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+                let (found, _) = g.info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
                 check(found)?;
                 let q = g
                     .qtensor(name, device)?
@@ -177,9 +167,7 @@ impl WeightSource {
                 Ok(StoredTensor::Quantized(q))
             }
             WeightSource::Safetensors(s) => {
-                let view =
-                    s.st.get(name)
-                        .map_err(|_| Error::MissingTensor(name.to_string()))?;
+                let view = s.st.get(name).map_err(|_| Error::MissingTensor(name.to_string()))?;
                 check(view.shape().to_vec())?;
                 let t = view
                     .load(device)
@@ -190,24 +178,12 @@ impl WeightSource {
     }
 
     /// Read a tensor as a plain tensor of `dtype`, checking its shape.
-    pub fn dense(
-        &self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn dense(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         self.stored(name, shape, device)?.to_dense(dtype, device)
     }
 
     /// Like [`Self::dense`], but `None` when the tensor is absent.
-    pub fn dense_opt(
-        &self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Option<Tensor>> {
+    pub fn dense_opt(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Option<Tensor>> {
         if !self.contains(name) {
             return Ok(None);
         }

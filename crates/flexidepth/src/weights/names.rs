@@ -75,14 +75,8 @@ mod tests {
     fn maps_both_ways() {
         for (hf, g) in [
             ("model.embed_tokens.weight", "token_embd.weight"),
-            (
-                "model.layers.7.self_attn.o_proj.weight",
-                "blk.7.attn_output.weight",
-            ),
-            (
-                "model.layers.12.mlp.down_proj.weight",
-                "blk.12.ffn_down.weight",
-            ),
+            ("model.layers.7.self_attn.o_proj.weight", "blk.7.attn_output.weight"),
+            ("model.layers.12.mlp.down_proj.weight", "blk.12.ffn_down.weight"),
             ("model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias"),
         ] {
             assert_eq!(hf_to_gguf(hf).as_deref(), Some(g));
@@ -90,13 +84,7 @@ mod tests {
         }
         assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
-        assert_eq!(
-            tensor_kind("model.layers.3.self_attn.q_proj.weight"),
-            "q_proj"
-        );
-        assert_eq!(
-            tensor_kind("model.layers.3.self_attn.q_proj.bias"),
-            "q_proj.bias"
-        );
+        assert_eq!(tensor_kind("model.layers.3.self_attn.q_proj.weight"), "q_proj");
+        assert_eq!(tensor_kind("model.layers.3.self_attn.q_proj.bias"), "q_proj.bias");
     }
 }

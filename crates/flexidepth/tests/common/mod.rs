@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
 use serde_json::Value;
@@ -62,12 +64,8 @@ pub fn floats(v: &Value) -> Vec<f32> {
 /// than the 512 tokens scored.
 pub fn pride_passage() -> String {
     let path = flexidepth::loader::cache_dir().join("data/austen/prideprejudice.txt");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; fetch it with scripts/fetch-data.sh austen",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; fetch it with scripts/fetch-data.sh austen", path.display()));
     let lines: Vec<&str> = text.split('\n').collect();
     let start = lines
         .iter()

@@ -1,0 +1,91 @@
+//! `flexidepth depth`: create FlexiDepth depth adapters.
+
+use crate::ModelArgs;
+use anyhow::{Context, Result};
+use flexidepth::depth::file::{init_tensors, write_depth_file, DepthMeta};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: DepthCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DepthCommand {
+    /// Write freshly initialised routers and adapters for a model (N(0, 0.02) weights, zero adapter output).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output depth-adapter file (.safetensors).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Layers to route, `A..B` (end exclusive) or `A..=B`; default the later half.
+    #[arg(long)]
+    pub routed_layers: Option<String>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// hidden / router bottleneck width.
+    #[arg(long, default_value_t = 16)]
+    pub router_reduction: usize,
+    /// intermediate / adapter width.
+    #[arg(long, default_value_t = 16)]
+    pub proj_reduction: usize,
+    /// Storage dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        DepthCommand::Init(a) => init(a),
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let dtype = match args.dtype.as_str() {
+        "f32" => candle_core::DType::F32,
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        other => anyhow::bail!("unknown --dtype '{other}' (use f32, f16 or bf16)"),
+    };
+    if args.router_reduction == 0 || args.proj_reduction == 0 {
+        anyhow::bail!("reduction factors must be positive");
+    }
+    let files = args.model.open()?;
+    let model = files.load_model(flexidepth::model::WeightFormat::F32, &candle_core::Device::Cpu)?;
+    let layers = match &args.routed_layers {
+        Some(r) => flexidepth::depth::parse_layer_range(r)?,
+        None => flexidepth::depth::default_routed_layers(model.config.num_hidden_layers),
+    };
+    if let Some(&bad) = layers.iter().find(|&&l| l >= model.config.num_hidden_layers) {
+        anyhow::bail!(
+            "layer {bad} does not exist: the model has {} layers",
+            model.config.num_hidden_layers
+        );
+    }
+    let tensors = init_tensors(
+        &model.config,
+        &layers,
+        args.router_reduction,
+        args.proj_reduction,
+        args.seed,
+    )?;
+    let meta = DepthMeta::for_model(&model, layers.clone(), args.router_reduction, args.proj_reduction)?;
+    write_depth_file(&args.output, &meta, &tensors, dtype)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
+    eprintln!(
+        "wrote {}: routed layers {}..={}, {} parameters ({:.2} M)",
+        args.output.display(),
+        layers[0],
+        layers[layers.len() - 1],
+        params,
+        params as f64 / 1e6
+    );
+    Ok(())
+}

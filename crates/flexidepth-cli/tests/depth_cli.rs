@@ -1,0 +1,201 @@
+//! The FlexiDepth flags of the `flexidepth` binary: `depth init`, `--depth` with modes and thresholds, traces,
+//! depth maps, perplexity with depth, and their errors.
+
+use std::process::{Command, Output};
+
+fn flexidepth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flexidepth"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `layers used: X of 30` from stderr.
+fn layers_used(out: &Output) -> f64 {
+    let err = text(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("layers used: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    line["layers used: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn depth_init_generate_trace_and_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let depth = dir.path().join("depth.safetensors");
+    let d = depth.to_str().unwrap();
+    let out = flexidepth(&["depth", "init", "-o", d, "--seed", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("routed layers 15..=29"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let trace = dir.path().join("t.jsonl");
+    let html = dir.path().join("map.html");
+    let chat = [
+        "generate",
+        "--chat",
+        "What is the capital of France?",
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+    ];
+    let mut args = chat.to_vec();
+    args.extend([
+        "--depth",
+        d,
+        "--trace",
+        trace.to_str().unwrap(),
+        "--depth-map",
+        html.to_str().unwrap(),
+    ]);
+    let out = flexidepth(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mean = layers_used(&out);
+    assert!(
+        mean > 15.0 && mean < 30.0,
+        "fresh routers skip some routed layers: {mean}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12, "one object per generated token");
+    for l in &lines {
+        assert_eq!(l["prompt"], false);
+        let routed = l["routed"].as_array().unwrap();
+        assert_eq!(routed.len(), 15);
+        let runs = routed.iter().filter(|r| r["run"] == true).count() as u64;
+        assert_eq!(l["layers_used"].as_u64().unwrap(), 15 + runs);
+        for r in routed {
+            let g = r["gate"].as_f64().unwrap();
+            assert_eq!(r["run"] == true, g > 0.5, "threshold is strict 0.5: {r}");
+        }
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") || page.starts_with("<html"),
+        "{}",
+        &page[..100]
+    );
+
+    // Forced modes: run uses every layer, skip uses only the unrouted ones and decodes faster per token.
+    let svg = dir.path().join("m.svg");
+    let mut run = chat.to_vec();
+    run.extend([
+        "--depth",
+        d,
+        "--depth-mode",
+        "run",
+        "--depth-map",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(layers_used(&flexidepth(&run)), 30.0);
+    assert!(std::fs::read_to_string(dir.path().join("m.svg"))
+        .unwrap()
+        .contains("<svg"));
+    let mut skip = chat.to_vec();
+    skip.extend(["--depth", d, "--depth-mode", "skip"]);
+    assert_eq!(layers_used(&flexidepth(&skip)), 15.0);
+    // A higher threshold skips more.
+    let mut high = chat.to_vec();
+    high.extend(["--depth", d, "--skip-threshold", "0.52"]);
+    assert!(layers_used(&flexidepth(&high)) < mean);
+
+    // Perplexity reports layers per token beside the perplexity.
+    let f = dir.path().join("p.txt");
+    std::fs::write(
+        &f,
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune.",
+    )
+    .unwrap();
+    let out = flexidepth(&[
+        "perplexity",
+        "-f",
+        f.to_str().unwrap(),
+        "--depth",
+        d,
+        "--depth-mode",
+        "skip",
+    ]);
+    assert!(
+        text(&out.stdout).contains("layers/token: 15.00 of 30"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn depth_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flexidepth(&["generate", "-p", "hi", "-n", "2", "--depth-mode", "skip"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("need a model with routers"));
+    let out = flexidepth(&["generate", "-p", "hi", "-n", "2", "--trace", "x.jsonl"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--depth FILE"));
+    let out = flexidepth(&["depth", "init", "-o", "x.safetensors", "--routed-layers", "25..40"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("layer 30 does not exist"));
+    let out = flexidepth(&["depth", "init", "-o", "x.safetensors", "--routed-layers", "7"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("bad layer range"));
+
+    // A depth adapter made for the other default model is refused by name.
+    let qwen_depth = dir.path().join("q.safetensors");
+    let out = flexidepth(&[
+        "depth",
+        "init",
+        "-m",
+        "qwen2.5-coder-0.5b-instruct",
+        "-o",
+        qwen_depth.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = flexidepth(&[
+        "generate",
+        "-p",
+        "hi",
+        "-n",
+        "2",
+        "--depth",
+        qwen_depth.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("made for Qwen2ForCausalLM") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = flexidepth(&["generate", "-p", "hi", "-n", "2", "--depth", "/no/such.safetensors"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("/no/such.safetensors"));
+    let smol_depth = dir.path().join("s.safetensors");
+    assert!(flexidepth(&["depth", "init", "-o", smol_depth.to_str().unwrap()])
+        .status
+        .success());
+    let out = flexidepth(&[
+        "generate",
+        "-p",
+        "hi",
+        "--depth-map",
+        "m.pdf",
+        "-n",
+        "2",
+        "--depth",
+        smol_depth.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains(".svg"),
+        "{}",
+        text(&out.stderr)
+    );
+}
