@@ -87,16 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         let text = match (&args.prompt, &args.file) {
             (Some(p), _) => p.clone(),
-            (None, Some(f)) => {
-                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-                String::from_utf8(bytes).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: not valid UTF-8 at byte {}",
-                        f.display(),
-                        e.utf8_error().valid_up_to()
-                    )
-                })?
-            }
+            (None, Some(f)) => flexidepth::error::read_to_string(f)?,
             (None, None) => bail!("give a prompt with -p, -f or --chat"),
         };
         if text.is_empty() {

@@ -1,7 +1,7 @@
 //! `flexidepth perplexity`: mean NLL and perplexity over the first `--ctx` tokens of a file, in one window.
 
 use crate::{DepthArgs, LoadArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -19,14 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not valid UTF-8 at byte {}",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = flexidepth::error::read_to_string(&args.file)?;
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
     let mut ids = files.tokenizer.encode(&text, false)?;

@@ -1,18 +1,10 @@
 //! The `flexidepth` binary end to end on the default model: what a user types and sees, errors included
 //! (a clear message and a non-zero exit, never a panic).
 
-use std::process::{Command, Output};
+mod common;
 
-fn flexidepth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flexidepth"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{flexidepth, text};
+use std::process::Output;
 
 /// Fails with what a user would see when a command that should fail cleanly does not.
 fn assert_clean_failure(out: &Output, needle: &str) {
@@ -65,19 +57,7 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
     let b = flexidepth(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
-    let greedy = text(
-        &flexidepth(&[
-            "generate",
-            "-p",
-            "The capital of France is",
-            "-n",
-            "8",
-            "--temperature",
-            "0",
-        ])
-        .stdout,
-    );
-    let cut = flexidepth(&[
+    let greedy_args = [
         "generate",
         "-p",
         "The capital of France is",
@@ -85,9 +65,9 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
         "8",
         "--temperature",
         "0",
-        "--stop",
-        "Paris",
-    ]);
+    ];
+    let greedy = text(&flexidepth(&greedy_args).stdout);
+    let cut = flexidepth(&[&greedy_args[..], &["--stop", "Paris"]].concat());
     let cut_text = text(&cut.stdout);
     assert!(greedy.contains("Paris"), "{greedy}");
     assert_eq!(cut_text.trim_end(), greedy[..greedy.find("Paris").unwrap()].trim_end());

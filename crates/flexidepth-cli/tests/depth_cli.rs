@@ -1,18 +1,10 @@
 //! The FlexiDepth flags of the `flexidepth` binary: `depth init`, `--depth` with modes and thresholds, traces,
 //! depth maps, perplexity with depth, and their errors.
 
-use std::process::{Command, Output};
+mod common;
 
-fn flexidepth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flexidepth"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{flexidepth, text};
+use std::process::Output;
 
 /// `layers used: X of 30` from stderr.
 fn layers_used(out: &Output) -> f64 {

@@ -56,12 +56,12 @@ impl Error {
     }
 }
 
-/// Read a whole file, naming it in the error.
-pub(crate) fn read_to_string(path: &std::path::Path) -> Result<String> {
+/// Read a whole UTF-8 text file; the error names the file, and the byte where invalid UTF-8 starts.
+pub fn read_to_string(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| {
         Error::Input(format!(
-            "{}: not valid UTF-8 (byte offset {})",
+            "{}: not valid UTF-8 at byte {}",
             path.display(),
             e.utf8_error().valid_up_to()
         ))
