@@ -1,5 +1,6 @@
 //! `flexidepth`: the command-line tool. Text goes to stdout, statistics and progress to stderr.
 
+mod cmd_bench;
 mod cmd_convert;
 mod cmd_depth;
 mod cmd_generate;
@@ -16,6 +17,9 @@ use clap::{Parser, Subcommand};
     about = "Adaptive-depth LLM inference (FlexiDepth, DMTD) on candle"
 )]
 struct Cli {
+    /// Threads for the computation (default: the physical cores); `bench` takes a comma list.
+    #[arg(short = 't', long, global = true)]
+    threads: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +38,8 @@ enum Command {
     Convert(cmd_convert::Args),
     /// FlexiDepth depth adapters (routers and adapters): create them.
     Depth(cmd_depth::Args),
+    /// Measure prompt-processing and generation speed per depth configuration (like llama-bench).
+    Bench(cmd_bench::Args),
 }
 
 /// Model selection shared by every command.
@@ -137,16 +143,51 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
     }
 }
 
+/// Size the thread pools. candle's and ours read `RAYON_NUM_THREADS`; when it is unset, candle re-counts the
+/// physical cores (by reading /proc/cpuinfo) on every matmul, so it is always set here, once.
+fn set_threads(threads: Option<&str>, is_bench: bool) -> anyhow::Result<()> {
+    let n = match threads {
+        Some(t) if is_bench && t.contains(',') => return Ok(()), // bench runs one process per value
+        Some(t) => t
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("-t takes a positive number of threads, not '{t}'"))?,
+        None => candle_core::utils::get_num_threads(),
+    };
+    // Nothing has started a thread pool yet: this is the first thing main does.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
-    let res = match cli.command {
+    let is_bench = matches!(cli.command, Command::Bench(_));
+    if let Err(e) = set_threads(cli.threads.as_deref(), is_bench) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+    // Run the command on a worker of the compute pool: parallel kernels called from a pool thread are picked up
+    // by spinning siblings, instead of parking the caller on a latch and waking a sleeping worker per matmul.
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(candle_core::utils::get_num_threads())
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot start the thread pool: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = pool.install(|| match cli.command {
         Command::Generate(a) => cmd_generate::run(*a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Depth(a) => cmd_depth::run(a),
-    };
+        Command::Bench(a) => cmd_bench::run(a, cli.threads.as_deref()),
+    });
     if let Err(e) = res {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -5,6 +5,7 @@
 //! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity),
 //! [`convert`] (GGUF → HF folder) and [`loader`] (finding and opening models).
 
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod depthmap;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod tokenizer;

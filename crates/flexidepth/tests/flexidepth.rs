@@ -68,6 +68,7 @@ fn check_mode(arch: Arch, mode: DepthMode, skip_kv: bool) {
         DepthMode::Dynamic => None,
         DepthMode::Run => Some(true),
         DepthMode::Skip => Some(false),
+        DepthMode::Off => unreachable!("the reference has no 'off' mode; it is the plain model"),
     };
     let want = reference(
         &c,

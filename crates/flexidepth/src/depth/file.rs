@@ -178,14 +178,7 @@ pub fn base_fingerprint(c: &ModelConfig) -> String {
 
 /// Mean |x| over the first rows of the embedding table.
 pub fn embed_abs_mean(model: &Model) -> Result<f64> {
-    let rows = model.embed_tokens.dim(0)?.min(2048);
-    let v = model
-        .embed_tokens
-        .narrow(0, 0, rows)?
-        .abs()?
-        .mean_all()?
-        .to_scalar::<f32>()?;
-    Ok(v as f64)
+    model.embed_tokens.abs_mean(2048)
 }
 
 fn linear(weights: &WeightSource, name: &str, shape: &[usize], device: &Device) -> Result<Linear> {

@@ -23,6 +23,8 @@ pub enum DepthMode {
     Run,
     /// Every token skips every routed layer (adapter scaled by `1 − w`).
     Skip,
+    /// Routers are ignored entirely (not even computed): the base model, for full-depth baselines.
+    Off,
 }
 
 impl std::str::FromStr for DepthMode {

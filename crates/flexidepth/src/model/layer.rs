@@ -47,7 +47,9 @@ impl DecoderLayer {
     /// also return their decisions.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx, cache: &mut KvCache) -> Result<(Tensor, Option<LayerRouting>)> {
         match (&self.router, &self.router_proj) {
-            (Some(router), Some(adapter)) => self.forward_routed(x, ctx, cache, router, adapter),
+            (Some(router), Some(adapter)) if ctx.depth.mode != DepthMode::Off => {
+                self.forward_routed(x, ctx, cache, router, adapter)
+            }
             _ => Ok((
                 self.forward_full(x, &self.input_layernorm.forward(x)?, ctx, cache)?,
                 None,
@@ -87,7 +89,7 @@ impl DecoderLayer {
         let gates: Vec<f32> = gates_t.to_vec1()?;
         let run: Vec<bool> = match settings.mode {
             DepthMode::Dynamic => gates.iter().map(|&w| w > settings.skip_threshold).collect(),
-            DepthMode::Run => vec![true; gates.len()],
+            DepthMode::Run | DepthMode::Off => vec![true; gates.len()],
             DepthMode::Skip => vec![false; gates.len()],
         };
         let routing = LayerRouting {

@@ -2,6 +2,7 @@
 //! `model.layers.{i}.self_attn.q_proj.weight` is `Model::layers[i].self_attn.q_proj`.
 
 pub mod attention;
+pub mod embedding;
 pub mod layer;
 pub mod linear;
 pub mod mlp;
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 use attention::Attention;
 use candle_core::{DType, Device, Tensor};
+use embedding::Embedding;
 use layer::{DecoderLayer, LayerRouting};
 use linear::Linear;
 use mlp::Mlp;
@@ -74,14 +76,17 @@ pub enum Logits {
 #[derive(Debug)]
 pub struct Model {
     pub config: ModelConfig,
-    /// `[vocab, hidden]`
-    pub embed_tokens: Tensor,
+    pub embed_tokens: Embedding,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// `[vocab, hidden]`; the embedding itself when tied.
     pub lm_head: Linear,
     /// Settings used by [`Model::forward`]; [`Model::forward_with`] takes its own.
     pub depth_settings: DepthSettings,
+    /// Layers removed outright (static pruning, ShortGPT/LaCo-style baselines): never run, no K/V.
+    pub pruned_layers: Vec<usize>,
+    /// How the weights are held; attached FlexiDepth parts follow it.
+    pub format: WeightFormat,
     rope: Rope,
     device: Device,
 }
@@ -110,9 +115,15 @@ impl Model {
             ))
         };
 
-        let embed_name = "model.embed_tokens.weight";
-        let embed_stored = weights.stored(embed_name, &[c.vocab_size, h], device)?;
-        let embed_tokens = embed_stored.to_dense(dt, device)?;
+        let embed_stored = weights.stored("model.embed_tokens.weight", &[c.vocab_size, h], device)?;
+        let embed_packed = match (&embed_stored, quant) {
+            (crate::weights::StoredTensor::Quantized(q), true) => linear::packed(q)?.map(std::sync::Arc::new),
+            _ => None,
+        };
+        let embed_tokens = match &embed_packed {
+            Some(m) => Embedding::Packed(m.clone()),
+            None => Embedding::Dense(embed_stored.to_dense(dt, device)?),
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for layer_idx in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer_idx}");
@@ -150,10 +161,10 @@ impl Model {
         }
         // Some checkpoints store lm_head even when tied; the tie flag decides. A tied f32 head shares the
         // embedding tensor instead of holding a second copy.
-        let lm_head = match (c.tie_word_embeddings, quant) {
-            (true, false) => Linear::dense(embed_tokens.clone(), None),
-            (true, true) => Linear::from_stored(embed_stored, None, dt, quant, device)?,
-            (false, _) => linear("lm_head", c.vocab_size, h, false)?,
+        let lm_head = match (&embed_tokens, c.tie_word_embeddings) {
+            (Embedding::Dense(t), true) => Linear::dense(t.clone(), None),
+            (Embedding::Packed(m), true) => Linear::packed(m.clone(), None),
+            (_, false) => linear("lm_head", c.vocab_size, h, false)?,
         };
         Ok(Model {
             config: c.clone(),
@@ -162,6 +173,8 @@ impl Model {
             norm: norm("model.norm", h)?,
             lm_head,
             depth_settings: DepthSettings::default(),
+            pruned_layers: Vec::new(),
+            format,
             rope: Rope::new(hd, c.rope_theta, c.max_position_embeddings, dt, device)?,
             device: device.clone(),
         })
@@ -181,9 +194,17 @@ impl Model {
         )
     }
 
-    /// Give routed layers their router and adapter (FlexiDepth). Layers not listed stay plain.
+    /// Give routed layers their router and adapter (FlexiDepth). Layers not listed stay plain. In the quantized
+    /// path the adapter and the router's input projection are stored as Q8_0, so that a skipped layer reads few
+    /// bytes (an f32 adapter would cost a third of a Q4_1 layer).
     pub fn attach_depth(&mut self, parts: Vec<(usize, Router, Adapter)>) -> Result<()> {
-        for (layer_idx, router, adapter) in parts {
+        for (layer_idx, mut router, mut adapter) in parts {
+            if self.format == WeightFormat::Quantized {
+                router.router_enc = router.router_enc.into_q8()?;
+                adapter.gate_proj = adapter.gate_proj.into_q8()?;
+                adapter.down_proj = adapter.down_proj.into_q8()?;
+                adapter.up_proj = adapter.up_proj.into_q8()?;
+            }
             let n = self.layers.len();
             let layer = self.layers.get_mut(layer_idx).ok_or_else(|| {
                 Error::Input(format!(
@@ -202,6 +223,63 @@ impl Model {
             layer.router = None;
             layer.router_proj = None;
         }
+    }
+
+    /// ShortGPT's block influence of every layer on `ids`: `1 − mean cos(x_in, x_out)` over the tokens. Layers that
+    /// barely change the hidden state score low and are the first candidates for removal.
+    pub fn block_influence(&self, ids: &[u32]) -> Result<Vec<f64>> {
+        let mut cache = self.new_cache(ids.len());
+        cache.reserve(ids.len())?;
+        let mut x = self.embed_tokens.forward(ids, &self.device)?;
+        let ctx = ForwardCtx {
+            pos: 0,
+            seq_len: ids.len(),
+            rope: &self.rope,
+            mask: (ids.len() > 1)
+                .then(|| attention::causal_mask(ids.len(), 0, &self.device, DType::F32))
+                .transpose()?,
+            depth: DepthSettings {
+                mode: crate::depth::DepthMode::Run,
+                ..DepthSettings::default()
+            },
+        };
+        let mut out = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (y, _) = layer.forward(&x, &ctx, &mut cache)?;
+            let dot = (&x * &y)?.sum(1)?;
+            let norms = (x.sqr()?.sum(1)?.sqrt()? * y.sqr()?.sum(1)?.sqrt()?)?;
+            let cos = (dot / norms)?.mean_all()?.to_scalar::<f32>()?;
+            out.push(1.0 - cos as f64);
+            x = y;
+        }
+        Ok(out)
+    }
+
+    /// Bytes of weights a token reads in each layer: `(full path, skip path)`; the skip path (K/V, router,
+    /// adapter) only exists on routed layers. Decode is memory-bound, so these bound what skipping can save.
+    pub fn layer_weight_bytes(&self) -> Vec<(usize, Option<usize>)> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let kv = a.k_proj.weight_bytes() + a.v_proj.weight_bytes();
+                let m = &l.mlp;
+                let mlp = m.gate_proj.weight_bytes() + m.up_proj.weight_bytes() + m.down_proj.weight_bytes();
+                let router = l.router.as_ref().map_or(0, |r| {
+                    r.router_enc.weight_bytes() + r.router_dec.weight_bytes() + r.router_head.weight_bytes()
+                });
+                let full = kv + a.q_proj.weight_bytes() + a.o_proj.weight_bytes() + mlp + router;
+                let skip = l.router_proj.as_ref().map(|ad| {
+                    kv + router + ad.gate_proj.weight_bytes() + ad.down_proj.weight_bytes() + ad.up_proj.weight_bytes()
+                });
+                (full, skip)
+            })
+            .collect()
+    }
+
+    /// Bytes read per token outside the layers: the output head (and one embedding row).
+    pub fn head_weight_bytes(&self) -> usize {
+        self.lm_head.weight_bytes() + self.embed_tokens.storage_bytes() / self.config.vocab_size.max(1)
     }
 
     /// Indices of the layers that have a router.
@@ -239,8 +317,7 @@ impl Model {
         let pos = cache.len();
         let seq_len = ids.len();
         cache.reserve(pos + seq_len)?;
-        let ids_t = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids_t, 0)?;
+        let mut x = self.embed_tokens.forward(ids, &self.device)?;
         let mask = if seq_len > 1 {
             Some(attention::causal_mask(seq_len, pos, &self.device, DType::F32)?)
         } else {
@@ -255,6 +332,9 @@ impl Model {
         };
         let mut routing = Vec::new();
         for layer in &self.layers {
+            if self.pruned_layers.contains(&layer.layer_idx) {
+                continue;
+            }
             let (y, decided) = layer.forward(&x, &ctx, cache)?;
             x = y;
             routing.extend(decided);

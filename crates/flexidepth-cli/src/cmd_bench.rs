@@ -1,0 +1,255 @@
+//! `flexidepth bench`: llama-bench-style prompt-processing and generation speed, one row per depth
+//! configuration (full depth, FlexiDepth thresholds, all-skip, static removal of k layers), with the layers used
+//! and the weights-read bound beside the measured speed-up. Comma lists sweep parameters.
+
+use anyhow::{bail, Context, Result};
+use flexidepth::bench::{self, BenchConfig, BenchRow, Stats};
+use flexidepth::loader::ModelFiles;
+use flexidepth::model::{Model, WeightFormat};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Models (comma list): GGUF files, HF folders or short names.
+    #[arg(short = 'm', long, default_value = flexidepth::loader::DEFAULT_MODEL)]
+    pub model: String,
+    /// Prompt-processing sizes (comma list; 0 = none).
+    #[arg(short = 'p', long = "n-prompt", default_value = "512")]
+    pub n_prompt: String,
+    /// Generation lengths (comma list; 0 = none).
+    #[arg(short = 'n', long = "n-gen", default_value = "128")]
+    pub n_gen: String,
+    /// Context already in the cache before generation (comma list).
+    #[arg(short = 'd', long = "n-depth", default_value = "0")]
+    pub n_depth: String,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Weight formats (comma list): q (GGUF blocks, our kernels) or f32.
+    #[arg(long, default_value = "q")]
+    pub dtype: String,
+    /// Depth configurations (comma list): full, flexi[:THRESHOLD], skip, prune:K.
+    #[arg(long, default_value = "full,flexi:0.5,skip,prune:4")]
+    pub configs: String,
+    /// Depth-adapter file for flexi/skip rows; without it, freshly initialised routers (seed 42) are used.
+    #[arg(long)]
+    pub depth: Option<PathBuf>,
+    /// Output format: md, csv or json.
+    #[arg(short = 'o', long, default_value = "md")]
+    pub output: String,
+}
+
+fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<T>()
+                .map_err(|e| anyhow::anyhow!("bad {what} '{x}': {e}"))
+        })
+        .collect()
+}
+
+/// Threads: one value runs here; a list re-runs this command once per value (each process sizes its thread
+/// pools once) and merges the rows.
+pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
+    if !["md", "csv", "json"].contains(&args.output.as_str()) {
+        bail!("unknown output format '{}' (md, csv or json)", args.output);
+    }
+    let thread_list: Vec<usize> = match threads {
+        Some(t) => list(t, "thread count")?,
+        None => vec![],
+    };
+    let rows = if thread_list.len() > 1 {
+        let mut rows = Vec::new();
+        for t in thread_list {
+            rows.extend(run_child(t)?);
+        }
+        rows
+    } else {
+        measure(&args, thread_list.first().copied())?
+    };
+    let mut rows = rows;
+    bench::fill_speedups(&mut rows);
+    let text = match args.output.as_str() {
+        "csv" => bench::to_csv(&rows),
+        "json" => bench::to_json(&rows),
+        _ => bench::to_markdown(&rows),
+    };
+    println!("{text}");
+    Ok(())
+}
+
+/// Re-run this command with one thread count and JSON output.
+fn run_child(threads: usize) -> Result<Vec<BenchRow>> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    // Drop the thread list and the output format, then add ours.
+    let mut i = 0;
+    while i < argv.len() {
+        let a = &argv[i];
+        if a == "-t" || a == "--threads" || a == "-o" || a == "--output" {
+            argv.drain(i..(i + 2).min(argv.len()));
+        } else if a.starts_with("--threads=") || a.starts_with("--output=") {
+            argv.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    argv.extend(["-t".into(), threads.to_string(), "-o".into(), "json".into()]);
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let out = std::process::Command::new(exe)
+        .args(&argv)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run the benchmark for one thread count")?;
+    if !out.status.success() {
+        bail!("the benchmark with {threads} threads failed");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("benchmark output is not JSON")?;
+    v.as_array()
+        .context("benchmark output is not a list")?
+        .iter()
+        .map(|r| row_from_json(r).context("benchmark row is malformed"))
+        .collect()
+}
+
+fn row_from_json(r: &serde_json::Value) -> Option<BenchRow> {
+    let s = |k: &str| r.get(k).and_then(|v| v.as_str()).map(String::from);
+    let u = |k: &str| r.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
+    Some(BenchRow {
+        engine: s("engine")?,
+        model: s("model")?,
+        dtype: s("dtype")?,
+        threads: u("threads")?,
+        config: s("config")?,
+        test: s("test")?,
+        n_prompt: u("n_prompt")?,
+        n_gen: u("n_gen")?,
+        n_depth: u("n_depth")?,
+        reps: u("reps")?,
+        mean_tps: f("mean_tps")?,
+        std_tps: f("std_tps")?,
+        samples_tps: r
+            .get("samples_tps")?
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect(),
+        layers_per_token: f("layers_per_token")?,
+        weight_bytes_per_token: f("weight_bytes_per_token")?,
+        bound_speedup: None,
+        speedup: None,
+    })
+}
+
+/// The tests of one configuration: (label, prompt tokens, generated tokens, context depth).
+fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
+    let mut out = Vec::new();
+    for p in list::<usize>(&args.n_prompt, "prompt size")? {
+        if p > 0 {
+            out.push((format!("pp{p}"), p, 0, 0));
+        }
+    }
+    for n in list::<usize>(&args.n_gen, "generation length")? {
+        for d in list::<usize>(&args.n_depth, "depth")? {
+            if n > 0 {
+                let label = if d > 0 { format!("tg{n}@d{d}") } else { format!("tg{n}") };
+                out.push((label, 0, n, d));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
+    let configs: Vec<BenchConfig> = list(&args.configs, "config")?;
+    let tests = tests(args)?;
+    let threads = threads.unwrap_or_else(candle_core::utils::get_num_threads);
+    let reps = args.repetitions.max(1);
+    let total = args.model.split(',').count() * args.dtype.split(',').count() * configs.len() * tests.len();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("a valid progress template"),
+    );
+    let mut rows = Vec::new();
+    for model_name in args.model.split(',') {
+        let files = ModelFiles::open(model_name).with_context(|| format!("cannot open model '{model_name}'"))?;
+        for dtype in args.dtype.split(',') {
+            let format: WeightFormat = dtype.parse()?;
+            let mut model = files.load_model(format, &candle_core::Device::Cpu)?;
+            if configs.iter().any(|c| c.needs_routers()) && model.routed_layers().is_empty() {
+                attach_routers(&mut model, args.depth.as_deref())?;
+            }
+            let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
+            let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
+            for config in &configs {
+                model.pruned_layers = match config {
+                    BenchConfig::Prune(k) => bench::layers_to_prune(&model, &ids[..ids.len().min(256)], *k)?,
+                    _ => Vec::new(),
+                };
+                let settings = config.settings();
+                for (label, p, n, d) in &tests {
+                    bar.set_message(format!("{model_name} {dtype} {config} {label}"));
+                    let run = || -> flexidepth::Result<bench::Timed> {
+                        if *p > 0 {
+                            bench::time_prompt(&model, &settings, &ids[..*p])
+                        } else {
+                            bench::time_generation(&model, &settings, &ids[..(*d).max(1)], *n)
+                        }
+                    };
+                    run()?; // warm-up
+                    let timed: Vec<bench::Timed> = (0..reps).map(|_| run()).collect::<flexidepth::Result<_>>()?;
+                    let tokens = if *p > 0 { *p } else { *n } as f64;
+                    let samples: Vec<f64> = timed.iter().map(|t| tokens / t.seconds).collect();
+                    let stats = Stats::of(&samples);
+                    let (layers, bytes) = bench::mean_costs(&timed);
+                    rows.push(BenchRow {
+                        engine: "flexidepth".into(),
+                        model: model_name.to_string(),
+                        dtype: dtype.to_string(),
+                        threads,
+                        config: config.to_string(),
+                        test: label.clone(),
+                        n_prompt: *p,
+                        n_gen: *n,
+                        n_depth: *d,
+                        reps,
+                        mean_tps: stats.mean,
+                        std_tps: stats.std,
+                        samples_tps: samples,
+                        layers_per_token: layers,
+                        weight_bytes_per_token: bytes,
+                        bound_speedup: None,
+                        speedup: None,
+                    });
+                    bar.inc(1);
+                }
+            }
+            model.pruned_layers.clear();
+        }
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// Routers for flexi/skip rows: the given depth file, else fresh ones (seed 42) in a temporary file.
+fn attach_routers(model: &mut Model, depth: Option<&std::path::Path>) -> Result<()> {
+    use flexidepth::depth::file;
+    if let Some(path) = depth {
+        file::attach_depth_file(model, path).with_context(|| format!("cannot attach {}", path.display()))?;
+        return Ok(());
+    }
+    let layers = flexidepth::depth::default_routed_layers(model.config.num_hidden_layers);
+    let tensors = file::init_tensors(&model.config, &layers, 16, 16, 42)?;
+    let meta = file::DepthMeta::for_model(model, layers, 16, 16)?;
+    let tmp = std::env::temp_dir().join(format!("flexidepth-bench-{}.safetensors", std::process::id()));
+    file::write_depth_file(&tmp, &meta, &tensors, candle_core::DType::F32)?;
+    let res = file::attach_depth_file(model, &tmp);
+    let _ = std::fs::remove_file(&tmp);
+    res?;
+    eprintln!("bench: no --depth given; using freshly initialised routers (seed 42)");
+    Ok(())
+}

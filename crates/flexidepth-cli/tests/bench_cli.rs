@@ -1,0 +1,94 @@
+//! `flexidepth bench`: its rows, columns and output formats (not its speed, which a test cannot judge).
+
+mod common;
+
+use common::{flexidepth, text};
+
+#[test]
+fn bench_rows_and_formats() {
+    let out = flexidepth(&[
+        "bench",
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "--configs",
+        "full,flexi:0.5,skip,prune:3",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 8, "4 configs × (pp16, tg4)");
+    let find = |config: &str, test: &str| {
+        rows.iter()
+            .find(|r| r["config"] == config && r["test"] == test)
+            .unwrap_or_else(|| panic!("{config} {test}"))
+    };
+    for r in rows {
+        assert_eq!(r["engine"], "flexidepth");
+        assert_eq!(r["dtype"], "q");
+        assert_eq!(r["samples_tps"].as_array().unwrap().len(), 2);
+        assert!(r["mean_tps"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(find("full", "tg4")["layers_per_token"], 30.0);
+    assert_eq!(find("full", "tg4")["speedup"], 1.0);
+    assert_eq!(find("skip", "tg4")["layers_per_token"], 15.0);
+    assert_eq!(find("prune:3", "pp16")["layers_per_token"], 27.0);
+    let flexi = find("flexi:0.5", "tg4")["layers_per_token"].as_f64().unwrap();
+    assert!(flexi > 15.0 && flexi < 30.0, "{flexi}");
+    // Skipping every routed layer reads fewer weight bytes: its bound is above 1.
+    assert!(find("skip", "tg4")["bound_speedup"].as_f64().unwrap() > 1.1);
+
+    let out = flexidepth(&[
+        "bench",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--configs",
+        "full",
+        "-o",
+        "csv",
+        "-t",
+        "1,2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let csv = text(&out.stdout);
+    let lines: Vec<&str> = csv.trim().lines().collect();
+    assert_eq!(lines.len(), 3, "a header and one row per thread count: {csv}");
+    assert!(lines[0].starts_with("engine,model,dtype,threads,config,test"));
+    assert!(
+        lines[1].contains(",q,1,full,tg2,") && lines[2].contains(",q,2,full,tg2,"),
+        "{csv}"
+    );
+
+    let out = flexidepth(&[
+        "bench",
+        "-p",
+        "8",
+        "-n",
+        "0",
+        "-r",
+        "1",
+        "--configs",
+        "full",
+        "--dtype",
+        "f32",
+    ]);
+    let md = text(&out.stdout);
+    assert!(
+        md.starts_with("| model | dtype |") && md.contains("| f32 | ") && md.contains("| pp8 |"),
+        "{md}"
+    );
+
+    let out = flexidepth(&["bench", "--configs", "half"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("unknown bench config 'half'"));
+    let out = flexidepth(&["bench", "-o", "xml"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("unknown output format"));
+}

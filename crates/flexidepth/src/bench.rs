@@ -1,0 +1,451 @@
+//! Benchmarks in the manner of `llama-bench`: prompt processing (`pp P`: one forward over P tokens) and generation
+//! (`tg N`: N greedy decode steps, optionally after a prefilled context of d tokens), repeated, as tokens/s with
+//! mean ± standard deviation; one row per depth configuration, with the layers each token used and the
+//! weights-read bound on the speed-up over full depth (decode is memory-bound: a token can go at most as much
+//! faster as it reads fewer bytes of weights).
+
+use crate::cache::KvCache;
+use crate::depth::{DepthMode, DepthSettings};
+use crate::error::{Error, Result};
+use crate::model::layer::LayerRouting;
+use crate::model::{Logits, Model};
+use serde::Serialize;
+use std::time::Instant;
+
+/// A depth configuration to measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BenchConfig {
+    /// Every layer, routers ignored: the base model.
+    Full,
+    /// FlexiDepth routing at this threshold.
+    Flexi(f32),
+    /// Every routed layer skipped.
+    Skip,
+    /// The k layers of lowest block influence removed (ShortGPT).
+    Prune(usize),
+}
+
+impl std::str::FromStr for BenchConfig {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Input(format!(
+                "unknown bench config '{s}' (full, flexi[:THRESHOLD], skip, prune:K)"
+            ))
+        };
+        match s.split_once(':') {
+            None => match s {
+                "full" => Ok(BenchConfig::Full),
+                "flexi" => Ok(BenchConfig::Flexi(0.5)),
+                "skip" => Ok(BenchConfig::Skip),
+                _ => Err(bad()),
+            },
+            Some(("flexi", t)) => t.parse().map(BenchConfig::Flexi).map_err(|_| bad()),
+            Some(("prune", k)) => k.parse().map(BenchConfig::Prune).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for BenchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchConfig::Full => write!(f, "full"),
+            BenchConfig::Flexi(t) => write!(f, "flexi:{t}"),
+            BenchConfig::Skip => write!(f, "skip"),
+            BenchConfig::Prune(k) => write!(f, "prune:{k}"),
+        }
+    }
+}
+
+impl BenchConfig {
+    /// Whether the configuration needs routers on the model.
+    pub fn needs_routers(&self) -> bool {
+        matches!(self, BenchConfig::Flexi(_) | BenchConfig::Skip)
+    }
+
+    /// Depth settings for the forward passes.
+    pub fn settings(&self) -> DepthSettings {
+        let mode = match self {
+            BenchConfig::Full | BenchConfig::Prune(_) => DepthMode::Off,
+            BenchConfig::Flexi(_) => DepthMode::Dynamic,
+            BenchConfig::Skip => DepthMode::Skip,
+        };
+        let skip_threshold = match self {
+            BenchConfig::Flexi(t) => *t,
+            _ => 0.5,
+        };
+        DepthSettings {
+            mode,
+            skip_threshold,
+            skip_kv: true,
+        }
+    }
+}
+
+/// Mean and sample standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stats {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let n = samples.len();
+        if n == 0 {
+            return Stats {
+                mean: f64::NAN,
+                std: f64::NAN,
+            };
+        }
+        let mean = samples.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Stats { mean, std }
+    }
+}
+
+/// The median (of finite values), for comparing interleaved runs.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub engine: String,
+    pub model: String,
+    pub dtype: String,
+    pub threads: usize,
+    pub config: String,
+    /// `pp512`, `tg128`, `tg128@d512`.
+    pub test: String,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub n_depth: usize,
+    pub reps: usize,
+    pub mean_tps: f64,
+    pub std_tps: f64,
+    pub samples_tps: Vec<f64>,
+    /// Mean layers run per processed token.
+    pub layers_per_token: f64,
+    /// Mean bytes of weights read per processed token (layers by their decisions, plus the head).
+    pub weight_bytes_per_token: f64,
+    /// Full depth's weight bytes per token over this row's: the most a memory-bound decode can speed up.
+    pub bound_speedup: Option<f64>,
+    /// This row's tokens/s over full depth's (same model, dtype, threads and test).
+    pub speedup: Option<f64>,
+}
+
+/// Fill `speedup` and `bound_speedup` of every row from the `full` row of the same model, dtype, threads and test.
+pub fn fill_speedups(rows: &mut [BenchRow]) {
+    let fulls: Vec<(String, String, usize, String, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.config == "full")
+        .map(|r| {
+            (
+                r.model.clone(),
+                r.dtype.clone(),
+                r.threads,
+                r.test.clone(),
+                r.mean_tps,
+                r.weight_bytes_per_token,
+            )
+        })
+        .collect();
+    for r in rows.iter_mut() {
+        if let Some(f) = fulls
+            .iter()
+            .find(|f| f.0 == r.model && f.1 == r.dtype && f.2 == r.threads && f.3 == r.test)
+        {
+            r.speedup = Some(r.mean_tps / f.4);
+            r.bound_speedup = Some(f.5 / r.weight_bytes_per_token);
+        }
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// A markdown table, one line per row.
+pub fn to_markdown(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "| model | dtype | threads | config | test | layers/token | MB/token | tokens/s | speed-up | bound |\n\
+         |---|---|---:|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.2} ± {:.2} | {} | {} |\n",
+            r.model,
+            r.dtype,
+            r.threads,
+            r.config,
+            r.test,
+            r.layers_per_token,
+            r.weight_bytes_per_token / 1e6,
+            r.mean_tps,
+            r.std_tps,
+            opt(r.speedup),
+            opt(r.bound_speedup)
+        );
+    }
+    out
+}
+
+/// CSV with a header line; samples joined by `;`.
+pub fn to_csv(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "engine,model,dtype,threads,config,test,n_prompt,n_gen,n_depth,reps,mean_tps,std_tps,samples_tps,\
+         layers_per_token,weight_bytes_per_token,speedup,bound_speedup\n",
+    );
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    for r in rows {
+        let samples: Vec<String> = r.samples_tps.iter().map(|s| format!("{s:.4}")).collect();
+        let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.4}"));
+        out += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{},{:.4},{:.0},{},{}\n",
+            quote(&r.engine),
+            quote(&r.model),
+            quote(&r.dtype),
+            r.threads,
+            quote(&r.config),
+            quote(&r.test),
+            r.n_prompt,
+            r.n_gen,
+            r.n_depth,
+            r.reps,
+            r.mean_tps,
+            r.std_tps,
+            samples.join(";"),
+            r.layers_per_token,
+            r.weight_bytes_per_token,
+            o(r.speedup),
+            o(r.bound_speedup)
+        );
+    }
+    out
+}
+
+/// A JSON array of the rows.
+pub fn to_json(rows: &[BenchRow]) -> String {
+    serde_json::to_string_pretty(rows).expect("rows always serialise")
+}
+
+/// Built-in text the benchmarks feed (our own prose; routing depends on content, so it should read like text).
+pub const BENCH_TEXT: &str = "The harbour town woke slowly. Fishing boats came in with the tide, gulls circled the \
+market, and the baker opened his shutters before the church bell rang seven. Anna walked down the hill with a basket \
+of letters for the post office, counting the houses she passed: twelve white ones, three blue, and the old red house \
+where the captain had lived until last winter. Nobody knew who would buy it. Some said a painter from the city, \
+others a family with four children and a dog. By noon the square was full of voices, prices, and the smell of bread. ";
+
+/// The first `n` token ids of [`BENCH_TEXT`] repeated as often as needed.
+pub fn bench_ids(tokenizer: &crate::tokenizer::Tokenizer, n: usize) -> Result<Vec<u32>> {
+    let unit = tokenizer.encode(BENCH_TEXT, false)?;
+    if unit.is_empty() {
+        return Err(Error::Tokenizer("the benchmark text encodes to no tokens".into()));
+    }
+    Ok(unit.iter().cycle().take(n).copied().collect())
+}
+
+/// Layers run and weight bytes read by each token of a forward pass with `rows` tokens.
+fn token_costs(model: &Model, routing: &[LayerRouting], rows: usize) -> Vec<(usize, f64)> {
+    let per_layer = model.layer_weight_bytes();
+    let head = model.head_weight_bytes() as f64;
+    (0..rows)
+        .map(|row| {
+            let mut layers = 0;
+            let mut bytes = head;
+            for (idx, &(full, skip)) in per_layer.iter().enumerate() {
+                if model.pruned_layers.contains(&idx) {
+                    continue;
+                }
+                let run = routing.iter().find(|r| r.layer_idx == idx).is_none_or(|r| r.run[row]);
+                if run {
+                    layers += 1;
+                    bytes += full as f64;
+                } else {
+                    bytes += skip.unwrap_or(full) as f64;
+                }
+            }
+            (layers, bytes)
+        })
+        .collect()
+}
+
+/// One timed run: seconds, and the per-token (layers, bytes) of the timed tokens.
+pub struct Timed {
+    pub seconds: f64,
+    pub costs: Vec<(usize, f64)>,
+}
+
+/// Prompt processing: one forward over `ids` from an empty cache.
+pub fn time_prompt(model: &Model, settings: &DepthSettings, ids: &[u32]) -> Result<Timed> {
+    let mut cache = model.new_cache(ids.len());
+    let start = Instant::now();
+    let out = model.forward_with(ids, &mut cache, Logits::Last, settings)?;
+    let _ = out.logits.to_vec2::<f32>()?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Timed {
+        seconds,
+        costs: token_costs(model, &out.routing, ids.len()),
+    })
+}
+
+/// Generation: prefill `context` (untimed), then `n` greedy decode steps.
+pub fn time_generation(model: &Model, settings: &DepthSettings, context: &[u32], n: usize) -> Result<Timed> {
+    let mut cache: KvCache = model.new_cache(context.len() + n + 1);
+    let out = model.forward_with(context, &mut cache, Logits::Last, settings)?;
+    let mut next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
+    let mut costs = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let out = model.forward_with(&[next], &mut cache, Logits::Last, settings)?;
+        next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
+        costs.extend(token_costs(model, &out.routing, 1));
+    }
+    Ok(Timed {
+        seconds: start.elapsed().as_secs_f64(),
+        costs,
+    })
+}
+
+/// Mean layers and bytes per token over several runs.
+pub fn mean_costs(runs: &[Timed]) -> (f64, f64) {
+    let all: Vec<&(usize, f64)> = runs.iter().flat_map(|r| &r.costs).collect();
+    let n = all.len().max(1) as f64;
+    (
+        all.iter().map(|c| c.0 as f64).sum::<f64>() / n,
+        all.iter().map(|c| c.1).sum::<f64>() / n,
+    )
+}
+
+/// The `k` layers of lowest block influence on `ids` (ShortGPT's choice), ascending by index.
+pub fn layers_to_prune(model: &Model, ids: &[u32], k: usize) -> Result<Vec<usize>> {
+    let bi = model.block_influence(ids)?;
+    let mut order: Vec<usize> = (0..bi.len()).collect();
+    order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
+    let mut chosen: Vec<usize> = order.into_iter().take(k.min(bi.len().saturating_sub(1))).collect();
+    chosen.sort();
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(config: &str, test: &str, tps: f64, bytes: f64) -> BenchRow {
+        BenchRow {
+            engine: "flexidepth".into(),
+            model: "m".into(),
+            dtype: "q".into(),
+            threads: 2,
+            config: config.into(),
+            test: test.into(),
+            n_prompt: 0,
+            n_gen: 128,
+            n_depth: 0,
+            reps: 3,
+            mean_tps: tps,
+            std_tps: 1.0,
+            samples_tps: vec![tps - 1.0, tps, tps + 1.0],
+            layers_per_token: 30.0,
+            weight_bytes_per_token: bytes,
+            bound_speedup: None,
+            speedup: None,
+        }
+    }
+
+    #[test]
+    fn stats_and_median() {
+        let s = Stats::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(s.mean, 5.0);
+        assert!((s.std - 2.138089935).abs() < 1e-6, "sample std, n − 1: {}", s.std);
+        assert_eq!(Stats::of(&[3.0]).std, 0.0);
+        assert!(Stats::of(&[]).mean.is_nan());
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[f64::NAN, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn configs_parse_and_print() {
+        for s in ["full", "flexi:0.55", "skip", "prune:4"] {
+            assert_eq!(s.parse::<BenchConfig>().unwrap().to_string(), s);
+        }
+        assert_eq!("flexi".parse::<BenchConfig>().unwrap(), BenchConfig::Flexi(0.5));
+        assert!("prune:x".parse::<BenchConfig>().is_err());
+        assert!("half".parse::<BenchConfig>().is_err());
+        assert_eq!(BenchConfig::Prune(3).settings().mode, DepthMode::Off);
+        assert_eq!(BenchConfig::Flexi(0.6).settings().skip_threshold, 0.6);
+    }
+
+    #[test]
+    fn speedups_come_from_the_matching_full_row() {
+        let mut rows = vec![
+            row("full", "tg128", 100.0, 80e6),
+            row("skip", "tg128", 150.0, 40e6),
+            row("skip", "pp512", 900.0, 40e6),
+        ];
+        fill_speedups(&mut rows);
+        assert_eq!(rows[0].speedup, Some(1.0));
+        assert_eq!(rows[1].speedup, Some(1.5));
+        assert_eq!(rows[1].bound_speedup, Some(2.0));
+        assert_eq!(rows[2].speedup, None, "no full pp512 row to compare with");
+    }
+
+    #[test]
+    fn output_formats() {
+        let mut rows = vec![
+            row("full", "tg128", 100.0, 80e6),
+            row("flexi:0.5", "tg128", 120.0, 60e6),
+        ];
+        fill_speedups(&mut rows);
+        let md = to_markdown(&rows);
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("| model |") && lines[1].starts_with("|---"));
+        assert_eq!(
+            lines[3],
+            "| m | q | 2 | flexi:0.5 | tg128 | 30.00 | 60.0 | 120.00 ± 1.00 | 1.20 | 1.33 |"
+        );
+        let csv = to_csv(&rows);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let header: Vec<&str> = lines[0].split(',').collect();
+        let fields: Vec<&str> = lines[2].split(',').collect();
+        assert_eq!(header.len(), fields.len());
+        assert_eq!(
+            fields[header.iter().position(|h| *h == "samples_tps").unwrap()],
+            "119.0000;120.0000;121.0000"
+        );
+        assert_eq!(fields[header.iter().position(|h| *h == "speedup").unwrap()], "1.2000");
+        let json: serde_json::Value = serde_json::from_str(&to_json(&rows)).unwrap();
+        assert_eq!(json[1]["config"], "flexi:0.5");
+        assert_eq!(json[1]["samples_tps"].as_array().unwrap().len(), 3);
+        assert_eq!(json[0]["bound_speedup"], 1.0);
+        let mut odd = row("full", "tg128", 1.0, 1.0);
+        odd.model = "a,\"b\"".into();
+        assert!(to_csv(&[odd]).contains("\"a,\"\"b\"\"\""));
+    }
+}

@@ -1,0 +1,134 @@
+//! AVX2 + FMA + F16C dot products of one quantized weight row with 8-bit activations (the approach of ggml's
+//! `ggml_vec_dot_q4_1_q8_1`: unsigned-by-signed byte products with `maddubs`, widened to i32, scaled per block).
+//! Only called after runtime detection (see [`super::dot_fn`]).
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::blocks::{BlockQ8, BlockType};
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_to_f32(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Q4_0 / Q4_1 row · Q8 activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
+    let bb = t.block_bytes();
+    let qs_at = if t == BlockType::Q4_0 { 2 } else { 4 };
+    debug_assert!(row.len() >= x.len() * bb);
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    let base = row.as_ptr();
+    for (i, y) in x.iter().enumerate() {
+        let b = base.add(i * bb);
+        let lo = _mm_loadu_si128(b.add(qs_at) as *const __m128i);
+        let hi = _mm_srli_epi16(lo, 4);
+        let q = _mm256_and_si256(_mm256_set_m128i(hi, lo), mask);
+        let yv = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones);
+        let d = f16_to_f32(b) * y.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
+        offset += if t == BlockType::Q4_0 {
+            -8.0 * d * y.sum as f32
+        } else {
+            f16_to_f32(b.add(2)) * y.d * y.sum as f32
+        };
+    }
+    hsum(acc) + offset
+}
+
+/// Q8_0 row · Q8 activations (signed × signed through the sign trick).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let bb = BlockType::Q8_0.block_bytes();
+    debug_assert!(row.len() >= x.len() * bb);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let base = row.as_ptr();
+    for (i, y) in x.iter().enumerate() {
+        let b = base.add(i * bb);
+        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        let yv = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let p32 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(yv, w)),
+            ones,
+        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b) * y.d), _mm256_cvtepi32_ps(p32), acc);
+    }
+    hsum(acc)
+}
+
+/// Four weight rows (`rows[k]`, each the same length) dotted with the same activations: the activation block is
+/// loaded once for four rows, and the four accumulators are independent chains the core can overlap.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4(t: BlockType, rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+    let bb = t.block_bytes();
+    for r in rows {
+        debug_assert!(r.len() >= x.len() * bb);
+    }
+    let ones = _mm256_set1_epi16(1);
+    let mask = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    let ptrs = rows.map(|r| r.as_ptr());
+    for (i, y) in x.iter().enumerate() {
+        let yv = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let ysum = y.d * y.sum as f32;
+        for k in 0..4 {
+            let b = ptrs[k].add(i * bb);
+            // d (and m for Q4_1) in one conversion: lanes 0 and 1.
+            let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const i32)));
+            let d = _mm_cvtss_f32(scales);
+            let p32 = match t {
+                BlockType::Q8_0 => {
+                    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(yv, w)),
+                        ones,
+                    )
+                }
+                _ => {
+                    let lo = _mm_loadu_si128(b.add(if t == BlockType::Q4_0 { 2 } else { 4 }) as *const __m128i);
+                    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones)
+                }
+            };
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(p32), acc[k]);
+            offset[k] += match t {
+                BlockType::Q4_0 => -8.0 * d * ysum,
+                BlockType::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(scales)) * ysum,
+                BlockType::Q8_0 => 0.0,
+            };
+        }
+    }
+    [
+        hsum(acc[0]) + offset[0],
+        hsum(acc[1]) + offset[1],
+        hsum(acc[2]) + offset[2],
+        hsum(acc[3]) + offset[3],
+    ]
+}
+
+/// Dispatch on the block type.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
+    match t {
+        BlockType::Q8_0 => dot_q8(row, x),
+        _ => dot_q4(t, row, x),
+    }
+}

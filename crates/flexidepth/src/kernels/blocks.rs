@@ -1,0 +1,129 @@
+//! GGUF block formats we multiply ourselves (Q4_0, Q4_1, Q8_0, as llama.cpp's ggml lays them out), the 8-bit
+//! activation blocks they are multiplied with, and the scalar dot products every SIMD kernel is tested against.
+//!
+//! A block covers 32 consecutive weights of a row:
+//! - Q4_0: `d: f16, qs: [u8; 16]`, weight `j` is `d · (nibble_j − 8)`;
+//! - Q4_1: `d: f16, m: f16, qs: [u8; 16]`, weight `j` is `d · nibble_j + m`;
+//! - Q8_0: `d: f16, qs: [i8; 32]`, weight `j` is `d · qs[j]`;
+//!
+//! where nibble `j < 16` is the low half of `qs[j]` and nibble `j ≥ 16` the high half of `qs[j − 16]`.
+
+use half::f16;
+
+/// Weights per block.
+pub const QK: usize = 32;
+
+/// The block types with our own kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl BlockType {
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockType::Q4_0 => 18,
+            BlockType::Q4_1 => 20,
+            BlockType::Q8_0 => 34,
+        }
+    }
+
+    pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<Self> {
+        use candle_core::quantized::GgmlDType as G;
+        match t {
+            G::Q4_0 => Some(BlockType::Q4_0),
+            G::Q4_1 => Some(BlockType::Q4_1),
+            G::Q8_0 => Some(BlockType::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+/// One block of activations quantized to 8 bits: `x_j ≈ d · qs[j]`; `sum` is `Σ qs[j]` (for the offset terms of
+/// Q4_0 and Q4_1).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(8))]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub sum: i32,
+    pub qs: [i8; QK],
+}
+
+/// Quantize `x` (a multiple of 32 long) into `out`, one block per 32 values, round-to-nearest.
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in block.qs.iter_mut().zip(chunk) {
+            *q = (v * inv).round() as i8;
+            sum += *q as i32;
+        }
+        block.d = d;
+        block.sum = sum;
+    }
+}
+
+#[inline]
+pub fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dot product of one weight row (`blocks` blocks of `t`) with quantized activations, scalar reference.
+pub fn dot_scalar(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
+    let bb = t.block_bytes();
+    let mut acc = 0f32;
+    for (b, y) in row.chunks_exact(bb).zip(x) {
+        acc += match t {
+            BlockType::Q4_0 | BlockType::Q4_1 => {
+                let qs = if t == BlockType::Q4_0 { &b[2..18] } else { &b[4..20] };
+                let isum: i32 = qs
+                    .iter()
+                    .zip(y.qs[..16].iter().zip(&y.qs[16..]))
+                    .map(|(&q, (&lo, &hi))| (q & 0x0F) as i32 * lo as i32 + (q >> 4) as i32 * hi as i32)
+                    .sum();
+                let d = f16_at(b, 0);
+                if t == BlockType::Q4_0 {
+                    d * y.d * (isum - 8 * y.sum) as f32
+                } else {
+                    d * y.d * isum as f32 + f16_at(b, 2) * y.d * y.sum as f32
+                }
+            }
+            BlockType::Q8_0 => {
+                let isum: i32 = (0..QK).map(|j| b[2 + j] as i8 as i32 * y.qs[j] as i32).sum();
+                f16_at(b, 0) * y.d * isum as f32
+            }
+        };
+    }
+    acc
+}
+
+/// Dequantize one weight row into `out` (used for embedding lookups and tests).
+pub fn dequantize_row(t: BlockType, row: &[u8], out: &mut [f32]) {
+    let bb = t.block_bytes();
+    for (b, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+        let d = f16_at(b, 0);
+        match t {
+            BlockType::Q4_0 | BlockType::Q4_1 => {
+                let (qs, m) = if t == BlockType::Q4_0 {
+                    (&b[2..18], -8.0 * d)
+                } else {
+                    (&b[4..20], f16_at(b, 2))
+                };
+                for j in 0..16 {
+                    o[j] = d * (qs[j] & 0x0F) as f32 + m;
+                    o[j + 16] = d * (qs[j] >> 4) as f32 + m;
+                }
+            }
+            BlockType::Q8_0 => {
+                for j in 0..QK {
+                    o[j] = d * b[2 + j] as i8 as f32;
+                }
+            }
+        }
+    }
+}
