@@ -96,7 +96,7 @@ pub fn convert_with_depth(
         config["routing_layers"] = json!(layers);
     }
     write_atomic(&out_dir.join("config.json"), &pretty(&config))?;
-    write_atomic(&out_dir.join("tokenizer.json"), &pretty(files.tokenizer.to_json()))?;
+    write_atomic(&out_dir.join("tokenizer.json"), &pretty(&files.tokenizer.to_json()?))?;
     write_atomic(
         &out_dir.join("tokenizer_config.json"),
         &pretty(&files.tokenizer.config_json()),

@@ -139,9 +139,11 @@ impl ModelFiles {
     pub fn open_path(path: ModelPath) -> Result<Self> {
         match &path {
             ModelPath::Gguf(p) => {
-                let gguf = GgufFile::open(p)?;
+                let mut gguf = GgufFile::open(p)?;
                 let config = gguf.config()?;
                 let tokenizer = Tokenizer::from_gguf(&gguf)?;
+                gguf.drop_tokenizer_arrays();
+                return_freed_memory();
                 let generation = GenerationDefaults {
                     eos_token_ids: config.eos_token_ids.clone(),
                     ..Default::default()
@@ -209,6 +211,8 @@ impl ModelFiles {
             let parts = crate::depth::file::load_parts(&self.weights, &self.config, layers, device)?;
             model.attach_depth(parts)?;
         }
+        self.weights.release_pages();
+        return_freed_memory();
         Ok(model)
     }
 
@@ -226,5 +230,20 @@ impl ModelFiles {
             }
         }
         ids
+    }
+}
+
+/// Hand memory freed while loading (tokenizer construction, transient copies) back to the OS. glibc keeps freed
+/// small allocations in its arenas, where they would count against the process for its whole life.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }

@@ -20,8 +20,6 @@ const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// A tokenizer with the model's special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// The tokenizer document, kept so `convert` can write it.
-    json: Value,
     pub chat_template: Option<ChatTemplate>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -29,12 +27,11 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     fn from_json(json: Value, chat_template: Option<String>, bos: Option<String>, eos: Option<String>) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = serde_json::from_value(json.clone())
-            .map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer: {e}")))?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer: {e}")))?;
         let chat_template = chat_template.map(|src| ChatTemplate::new(src, bos.clone(), eos.clone()));
         Ok(Tokenizer {
             inner,
-            json,
             chat_template,
             bos_token: bos,
             eos_token: eos,
@@ -153,9 +150,13 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The `tokenizer.json` document.
-    pub fn to_json(&self) -> &Value {
-        &self.json
+    /// The `tokenizer.json` document (serialised from the tokenizer itself, so nothing is kept twice).
+    pub fn to_json(&self) -> Result<Value> {
+        let text = self
+            .inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(format!("cannot serialise the tokenizer: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| Error::Tokenizer(format!("cannot serialise the tokenizer: {e}")))
     }
 
     /// `tokenizer_config.json` for an HF folder (special tokens and chat template).

@@ -53,10 +53,15 @@ impl Linear {
         device: &Device,
     ) -> Result<Self> {
         match w {
-            StoredTensor::Quantized(q) if keep_quantized => {
-                if let Some(matrix) = packed(&q)? {
-                    return Ok(Linear::packed(Arc::new(matrix), bias));
-                }
+            StoredTensor::Blocks(raw) if keep_quantized && device.is_cpu() => match raw.into_matrix()? {
+                Some(matrix) => Ok(Linear::packed(Arc::new(matrix), bias)),
+                None => Err(crate::Error::Unsupported(
+                    "a quantized weight that is not a matrix of whole blocks".into(),
+                )),
+            },
+            StoredTensor::Blocks(raw) if keep_quantized => {
+                // On an accelerator candle's quantized kernels do the work.
+                let q = raw.to_qtensor(device)?;
                 let out_features = q.shape().dims()[0];
                 let mm = QMatMul::from_arc(Arc::new(q))?;
                 Ok(Linear {

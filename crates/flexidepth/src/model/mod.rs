@@ -116,13 +116,13 @@ impl Model {
         };
 
         let embed_stored = weights.stored("model.embed_tokens.weight", &[c.vocab_size, h], device)?;
-        let embed_packed = match (&embed_stored, quant) {
-            (crate::weights::StoredTensor::Quantized(q), true) => linear::packed(q)?.map(std::sync::Arc::new),
-            _ => None,
-        };
-        let embed_tokens = match &embed_packed {
-            Some(m) => Embedding::Packed(m.clone()),
-            None => Embedding::Dense(embed_stored.to_dense(dt, device)?),
+        // The quantized path keeps the table in blocks (rows dequantized on lookup), shared with a tied lm_head.
+        let embed_tokens = match embed_stored {
+            crate::weights::StoredTensor::Blocks(raw) if quant && device.is_cpu() => match raw.into_matrix()? {
+                Some(matrix) => Embedding::Packed(std::sync::Arc::new(matrix)),
+                None => return Err(Error::Unsupported("an embedding table that is not whole blocks".into())),
+            },
+            other => Embedding::Dense(other.to_dense(dt, device)?),
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for layer_idx in 0..c.num_hidden_layers {

@@ -6,6 +6,8 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
+use crate::kernels::blocks::BlockType;
+use crate::kernels::QuantMatrix;
 use crate::weights::names;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
@@ -44,6 +46,13 @@ impl GgufFile {
         &self.path
     }
 
+    /// Let the kernel drop the mapped file's pages from this process (they are clean and re-read on demand).
+    /// Called once the weights live in their own buffers, so the file does not count twice in memory.
+    pub fn release_pages(&self) {
+        // SAFETY: a read-only private file mapping: dropped pages are read back from the file if touched again.
+        let _ = unsafe { self.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+
     pub fn metadata(&self) -> &std::collections::HashMap<String, gguf_file::Value> {
         &self.content.metadata
     }
@@ -66,6 +75,24 @@ impl GgufFile {
             }
         }
         Ok(())
+    }
+
+    /// Drop the mapped pages covering `start..start + len` (rounded out to whole pages).
+    fn release_range(&self, start: usize, len: usize) {
+        let page = 4096;
+        let first = start / page * page;
+        // SAFETY: a read-only private file mapping: dropped pages are read back from the file if touched again.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, start + len - first)
+        };
+    }
+
+    /// Forget the vocabulary arrays once the tokenizer is built from them (tens of MB of small strings).
+    pub fn drop_tokenizer_arrays(&mut self) {
+        self.content
+            .metadata
+            .retain(|k, v| !(k.starts_with("tokenizer.ggml.") && matches!(v, gguf_file::Value::Array(_))));
     }
 
     pub(crate) fn meta(&self, key: &str) -> Option<&gguf_file::Value> {
@@ -164,8 +191,9 @@ impl GgufFile {
         Some((info.shape.dims().to_vec(), info.ggml_dtype))
     }
 
-    /// Load a tensor by HF name in its stored block format, with llama's q/k row permutation undone.
-    pub fn qtensor(&self, hf_name: &str, device: &Device) -> Result<Option<QTensor>> {
+    /// A tensor's bytes by HF name, in its stored block format, with llama's q/k row permutation undone. The
+    /// file's pages for it are released afterwards, so loading never holds the model twice.
+    pub fn raw(&self, hf_name: &str) -> Result<Option<RawTensor>> {
         let Some(g) = names::hf_to_gguf(hf_name) else {
             return Ok(None);
         };
@@ -189,18 +217,71 @@ impl GgufFile {
         } else {
             None
         };
-        let t = match permuted_heads {
+        let bytes = match permuted_heads {
             Some(n_head) => {
                 let rows = dims[0];
-                let row_bytes = n / rows;
-                let owned = unpermute_rows(raw, rows, row_bytes, n_head as usize)
-                    .map_err(|m| Error::bad_file(&self.path, format!("tensor '{g}': {m}")))?;
-                qtensor_from_ggml(info.ggml_dtype, &owned, dims, device)
+                unpermute_rows(raw, rows, n / rows, n_head as usize)
+                    .map_err(|m| Error::bad_file(&self.path, format!("tensor '{g}': {m}")))?
             }
-            None => qtensor_from_ggml(info.ggml_dtype, raw, dims, device),
+            None => {
+                // Copy in slices, releasing each slice's pages behind us, so a large tensor is never resident
+                // twice (mapped and copied).
+                let mut bytes = Vec::with_capacity(n);
+                for (k, piece) in raw.chunks(4 << 20).enumerate() {
+                    bytes.extend_from_slice(piece);
+                    self.release_range(start + k * (4 << 20), piece.len());
+                }
+                bytes
+            }
+        };
+        self.release_range(start, n);
+        Ok(Some(RawTensor {
+            dtype: info.ggml_dtype,
+            dims,
+            bytes,
+        }))
+    }
+}
+
+/// A tensor's bytes in a GGUF block format, `dims` outermost first (`[rows, cols]` for a matrix).
+pub struct RawTensor {
+    pub dtype: GgmlDType,
+    pub dims: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// Blocks our kernels multiply: the tensor itself when its type has a kernel, else re-quantized to Q8_0
+    /// (near-lossless from the 4–6-bit K-quants and Q5_0). `None` for a non-matrix or a CPU-less device.
+    pub fn into_matrix(self) -> Result<Option<QuantMatrix>> {
+        let &[rows, cols] = &self.dims[..] else { return Ok(None) };
+        if let Some(t) = BlockType::from_ggml(self.dtype) {
+            return QuantMatrix::new(t, rows, cols, self.bytes).map(Some);
         }
-        .map_err(|e| Error::bad_file(&self.path, format!("tensor '{g}': {e}")))?;
-        Ok(Some(t))
+        if !cols.is_multiple_of(crate::kernels::blocks::QK) {
+            return Ok(None);
+        }
+        // A slab of rows at a time, so a large table never exists in f32 all at once.
+        let row_bytes = self.bytes.len() / rows.max(1);
+        let slab = 1024;
+        let mut out = Vec::with_capacity(rows * cols / crate::kernels::blocks::QK * BlockType::Q8_0.block_bytes());
+        for r0 in (0..rows).step_by(slab) {
+            let r1 = (r0 + slab).min(rows);
+            let part = qtensor_from_ggml(
+                self.dtype,
+                &self.bytes[r0 * row_bytes..r1 * row_bytes],
+                vec![r1 - r0, cols],
+                &Device::Cpu,
+            )?;
+            let q8 = QTensor::quantize(&part.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
+            out.extend_from_slice(&q8.data()?);
+        }
+        QuantMatrix::new(BlockType::Q8_0, rows, cols, out).map(Some)
+    }
+
+    /// As a candle quantized tensor (a copy).
+    pub fn to_qtensor(&self, device: &Device) -> Result<QTensor> {
+        Ok(qtensor_from_ggml(self.dtype, &self.bytes, self.dims.clone(), device)?)
     }
 }
 

@@ -7,31 +7,30 @@ pub mod gguf;
 pub mod names;
 
 use crate::error::{Error, Result};
-use candle_core::quantized::QTensor;
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use gguf::GgufFile;
+pub use gguf::{GgufFile, RawTensor};
 
-/// A tensor as stored: quantized blocks (GGUF) or a plain tensor (safetensors, GGUF F32/F16/BF16 after reading).
+/// A tensor as stored: GGUF blocks (any GGUF type, F32 included) or a plain tensor (safetensors).
 pub enum StoredTensor {
-    Quantized(QTensor),
+    Blocks(RawTensor),
     Dense(Tensor),
 }
 
 impl StoredTensor {
     pub fn shape(&self) -> Vec<usize> {
         match self {
-            StoredTensor::Quantized(q) => q.shape().dims().to_vec(),
+            StoredTensor::Blocks(b) => b.dims.clone(),
             StoredTensor::Dense(t) => t.dims().to_vec(),
         }
     }
     /// As a plain tensor of `dtype` (dequantizing blocks).
     pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
         Ok(match self {
-            StoredTensor::Quantized(q) => q.dequantize(device)?.to_dtype(dtype)?,
+            StoredTensor::Blocks(b) => b.to_qtensor(device)?.dequantize(device)?.to_dtype(dtype)?,
             StoredTensor::Dense(t) => t.to_dtype(dtype)?.to_device(device)?,
         })
     }
@@ -113,6 +112,14 @@ impl WeightSource {
         }
     }
 
+    /// Drop memory-mapped pages that loading touched (see [`GgufFile::release_pages`]); safetensors maps are left
+    /// alone (dense tensors may still point into them).
+    pub fn release_pages(&self) {
+        if let WeightSource::Gguf(g) = self {
+            g.release_pages();
+        }
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         match self {
             WeightSource::Gguf(g) => g.info(name).is_some(),
@@ -161,10 +168,8 @@ impl WeightSource {
             WeightSource::Gguf(g) => {
                 let (found, _) = g.info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
                 check(found)?;
-                let q = g
-                    .qtensor(name, device)?
-                    .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-                Ok(StoredTensor::Quantized(q))
+                let raw = g.raw(name)?.ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+                Ok(StoredTensor::Blocks(raw))
             }
             WeightSource::Safetensors(s) => {
                 let view = s.st.get(name).map_err(|_| Error::MissingTensor(name.to_string()))?;
