@@ -185,27 +185,37 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
             }
             let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
             let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
+            // The layers each config removes (ShortGPT's choice needs a forward pass: once per config).
+            let mut pruned = Vec::with_capacity(configs.len());
             for config in &configs {
-                model.pruned_layers = match config {
+                pruned.push(match config {
                     BenchConfig::Prune(k) => bench::layers_to_prune(&model, &ids[..ids.len().min(256)], *k)?,
                     _ => Vec::new(),
-                };
-                let settings = config.settings();
-                for (label, p, n, d) in &tests {
-                    bar.set_message(format!("{model_name} {dtype} {config} {label}"));
-                    let run = || -> flexidepth::Result<bench::Timed> {
-                        if *p > 0 {
-                            bench::time_prompt(&model, &settings, &ids[..*p])
+                });
+            }
+            for (label, p, n, d) in &tests {
+                bar.set_message(format!("{model_name} {dtype} {label}"));
+                // Configs interleaved inside each repetition, so machine noise lands on all of them alike.
+                let mut runs: Vec<Vec<bench::Timed>> = configs.iter().map(|_| Vec::new()).collect();
+                for rep in 0..=reps {
+                    for (ci, config) in configs.iter().enumerate() {
+                        model.pruned_layers = pruned[ci].clone();
+                        let settings = config.settings();
+                        let timed = if *p > 0 {
+                            bench::time_prompt(&model, &settings, &ids[..*p])?
                         } else {
-                            bench::time_generation(&model, &settings, &ids[..(*d).max(1)], *n)
+                            bench::time_generation(&model, &settings, &ids[..(*d).max(1)], *n)?
+                        };
+                        if rep > 0 {
+                            runs[ci].push(timed); // repetition 0 is the warm-up
                         }
-                    };
-                    run()?; // warm-up
-                    let timed: Vec<bench::Timed> = (0..reps).map(|_| run()).collect::<flexidepth::Result<_>>()?;
+                    }
+                }
+                for (config, timed) in configs.iter().zip(&runs) {
                     let tokens = if *p > 0 { *p } else { *n } as f64;
                     let samples: Vec<f64> = timed.iter().map(|t| tokens / t.seconds).collect();
                     let stats = Stats::of(&samples);
-                    let (layers, bytes) = bench::mean_costs(&timed);
+                    let (layers, bytes) = bench::mean_costs(timed);
                     rows.push(BenchRow {
                         engine: "flexidepth".into(),
                         model: model_name.to_string(),

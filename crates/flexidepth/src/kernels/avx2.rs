@@ -73,11 +73,21 @@ pub unsafe fn dot_q8(row: &[u8], x: &[BlockQ8]) -> f32 {
     hsum(acc)
 }
 
+/// Block-type codes for the const-generic kernels (one compiled loop per type, no branch inside).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
 /// Four weight rows (`rows[k]`, each the same length) dotted with the same activations: the activation block is
 /// loaded once for four rows, and the four accumulators are independent chains the core can overlap.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot4(t: BlockType, rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
-    let bb = t.block_bytes();
+unsafe fn dot4_impl<const T: u8>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+    let bb = match T {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        _ => 34,
+    };
     for r in rows {
         debug_assert!(r.len() >= x.len() * bb);
     }
@@ -94,26 +104,23 @@ pub unsafe fn dot4(t: BlockType, rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
             // d (and m for Q4_1) in one conversion: lanes 0 and 1.
             let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const i32)));
             let d = _mm_cvtss_f32(scales);
-            let p32 = match t {
-                BlockType::Q8_0 => {
-                    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-                    _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(yv, w)),
-                        ones,
-                    )
-                }
-                _ => {
-                    let lo = _mm_loadu_si128(b.add(if t == BlockType::Q4_0 { 2 } else { 4 }) as *const __m128i);
-                    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones)
-                }
+            let p32 = if T == Q8_0 {
+                let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(yv, w)),
+                    ones,
+                )
+            } else {
+                let lo = _mm_loadu_si128(b.add(if T == Q4_0 { 2 } else { 4 }) as *const __m128i);
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones)
             };
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(p32), acc[k]);
-            offset[k] += match t {
-                BlockType::Q4_0 => -8.0 * d * ysum,
-                BlockType::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(scales)) * ysum,
-                BlockType::Q8_0 => 0.0,
-            };
+            if T == Q4_0 {
+                offset[k] -= 8.0 * d * ysum;
+            } else if T == Q4_1 {
+                offset[k] += _mm_cvtss_f32(_mm_movehdup_ps(scales)) * ysum;
+            }
         }
     }
     [
@@ -122,6 +129,16 @@ pub unsafe fn dot4(t: BlockType, rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
         hsum(acc[2]) + offset[2],
         hsum(acc[3]) + offset[3],
     ]
+}
+
+/// Four weight rows with the same activations, dispatched on the block type.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4(t: BlockType, rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+    match t {
+        BlockType::Q4_0 => dot4_impl::<Q4_0>(rows, x),
+        BlockType::Q4_1 => dot4_impl::<Q4_1>(rows, x),
+        BlockType::Q8_0 => dot4_impl::<Q8_0>(rows, x),
+    }
 }
 
 /// Dispatch on the block type.

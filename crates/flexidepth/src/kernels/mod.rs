@@ -113,6 +113,9 @@ impl QuantMatrix {
             quantize_q8(row, q);
         }
         let t = self.block_type;
+        // Measured (benches/kernels.rs): four rows at once is 1.5–2.2× faster for the 4-bit types at every size,
+        // but slower for Q8_0 (the sign trick costs two extra ops per row and block), so Q8_0 goes row by row.
+        let dot4 = dot4.filter(|_| t != BlockType::Q8_0);
         // Weight rows `first..first + out.len()` against one activation row.
         let rows_into = |first: usize, out: &mut [f32], xi: &[BlockQ8]| {
             let mut k = 0;
