@@ -216,8 +216,12 @@ mod tests {
     /// rounding's reach of the plain f32 product.
     #[test]
     fn kernels_match_the_dequantized_product() {
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, cols) = (67, 256);
+        // Rows of 8 and of 9 blocks; 67 rows leave a remainder for the four-row kernel.
+        let shapes = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
+            .into_iter()
+            .flat_map(|t| [(t, 256), (t, 288)]);
+        for (t, cols) in shapes {
+            let rows = 67;
             let (q, dense) = matrix(t, rows, cols, 3);
             for m in [1, 2, 5] {
                 let x: Vec<f32> = (0..m * cols)
