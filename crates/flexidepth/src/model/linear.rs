@@ -34,14 +34,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let out_features = weight.dims()[0];
+    fn new(weight: LinearWeight, bias: Option<Tensor>, out_features: usize) -> Self {
         Linear {
-            weight: LinearWeight::Dense(weight),
+            weight,
             bias,
             out_features,
             rows_computed: AtomicU64::new(0),
         }
+    }
+
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let out_features = weight.dims()[0];
+        Linear::new(LinearWeight::Dense(weight), bias, out_features)
     }
 
     /// Build from a stored tensor: kept quantized when `keep_quantized` and the storage is quantized.
@@ -64,12 +68,7 @@ impl Linear {
                 let q = raw.to_qtensor(device)?;
                 let out_features = q.shape().dims()[0];
                 let mm = QMatMul::from_arc(Arc::new(q))?;
-                Ok(Linear {
-                    weight: LinearWeight::Quantized(mm),
-                    bias,
-                    out_features,
-                    rows_computed: AtomicU64::new(0),
-                })
+                Ok(Linear::new(LinearWeight::Quantized(mm), bias, out_features))
             }
             other => Ok(Linear::dense(other.to_dense(dtype, device)?, bias)),
         }
@@ -77,12 +76,8 @@ impl Linear {
 
     /// A layer over packed blocks (shared, e.g. a tied embedding).
     pub fn packed(matrix: Arc<QuantMatrix>, bias: Option<Tensor>) -> Self {
-        Linear {
-            out_features: matrix.rows,
-            weight: LinearWeight::Packed(matrix),
-            bias,
-            rows_computed: AtomicU64::new(0),
-        }
+        let out_features = matrix.rows;
+        Linear::new(LinearWeight::Packed(matrix), bias, out_features)
     }
 
     /// The same layer with its weight in Q8_0 blocks, when its rows are whole blocks (small trainable layers
