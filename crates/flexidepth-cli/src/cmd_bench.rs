@@ -107,42 +107,7 @@ fn run_child(threads: usize) -> Result<Vec<BenchRow>> {
     if !out.status.success() {
         bail!("the benchmark with {threads} threads failed");
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("benchmark output is not JSON")?;
-    v.as_array()
-        .context("benchmark output is not a list")?
-        .iter()
-        .map(|r| row_from_json(r).context("benchmark row is malformed"))
-        .collect()
-}
-
-fn row_from_json(r: &serde_json::Value) -> Option<BenchRow> {
-    let s = |k: &str| r.get(k).and_then(|v| v.as_str()).map(String::from);
-    let u = |k: &str| r.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-    let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
-    Some(BenchRow {
-        engine: s("engine")?,
-        model: s("model")?,
-        dtype: s("dtype")?,
-        threads: u("threads")?,
-        config: s("config")?,
-        test: s("test")?,
-        n_prompt: u("n_prompt")?,
-        n_gen: u("n_gen")?,
-        n_depth: u("n_depth")?,
-        reps: u("reps")?,
-        mean_tps: f("mean_tps")?,
-        std_tps: f("std_tps")?,
-        samples_tps: r
-            .get("samples_tps")?
-            .as_array()?
-            .iter()
-            .filter_map(|v| v.as_f64())
-            .collect(),
-        layers_per_token: f("layers_per_token")?,
-        weight_bytes_per_token: f("weight_bytes_per_token")?,
-        bound_speedup: None,
-        speedup: None,
-    })
+    serde_json::from_slice(&out.stdout).context("the benchmark's rows are not valid JSON")
 }
 
 /// The tests of one configuration: (label, prompt tokens, generated tokens, context depth).

@@ -9,7 +9,7 @@ use crate::depth::{DepthMode, DepthSettings};
 use crate::error::{Error, Result};
 use crate::model::layer::LayerRouting;
 use crate::model::{Logits, Model};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// A depth configuration to measure.
@@ -125,7 +125,7 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// One measured row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
     pub engine: String,
     pub model: String,
@@ -317,17 +317,17 @@ pub fn time_generation(model: &Model, settings: &DepthSettings, context: &[u32],
     let mut cache: KvCache = model.new_cache(context.len() + n + 1);
     let out = model.forward_with(context, &mut cache, Logits::Last, settings)?;
     let mut next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
-    let mut costs = Vec::with_capacity(n);
+    let mut routings = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
         let out = model.forward_with(&[next], &mut cache, Logits::Last, settings)?;
         next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
-        costs.extend(token_costs(model, &out.routing, 1));
+        routings.push(out.routing);
     }
-    Ok(Timed {
-        seconds: start.elapsed().as_secs_f64(),
-        costs,
-    })
+    let seconds = start.elapsed().as_secs_f64();
+    // Bookkeeping after the timer: it is not part of decoding.
+    let costs = routings.iter().flat_map(|r| token_costs(model, r, 1)).collect();
+    Ok(Timed { seconds, costs })
 }
 
 /// Mean layers and bytes per token over several runs.

@@ -47,7 +47,8 @@ impl GgufFile {
     }
 
     /// Let the kernel drop the mapped file's pages from this process (they are clean and re-read on demand).
-    /// Called once the weights live in their own buffers, so the file does not count twice in memory.
+    /// Called once the weights live in their own buffers: each tensor's pages are already released as it is
+    /// copied, this catches the header and metadata pages.
     pub fn release_pages(&self) {
         // SAFETY: a read-only private file mapping: dropped pages are read back from the file if touched again.
         let _ = unsafe { self.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
@@ -220,8 +221,10 @@ impl GgufFile {
         let bytes = match permuted_heads {
             Some(n_head) => {
                 let rows = dims[0];
-                unpermute_rows(raw, rows, n / rows, n_head as usize)
-                    .map_err(|m| Error::bad_file(&self.path, format!("tensor '{g}': {m}")))?
+                let bytes = unpermute_rows(raw, rows, n / rows, n_head as usize)
+                    .map_err(|m| Error::bad_file(&self.path, format!("tensor '{g}': {m}")))?;
+                self.release_range(start, n);
+                bytes
             }
             None => {
                 // Copy in slices, releasing each slice's pages behind us, so a large tensor is never resident
@@ -234,7 +237,6 @@ impl GgufFile {
                 bytes
             }
         };
-        self.release_range(start, n);
         Ok(Some(RawTensor {
             dtype: info.ggml_dtype,
             dims,
