@@ -10,6 +10,7 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod convert;
+pub mod corpus;
 pub mod depth;
 pub mod depthmap;
 pub mod error;
