@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use serde::Serialize;
 
 /// One chat message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: String,
     pub content: String,

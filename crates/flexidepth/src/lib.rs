@@ -21,6 +21,7 @@ pub mod loader;
 pub mod model;
 pub mod tokenizer;
 pub mod trace;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

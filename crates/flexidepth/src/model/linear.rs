@@ -110,6 +110,14 @@ impl Linear {
         }
     }
 
+    /// The `[out, in]` weight when it is held as a plain tensor.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Some(w),
+            _ => None,
+        }
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }

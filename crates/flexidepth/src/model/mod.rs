@@ -184,6 +184,57 @@ impl Model {
         &self.device
     }
 
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// Hidden states `[seq, hidden]` of a fresh prefill of `ids` after the layers before `end`, routers off.
+    /// Training runs the frozen layers below the first routed one through here: no variables, so no graph.
+    pub fn hidden_after(&self, ids: &[u32], end: usize) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.config.vocab_size
+            )));
+        }
+        let x = self.embed_tokens.forward(ids, &self.device)?;
+        self.run_plain(x, 0..end)
+    }
+
+    /// Logits `[seq, vocab]` of hidden states `x` (positions `0..seq`) continued through layers `start..` at full
+    /// depth, routers off: the frozen teacher of distillation.
+    pub fn logits_from(&self, x: Tensor, start: usize) -> Result<Tensor> {
+        let x = self.run_plain(x, start..self.layers.len())?;
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
+    fn run_plain(&self, mut x: Tensor, layers: std::ops::Range<usize>) -> Result<Tensor> {
+        let seq_len = x.dim(0)?;
+        let mut cache = self.new_cache(seq_len);
+        cache.reserve(seq_len)?;
+        let mask = if seq_len > 1 {
+            Some(attention::causal_mask(seq_len, 0, &self.device, DType::F32)?)
+        } else {
+            None
+        };
+        let ctx = ForwardCtx {
+            pos: 0,
+            seq_len,
+            rope: &self.rope,
+            mask,
+            depth: DepthSettings {
+                mode: crate::depth::DepthMode::Off,
+                ..DepthSettings::default()
+            },
+        };
+        for layer in &self.layers[layers] {
+            if !self.pruned_layers.contains(&layer.layer_idx) {
+                x = layer.forward(&x, &ctx, &mut cache)?.0;
+            }
+        }
+        Ok(x)
+    }
+
     /// A KV cache for this model holding up to `max_len` positions (at most the context window).
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         KvCache::new(

@@ -1,0 +1,271 @@
+//! A training run's settings, from a TOML file (`[[stage]]` tables for the stages) with command-line overrides.
+//! The effective config is saved beside the outputs, so that `--resume` continues with exactly the same one.
+
+use super::loss::LossKind;
+use super::optim::AdamWConfig;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One stage: its own α, length, learning rate, and a fresh optimizer and schedule (the official recipe runs its
+/// two stages as two separate trainings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// Weight of `L_skip`.
+    pub alpha: f64,
+    /// Optimizer steps; when absent, `epochs` passes over the data.
+    pub steps: Option<usize>,
+    #[serde(default = "one")]
+    pub epochs: f64,
+    /// Peak learning rate; the run's `lr` when absent.
+    pub lr: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The frozen base (a name known to `scripts/fetch-models.sh`, a GGUF file or an HF folder).
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// JSONL data set (see `train::data`).
+    pub data: PathBuf,
+    /// Output folder: final and per-stage depth files, checkpoint, log, plot.
+    pub out: PathBuf,
+    /// Start from this depth-adapter file instead of a fresh initialisation.
+    pub init: Option<PathBuf>,
+    /// Routed layers for a fresh initialisation, `A..B`; default the later half.
+    pub routed_layers: Option<String>,
+    #[serde(default = "sixteen")]
+    pub router_reduction: usize,
+    #[serde(default = "sixteen")]
+    pub proj_reduction: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Longer samples are dropped, not truncated.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Sequences per micro-batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub adam: AdamWConfigToml,
+    #[serde(default = "default_loss")]
+    pub loss: LossKind,
+    /// Routing threshold used in the training forward (run iff `w > threshold`).
+    #[serde(default = "half")]
+    pub threshold: f32,
+    #[serde(default = "one_usize")]
+    pub log_every: usize,
+    /// Checkpoint every this many optimizer steps (0: only at stage ends and on interruption).
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: usize,
+    /// Storage dtype of the written depth files: f32, f16 or bf16.
+    #[serde(default = "default_save_dtype")]
+    pub save_dtype: String,
+    #[serde(rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+/// AdamW settings as written in TOML (`[adam]`), defaults from the official recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfigToml {
+    #[serde(default = "b1")]
+    pub beta1: f64,
+    #[serde(default = "b2")]
+    pub beta2: f64,
+    #[serde(default = "eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfigToml {
+    fn default() -> Self {
+        let d = AdamWConfig::default();
+        AdamWConfigToml {
+            beta1: d.beta1,
+            beta2: d.beta2,
+            eps: d.eps,
+            weight_decay: d.weight_decay,
+        }
+    }
+}
+
+impl From<AdamWConfigToml> for AdamWConfig {
+    fn from(c: AdamWConfigToml) -> Self {
+        AdamWConfig {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        }
+    }
+}
+
+fn default_model() -> String {
+    "smollm2-135m-instruct".into()
+}
+fn sixteen() -> usize {
+    16
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_max_len() -> usize {
+    2048
+}
+fn default_batch() -> usize {
+    4
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_warmup() -> f64 {
+    0.03
+}
+fn default_loss() -> LossKind {
+    LossKind::Lm
+}
+fn half() -> f32 {
+    0.5
+}
+fn default_ckpt() -> usize {
+    50
+}
+fn default_save_dtype() -> String {
+    "f32".into()
+}
+fn b1() -> f64 {
+    0.9
+}
+fn b2() -> f64 {
+    0.95
+}
+fn eps() -> f64 {
+    1e-8
+}
+
+impl TrainConfig {
+    /// Parse TOML; errors name the file.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self> {
+        let c: TrainConfig = toml::from_str(text).map_err(|e| Error::bad_file(path, format!("invalid config: {e}")))?;
+        Ok(c)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Input(format!("cannot write the config: {e}")))
+    }
+
+    /// Refuse settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(format!("training config: {m}")));
+        if self.stages.is_empty() {
+            return bad("no [[stage]]".into());
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be positive".into());
+        }
+        if self.max_len < 2 {
+            return bad("max_len must be at least 2".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be positive, not {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio must be in [0, 1)".into());
+        }
+        if !["f32", "f16", "bf16"].contains(&self.save_dtype.as_str()) {
+            return bad(format!("save_dtype '{}' (use f32, f16 or bf16)", self.save_dtype));
+        }
+        for s in &self.stages {
+            if !(s.alpha >= 0.0 && s.alpha.is_finite()) {
+                return bad(format!("stage '{}': alpha must be ≥ 0", s.name));
+            }
+            if s.steps == Some(0) || s.epochs <= 0.0 {
+                return bad(format!(
+                    "stage '{}': needs a positive number of steps or epochs",
+                    s.name
+                ));
+            }
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!("stage name '{}' must be letters, digits, - or _", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sequences consumed per optimizer step.
+    pub fn sequences_per_step(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
+
+    /// Optimizer steps of stage `i` over `n_sequences` (an incomplete last batch is dropped, as
+    /// `dataloader_drop_last`).
+    pub fn stage_steps(&self, i: usize, n_sequences: usize) -> usize {
+        let s = &self.stages[i];
+        s.steps
+            .unwrap_or_else(|| ((s.epochs * n_sequences as f64) / self.sequences_per_step() as f64).floor() as usize)
+            .max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stages_and_defaults_and_round_trips() {
+        let text = r#"
+data = "d.jsonl"
+out = "runs/x"
+lr = 1e-3
+[[stage]]
+name = "align"
+alpha = 1e-4
+[[stage]]
+name = "anneal"
+alpha = 1e-5
+steps = 10
+lr = 5e-4
+"#;
+        let c = TrainConfig::from_toml(Path::new("c.toml"), text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.stages.len(), 2);
+        assert_eq!(c.adam.beta2, 0.95);
+        assert_eq!(c.loss, LossKind::Lm);
+        assert_eq!(c.stage_steps(0, 41), 10); // 41 sequences / 4 per step, last partial batch dropped
+        assert_eq!(c.stage_steps(1, 41), 10);
+        let again = TrainConfig::from_toml(Path::new("c.toml"), &c.to_toml().unwrap()).unwrap();
+        assert_eq!(again, c);
+        let e = TrainConfig::from_toml(
+            Path::new("c.toml"),
+            "data='x'\nout='y'\nbogus=1\n[[stage]]\nname='a'\nalpha=0",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

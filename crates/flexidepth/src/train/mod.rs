@@ -1,0 +1,330 @@
+//! Training FlexiDepth routers and adapters on a frozen base (spec A4).
+//!
+//! The base is loaded in f32 as plain tensors, never variables, and the layers below the first routed one run
+//! outside the autograd graph; only the routers and adapters ([`params::DepthParams`]) are `Var`s. The objective
+//! is `L = L_lm + α · L_skip` ([`loss`]), every term summed over tokens and divided by the tokens of the whole
+//! optimizer step, so gradient accumulation needs no manual correction. The loop ([`Trainer`]) runs the stages of
+//! a [`config::TrainConfig`] with AdamW, a cosine schedule with warm-up and clipping ([`optim`]), logs every step,
+//! and checkpoints atomically ([`checkpoint`]) so that `--resume` continues exactly.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod forward;
+pub mod log;
+pub mod loss;
+pub mod ops;
+pub mod optim;
+pub mod params;
+
+use crate::depth::file::{write_depth_file, DepthMeta};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use candle_core::{DType, Tensor};
+use checkpoint::RunState;
+use config::TrainConfig;
+use log::LogRow;
+use loss::{sequence_loss, Objective};
+use optim::{clip_grad_norm, cosine_lr, warmup_steps, AdamW};
+use params::DepthParams;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    /// A stage begins (or resumes at `done` of `steps`).
+    Stage {
+        index: usize,
+        name: &'a str,
+        steps: usize,
+        done: usize,
+    },
+    /// An optimizer step finished.
+    Step(&'a LogRow),
+    /// A checkpoint was written.
+    Checkpoint { path: &'a std::path::Path, step: usize },
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request (Ctrl-C) after checkpointing.
+    Interrupted,
+}
+
+/// Gradients and statistics of one optimizer step's sequences.
+#[derive(Debug)]
+pub struct StepGrads {
+    pub grads: BTreeMap<String, Tensor>,
+    /// Step objective (sum of the normalised per-sequence objectives).
+    pub loss: f64,
+    pub lm: f64,
+    pub kl: f64,
+    pub skip: f64,
+    pub layers: f64,
+    /// Tokens scored.
+    pub tokens: usize,
+}
+
+/// Forward and backward every sequence of one optimizer step, one at a time, summing their gradients. Each
+/// sequence's objective is already divided by the tokens of the whole step, so the sum is the gradient of the
+/// step's objective however the sequences are split into micro-batches.
+pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Objective) -> Result<StepGrads> {
+    let step_tokens: usize = seqs.iter().map(|s| s.len().saturating_sub(1)).sum();
+    if step_tokens == 0 {
+        return Err(Error::Input("a training step without tokens".into()));
+    }
+    let mut out = StepGrads {
+        grads: BTreeMap::new(),
+        loss: 0.0,
+        lm: 0.0,
+        kl: 0.0,
+        skip: 0.0,
+        layers: 0.0,
+        tokens: step_tokens,
+    };
+    for ids in seqs {
+        let l = sequence_loss(model, params, ids, obj, step_tokens)?;
+        let store = l.objective.backward()?;
+        for (name, var) in &params.vars {
+            if let Some(g) = store.get(var.as_tensor()) {
+                let sum = match out.grads.remove(name) {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                };
+                out.grads.insert(name.clone(), sum);
+            }
+        }
+        out.loss += l.objective.to_scalar::<f32>()? as f64;
+        out.lm += l.lm_sum;
+        out.kl += l.kl_sum;
+        out.skip += l.skip_sum;
+        out.layers += l.layers_sum;
+    }
+    let n = step_tokens as f64;
+    out.lm /= n;
+    out.kl /= n;
+    out.skip /= n;
+    out.layers /= n;
+    Ok(out)
+}
+
+/// A training run over tokenized data.
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    model: &'a Model,
+    params: DepthParams,
+    meta: DepthMeta,
+    sequences: Vec<Vec<u32>>,
+    opt: AdamW,
+    state: RunState,
+    log: Vec<LogRow>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run. `meta` describes the depth files it writes (base, routed layers, reductions).
+    pub fn new(
+        config: TrainConfig,
+        model: &'a Model,
+        params: DepthParams,
+        meta: DepthMeta,
+        sequences: Vec<Vec<u32>>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if sequences.is_empty() {
+            return Err(Error::Input("the training data set is empty".into()));
+        }
+        let opt = AdamW::new(config.adam.into());
+        let state = RunState {
+            config_hash: config_hash(&config)?,
+            ..RunState::default()
+        };
+        Ok(Trainer {
+            config,
+            model,
+            params,
+            meta,
+            sequences,
+            opt,
+            state,
+            log: Vec::new(),
+        })
+    }
+
+    pub fn params(&self) -> &DepthParams {
+        &self.params
+    }
+
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    pub fn log(&self) -> &[LogRow] {
+        &self.log
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.config.out.join("checkpoint.safetensors")
+    }
+
+    /// Continue from the checkpoint in the output folder: parameters, optimizer moments, schedule and data position,
+    /// and the log up to the checkpoint.
+    pub fn resume(&mut self) -> Result<()> {
+        let path = self.checkpoint_path();
+        let ck = checkpoint::load(&path)?;
+        if ck.state.config_hash != self.state.config_hash {
+            return Err(Error::Input(format!(
+                "{} was written by a run with a different config; resume with the config saved in {}",
+                path.display(),
+                self.config.out.display()
+            )));
+        }
+        for (name, var) in &self.params.vars {
+            let t = ck
+                .tensors
+                .get(name)
+                .ok_or_else(|| Error::bad_file(&path, format!("checkpoint has no '{name}'")))?;
+            if t.dims() != var.dims() {
+                return Err(Error::bad_file(
+                    &path,
+                    format!("checkpoint '{name}' has the wrong shape"),
+                ));
+            }
+            var.set(t)?;
+        }
+        self.opt.load_state(ck.optimizer_steps, &ck.tensors)?;
+        self.state = ck.state;
+        let csv = self.config.out.join("log.csv");
+        if csv.exists() {
+            let rows = log::read_csv(&csv)?;
+            self.log = rows.into_iter().filter(|r| r.step <= self.state.global_step).collect();
+        }
+        Ok(())
+    }
+
+    /// Train every remaining stage. Checks `stop` after each step: when set, checkpoints and returns
+    /// [`Outcome::Interrupted`].
+    pub fn run(&mut self, stop: &AtomicBool, on: &mut dyn FnMut(Event)) -> Result<Outcome> {
+        std::fs::create_dir_all(&self.config.out).map_err(|e| Error::io(&self.config.out, e))?;
+        let n = self.sequences.len();
+        let per_step = self.config.sequences_per_step();
+        while self.state.stage < self.config.stages.len() {
+            let si = self.state.stage;
+            let stage = self.config.stages[si].clone();
+            let total = self.config.stage_steps(si, n);
+            let warmup = warmup_steps(total, self.config.warmup_ratio);
+            let base_lr = stage.lr.unwrap_or(self.config.lr);
+            on(Event::Stage {
+                index: si,
+                name: &stage.name,
+                steps: total,
+                done: self.state.stage_step,
+            });
+            let obj = Objective {
+                kind: self.config.loss,
+                alpha: stage.alpha,
+                threshold: self.config.threshold,
+            };
+            while self.state.stage_step < total {
+                let step = self.state.stage_step;
+                // The data is one endless stream of seeded epoch orders; step s takes items s·B … (s+1)·B − 1.
+                let seqs: Vec<&[u32]> = (step * per_step..(step + 1) * per_step)
+                    .map(|i| {
+                        let order = data::epoch_order(n, self.config.seed, si, i / n);
+                        self.sequences[order[i % n]].as_slice()
+                    })
+                    .collect();
+                let t0 = Instant::now();
+                let lr = cosine_lr(base_lr, step, total, warmup);
+                let mut g = step_grads(self.model, &self.params, &seqs, &obj)?;
+                let grad_norm = clip_grad_norm(&mut g.grads, self.config.max_grad_norm)?;
+                self.opt.step(&self.params, &g.grads, lr)?;
+                let secs = t0.elapsed().as_secs_f64();
+                let seq_tokens: usize = seqs.iter().map(|s| s.len()).sum();
+                self.state.stage_step += 1;
+                self.state.global_step += 1;
+                self.state.tokens_seen += seq_tokens as u64;
+                self.state.elapsed_s += secs;
+                let row = LogRow {
+                    step: self.state.global_step,
+                    stage: stage.name.clone(),
+                    stage_step: self.state.stage_step,
+                    lr,
+                    loss: g.loss,
+                    lm: g.lm,
+                    kl: g.kl,
+                    skip: g.skip,
+                    layers: g.layers,
+                    grad_norm,
+                    tokens_per_s: seq_tokens as f64 / secs,
+                    elapsed_s: self.state.elapsed_s,
+                };
+                on(Event::Step(&row));
+                let log_now = self.state.global_step % self.config.log_every.max(1) == 0;
+                self.log.push(row);
+                let stage_done = self.state.stage_step == total;
+                let every = self.config.checkpoint_every;
+                let interrupted = stop.load(Ordering::SeqCst);
+                if log_now || stage_done || interrupted {
+                    self.write_log()?;
+                }
+                if stage_done {
+                    let path = self.config.out.join(format!("{}.safetensors", stage.name));
+                    self.write_depth(&path)?;
+                    self.state.stage += 1;
+                    self.state.stage_step = 0;
+                }
+                if stage_done || interrupted || (every > 0 && self.state.global_step % every == 0) {
+                    let path = self.checkpoint_path();
+                    checkpoint::save(&path, &self.params, &self.opt, &self.state)?;
+                    on(Event::Checkpoint {
+                        path: &path,
+                        step: self.state.global_step,
+                    });
+                }
+                if interrupted {
+                    return Ok(Outcome::Interrupted);
+                }
+                if stage_done {
+                    break;
+                }
+            }
+            // A new stage starts from fresh optimizer moments, as the official recipe's separate runs do.
+            self.opt = AdamW::new(self.config.adam.into());
+        }
+        self.write_depth(&self.config.out.join("depth.safetensors"))?;
+        self.write_log()?;
+        Ok(Outcome::Finished)
+    }
+
+    /// Write the current routers and adapters as a depth-adapter file in the configured dtype.
+    pub fn write_depth(&self, path: &std::path::Path) -> Result<()> {
+        let dtype = match self.config.save_dtype.as_str() {
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        };
+        let mut meta = self.meta.clone();
+        meta.skip_threshold = self.config.threshold;
+        write_depth_file(path, &meta, &self.params.tensors(), dtype)
+    }
+
+    fn write_log(&self) -> Result<()> {
+        log::write_csv(&self.config.out.join("log.csv"), &self.log)?;
+        log::write_plot(&self.config.out.join("curves.svg"), &self.log)
+    }
+}
+
+/// A fingerprint of everything in the config that changes the result (the output folder may move): FNV-1a of
+/// its TOML, stable across builds.
+fn config_hash(c: &TrainConfig) -> Result<String> {
+    let mut c = c.clone();
+    c.out = PathBuf::new();
+    let hash = c.to_toml()?.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}
