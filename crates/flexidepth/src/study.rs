@@ -181,10 +181,14 @@ pub fn select_paragraphs(candidates: &[String], n: usize, seed: u64) -> Result<V
     Ok(chosen.into_iter().map(|i| candidates[i].clone()).collect())
 }
 
-/// The study's paragraphs: from the held-out novel only (`scripts/fetch-data.sh` fetches it).
+/// The study's paragraphs: from the held-out novel only (`scripts/fetch-data.sh` fetches it), with runs of spaces
+/// (the text's double spaces after a full stop) made single, as prose is typed today.
 pub fn study_paragraphs(n: usize, seed: u64) -> Result<Vec<String>> {
     let text = read_novel(HELDOUT_NOVEL)?;
-    let all: Vec<String> = paragraphs(&text).into_iter().map(|p| p.text).collect();
+    let all: Vec<String> = paragraphs(&text)
+        .into_iter()
+        .map(|p| p.text.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     select_paragraphs(&all, n, seed)
 }
 
