@@ -136,12 +136,14 @@ pub fn run(args: Args) -> Result<()> {
     let report = StudyReport {
         setup: StudySetup {
             model: args.model.model.model.clone(),
+            dtype: args.model.dtype.clone(),
             depth_file: args.depth.depth.as_ref().map(|p| p.display().to_string()),
             num_layers: model.config.num_hidden_layers,
             routed_layers: model.routed_layers(),
             instances: args.instances,
             max_new_tokens: args.max_new_tokens,
             seed: args.seed,
+            wall_s,
         },
         runs: results,
     };

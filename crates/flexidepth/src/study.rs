@@ -290,12 +290,16 @@ pub struct StudyRun {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StudySetup {
     pub model: String,
+    /// Weight format in memory (`f32`, `q`).
+    pub dtype: String,
     pub depth_file: Option<String>,
     pub num_layers: usize,
     pub routed_layers: Vec<usize>,
     pub instances: usize,
     pub max_new_tokens: usize,
     pub seed: u64,
+    /// Wall time of every run together, in seconds.
+    pub wall_s: f64,
 }
 
 /// The whole study, as written to `study.json`.
@@ -441,14 +445,16 @@ pub fn markdown_report(report: &StudyReport, depth_maps: &[String]) -> String {
     };
     let _ = writeln!(
         out,
-        "Model `{}` ({} layers, {routed}), depth file `{}`. {} instances per task, greedy decoding of at most {} \
-         new tokens, seed {}.\n",
+        "Model `{}` ({} layers, {routed}, {}), depth file `{}`. {} instances per task, greedy decoding of at most \
+         {} new tokens, seed {}; {:.0} s for all runs.\n",
         s.model,
         s.num_layers,
+        s.dtype,
         s.depth_file.as_deref().unwrap_or("none"),
         s.instances,
         s.max_new_tokens,
-        s.seed
+        s.seed,
+        s.wall_s
     );
     let _ = writeln!(
         out,
@@ -606,12 +612,14 @@ mod tests {
         let report = StudyReport {
             setup: StudySetup {
                 model: "m".into(),
+                dtype: "f32".into(),
                 depth_file: None,
                 num_layers: 30,
                 routed_layers: vec![15, 29],
                 instances: 2,
                 max_new_tokens: 4,
                 seed: 42,
+                wall_s: 1.0,
             },
             runs: vec![run],
         };
