@@ -6,6 +6,7 @@ mod cmd_depth;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
+mod cmd_study;
 mod cmd_tokenize;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Depth(cmd_depth::Args),
     /// Measure prompt-processing and generation speed per depth configuration (like llama-bench).
     Bench(cmd_bench::Args),
+    /// The paper's layer-usage study: layers used per generated token on copy, summarize, continue, repeat, sum
+    /// and product tasks, as tables, JSON and depth maps.
+    Study(Box<cmd_study::Args>),
 }
 
 /// Model selection shared by every command.
@@ -187,6 +191,7 @@ fn main() {
         Command::Convert(a) => cmd_convert::run(a),
         Command::Depth(a) => cmd_depth::run(a),
         Command::Bench(a) => cmd_bench::run(a, cli.threads.as_deref()),
+        Command::Study(a) => cmd_study::run(*a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod model;
+pub mod study;
 pub mod tokenizer;
 pub mod trace;
 pub mod train;
