@@ -19,6 +19,7 @@ pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod model;
+pub mod plot;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;
