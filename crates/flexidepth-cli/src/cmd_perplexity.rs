@@ -1,7 +1,9 @@
-//! `flexidepth perplexity`: mean NLL and perplexity over the first `--ctx` tokens of a file, in one window.
+//! `flexidepth perplexity`: mean NLL and perplexity of a text in windows (by default the first `--ctx` tokens of a
+//! file, in one window); with `--compare-full`, a depth adapter's quality against the same model at full depth.
 
 use crate::{DepthArgs, LoadArgs};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use flexidepth::eval::{self, DEFAULT_MAX_TOKENS};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -11,40 +13,91 @@ pub struct Args {
     #[command(flatten)]
     pub depth: DepthArgs,
     /// The text file (UTF-8).
-    #[arg(short = 'f', long)]
-    pub file: PathBuf,
-    /// Tokens of the file to score (the window).
-    #[arg(long, default_value_t = 512)]
+    #[arg(short = 'f', long, required_unless_present = "heldout", conflicts_with = "heldout")]
+    pub file: Option<PathBuf>,
+    /// Score the held-out text instead of a file: Persuasion from chapter 13 on (never in training data; needs
+    /// scripts/fetch-data.sh).
+    #[arg(long)]
+    pub heldout: bool,
+    /// Tokens per window; each window is scored from an empty cache.
+    #[arg(long, visible_alias = "window", default_value_t = 512)]
     pub ctx: usize,
+    /// Tokens of the text to use, cut into windows [default: one window for -f, 4096 for --heldout].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Compare the depth adapter's routing (--depth-mode, --skip-threshold) with the same model at full depth:
+    /// both perplexities, their ratio, KL(full ‖ flexi), top-1 agreement and layers per token.
+    #[arg(long, requires = "depth")]
+    pub compare_full: bool,
+    /// Write the --compare-full figures to this file as JSON.
+    #[arg(long, requires = "compare_full")]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let text = flexidepth::error::read_to_string(&args.file)?;
+    let text = match &args.file {
+        Some(f) => Some(flexidepth::error::read_to_string(f)?),
+        None => None,
+    };
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
-    let mut ids = files.tokenizer.encode(&text, false)?;
-    if ids.len() > args.ctx {
-        ids.truncate(args.ctx);
+    let (ids, default_max) = match &text {
+        Some(t) => (files.tokenizer.encode(t, false)?, args.ctx),
+        None => (
+            files.tokenizer.encode(&flexidepth::corpus::heldout_text()?, false)?,
+            DEFAULT_MAX_TOKENS,
+        ),
+    };
+    let windows = eval::windows(&ids, args.ctx, args.max_tokens.unwrap_or(default_max))?;
+    if windows.is_empty() {
+        anyhow::bail!("the text has {} tokens; perplexity needs at least 2", ids.len());
     }
+    let n_tokens: usize = windows.iter().map(Vec::len).sum();
+    let n_layers = model.config.num_hidden_layers;
     let start = std::time::Instant::now();
-    let p = flexidepth::eval::perplexity_with(&model, &ids, &depth)?;
-    let secs = start.elapsed().as_secs_f64();
-    let mut line = format!(
-        "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
-        p.n_tokens, p.mean_nll, p.ppl
-    );
-    if !model.routed_layers().is_empty() {
-        line += &format!(
-            "  layers/token: {:.2} of {}",
-            p.mean_layers, model.config.num_hidden_layers
+    if args.compare_full {
+        let q = eval::depth_quality(&model, &windows, &depth)?;
+        println!(
+            "windows: {} of up to {} tokens  positions scored: {}  depth mode: {}",
+            q.windows, args.ctx, q.n_predicted, q.depth_mode
         );
+        println!(
+            "full ppl: {:.4}  flexi ppl: {:.4}  ratio: {:.4}  KL(full‖flexi): {:.5} nats/token  top-1 agreement: \
+             {:.4}  layers/token: {:.2} of {}",
+            q.full_ppl, q.flexi_ppl, q.ppl_ratio, q.mean_kl, q.top1_agreement, q.mean_layers, q.num_layers
+        );
+        if let Some(path) = &args.json {
+            let mut bytes = serde_json::to_vec_pretty(&q)?;
+            bytes.push(b'\n');
+            flexidepth::error::write_atomic(path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    } else {
+        let p = eval::perplexity_windows(&model, &windows, &depth)?;
+        let mut line = format!(
+            "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
+            p.n_tokens, p.mean_nll, p.ppl
+        );
+        if windows.len() > 1 {
+            line += &format!("  windows: {}", windows.len());
+        }
+        if !model.routed_layers().is_empty() {
+            line += &format!("  layers/token: {:.2} of {}", p.mean_layers, n_layers);
+        }
+        println!("{line}");
     }
-    println!("{line}");
+    let secs = start.elapsed().as_secs_f64();
+    let passes = if args.compare_full { 2 } else { 1 };
     eprintln!(
-        "scored {} tokens in {:.3} s, {:.1} tokens/s",
-        p.n_tokens,
+        "scored {} tokens{} in {:.3} s, {:.1} tokens/s",
+        n_tokens,
+        if passes == 2 {
+            " twice (full depth and routed)"
+        } else {
+            ""
+        },
         secs,
-        p.n_tokens as f64 / secs
+        (passes * n_tokens) as f64 / secs
     );
     Ok(())
 }

@@ -191,3 +191,83 @@ fn depth_errors_are_clear() {
         text(&out.stderr)
     );
 }
+
+/// `perplexity --compare-full --json`: full depth against routing on a short file in small windows; forced run is
+/// the base model exactly; the flag needs `--depth`.
+#[test]
+fn perplexity_compare_full_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let depth = dir.path().join("depth.safetensors");
+    let d = depth.to_str().unwrap();
+    let out = flexidepth(&["depth", "init", "-o", d, "--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let f = dir.path().join("p.txt");
+    std::fs::write(
+        &f,
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in \
+         want of a wife. However little known the feelings or views of such a man may be on his first entering a \
+         neighbourhood, this truth is so well fixed in the minds of the surrounding families.",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let json = dir.path().join("q.json");
+    let args = [
+        "perplexity",
+        "-f",
+        f,
+        "--depth",
+        d,
+        "--compare-full",
+        "--window",
+        "24",
+        "--max-tokens",
+        "60",
+    ];
+    let mut with_json = args.to_vec();
+    with_json.extend(["--json", json.to_str().unwrap()]);
+    let out = flexidepth(&with_json);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for key in [
+        "full ppl: ",
+        "flexi ppl: ",
+        "ratio: ",
+        "KL(full‖flexi): ",
+        "top-1 agreement: ",
+        "of 30",
+    ] {
+        assert!(stdout.contains(key), "{key} in {stdout}");
+    }
+    let q: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(q["windows"], 3, "60 tokens in windows of 24: 24 + 24 + 12");
+    assert_eq!(q["n_predicted"], 57);
+    assert_eq!(q["num_layers"], 30);
+    assert_eq!(q["depth_mode"], "dynamic");
+    assert!(q["mean_kl"].as_f64().unwrap() > 0.0);
+    let layers = q["mean_layers"].as_f64().unwrap();
+    assert!(layers > 15.0 && layers < 30.0, "{layers}");
+    let ratio = q["ppl_ratio"].as_f64().unwrap();
+    let expect = q["flexi_ppl"].as_f64().unwrap() / q["full_ppl"].as_f64().unwrap();
+    assert!((ratio - expect).abs() < 1e-9 * expect);
+
+    let mut run = args.to_vec();
+    run.extend(["--depth-mode", "run"]);
+    let out = flexidepth(&run);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ratio: 1.0000  KL(full‖flexi): 0.00000") && stdout.contains("top-1 agreement: 1.0000"),
+        "{stdout}"
+    );
+
+    let out = flexidepth(&["perplexity", "-f", f, "--compare-full"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("--depth"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = flexidepth(&["perplexity", "-f", f, "--heldout"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("cannot be used with"));
+    let out = flexidepth(&["perplexity", "-f", f, "--json", "x.json"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--compare-full"));
+}

@@ -97,6 +97,26 @@ pub fn paragraphs(text: &str) -> Vec<Paragraph> {
     out
 }
 
+/// The held-out evaluation text starts at this chapter of [`HELDOUT_NOVEL`] (volume II of Persuasion), so that
+/// it does not begin with the title-page-like opening that every model has seen quoted.
+pub const HELDOUT_FROM_CHAPTER: usize = 13;
+
+/// The held-out evaluation text: the paragraphs of [`HELDOUT_NOVEL`] from [`HELDOUT_FROM_CHAPTER`] on, joined
+/// with `"\n"`. The layer-usage study samples paragraphs of the whole novel; the overlap is harmless since none of
+/// it is ever trained on.
+pub fn heldout_text() -> Result<String> {
+    Ok(heldout_from(&read_novel(HELDOUT_NOVEL)?))
+}
+
+fn heldout_from(novel: &str) -> String {
+    let ps: Vec<String> = paragraphs(novel)
+        .into_iter()
+        .filter(|p| p.chapter >= HELDOUT_FROM_CHAPTER)
+        .map(|p| p.text)
+        .collect();
+    ps.join("\n")
+}
+
 /// Whether a paragraph of `novel` may go into training data.
 pub fn trainable(novel: &str, p: &Paragraph) -> bool {
     novel != HELDOUT_NOVEL && !(novel == FIXTURE_NOVEL && p.chapter <= FIXTURE_CHAPTERS)
@@ -171,6 +191,18 @@ mod tests {
             text: String::new(),
         };
         assert!(trainable("prideprejudice", &late));
+    }
+
+    #[test]
+    fn heldout_text_starts_at_its_chapter() {
+        let mut text = String::new();
+        for ch in 1..=14 {
+            text += &format!("Chapter {ch}\n\nParagraph {ch}a\nwraps.\n\nParagraph {ch}b.\n\n");
+        }
+        assert_eq!(
+            heldout_from(&text),
+            "Paragraph 13a wraps.\nParagraph 13b.\nParagraph 14a wraps.\nParagraph 14b."
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Perplexity: mean next-token negative log-likelihood of a text, in one window, like `llama-perplexity`.
+//! Perplexity: mean next-token negative log-likelihood of a text, in one window, like `llama-perplexity`; and the
+//! quality of a FlexiDepth model against its own full depth ([`depth_quality`]) on held-out windows.
 
-use crate::depth::DepthSettings;
+use crate::depth::{DepthMode, DepthSettings};
 use crate::error::{Error, Result};
 use crate::model::{Logits, Model};
-use candle_core::{Tensor, D};
+use crate::tokenizer::Tokenizer;
+use candle_core::{DType, Tensor, D};
 
 /// The result of [`perplexity`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,4 +59,162 @@ pub fn perplexity_with(model: &Model, ids: &[u32], depth: &DepthSettings) -> Res
         ppl: mean_nll.exp(),
         mean_layers: layers.iter().sum::<usize>() as f64 / layers.len() as f64,
     })
+}
+
+/// Default window length and token budget of [`heldout_windows`] (8 windows of 512).
+pub const DEFAULT_WINDOW: usize = 512;
+pub const DEFAULT_MAX_TOKENS: usize = 4096;
+
+/// Cut `ids` into consecutive windows of `window` tokens, using at most `max_tokens` of them; a last window
+/// shorter than 2 tokens predicts nothing and is dropped. Windows are scored independently (each from an empty
+/// cache), so each one's first token is context only.
+pub fn windows(ids: &[u32], window: usize, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    if window < 2 || max_tokens < 2 {
+        return Err(Error::Input(format!(
+            "a window needs at least 2 tokens (window {window}, max tokens {max_tokens})"
+        )));
+    }
+    let used = &ids[..ids.len().min(max_tokens)];
+    Ok(used
+        .chunks(window)
+        .filter(|w| w.len() >= 2)
+        .map(<[u32]>::to_vec)
+        .collect())
+}
+
+/// Evaluation windows of held-out text ([`crate::corpus::heldout_text`]: Persuasion from chapter 13 on, never in
+/// training data), tokenized without special tokens, cut by [`windows`].
+pub fn heldout_windows(tokenizer: &Tokenizer, window: usize, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    let ids = tokenizer.encode(&crate::corpus::heldout_text()?, false)?;
+    windows(&ids, window, max_tokens)
+}
+
+/// [`perplexity_with`] over several windows, token-weighted (`n_tokens` counts every window's tokens).
+pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings) -> Result<Perplexity> {
+    let (mut nll, mut predicted, mut layers, mut n_tokens) = (0.0f64, 0usize, 0usize, 0usize);
+    for w in windows {
+        let (nlls, used) = token_nlls_with(model, w, depth)?;
+        nll += nlls.iter().map(|&x| x as f64).sum::<f64>();
+        predicted += nlls.len();
+        layers += used.iter().sum::<usize>();
+        n_tokens += w.len();
+    }
+    if predicted == 0 {
+        return Err(Error::Input("perplexity needs at least one window of 2 tokens".into()));
+    }
+    let mean_nll = nll / predicted as f64;
+    Ok(Perplexity {
+        n_tokens,
+        mean_nll,
+        ppl: mean_nll.exp(),
+        mean_layers: layers as f64 / predicted as f64,
+    })
+}
+
+/// A FlexiDepth setting against the same model at full depth, on the same windows. All means are over predicted
+/// positions (token-weighted across windows).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DepthQuality {
+    pub windows: usize,
+    /// Positions scored: every token of a window but its first.
+    pub n_predicted: usize,
+    pub full_mean_nll: f64,
+    pub full_ppl: f64,
+    pub flexi_mean_nll: f64,
+    pub flexi_ppl: f64,
+    /// `flexi_ppl / full_ppl`.
+    pub ppl_ratio: f64,
+    /// Mean KL(full ‖ flexi) of the next-token distributions, in nats.
+    pub mean_kl: f64,
+    /// Fraction of positions where both settings put the same token first.
+    pub top1_agreement: f64,
+    /// Mean layers run per position with the compared settings, of `num_layers`.
+    pub mean_layers: f64,
+    pub num_layers: usize,
+    /// The compared settings.
+    pub depth_mode: String,
+    pub skip_threshold: f32,
+    pub skip_kv: bool,
+}
+
+/// Compare `depth` with full depth (`DepthMode::Run`: exactly the base model) on `windows`: both perplexities,
+/// their ratio, KL(full ‖ flexi) and top-1 agreement per position, and the layers used. Each window is one
+/// forward pass per setting from an empty cache; log-softmax and KL are computed in f32.
+pub fn depth_quality(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings) -> Result<DepthQuality> {
+    let full = DepthSettings {
+        mode: DepthMode::Run,
+        ..*depth
+    };
+    let (mut nll_full, mut nll_flexi, mut kl, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let (mut predicted, mut layers) = (0usize, 0usize);
+    for ids in windows {
+        if ids.len() < 2 {
+            return Err(Error::Input(format!(
+                "every window needs at least 2 tokens, one has {}",
+                ids.len()
+            )));
+        }
+        let inputs = &ids[..ids.len() - 1];
+        let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
+        let run = |s: &DepthSettings| -> Result<(Tensor, Vec<crate::model::layer::LayerRouting>)> {
+            let mut cache = model.new_cache(inputs.len());
+            let out = model.forward_with(inputs, &mut cache, Logits::All, s)?;
+            let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
+            Ok((logp, out.routing))
+        };
+        let (lp, _) = run(&full)?;
+        let (lq, routing) = run(depth)?;
+        let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
+        nll_full -= sum(lp.gather(&targets, 1)?)?;
+        nll_flexi -= sum(lq.gather(&targets, 1)?)?;
+        kl += sum((lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?)?;
+        let same = lp.argmax(D::Minus1)?.eq(&lq.argmax(D::Minus1)?)?;
+        agree += same.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        let unrouted = (model.config.num_hidden_layers - routing.len()).saturating_sub(model.pruned_layers.len());
+        layers += unrouted * inputs.len()
+            + routing
+                .iter()
+                .map(|r| r.run.iter().filter(|&&b| b).count())
+                .sum::<usize>();
+        predicted += inputs.len();
+    }
+    if predicted == 0 {
+        return Err(Error::Input("depth quality needs at least one window".into()));
+    }
+    let n = predicted as f64;
+    let (full_mean_nll, flexi_mean_nll) = (nll_full / n, nll_flexi / n);
+    Ok(DepthQuality {
+        windows: windows.len(),
+        n_predicted: predicted,
+        full_mean_nll,
+        full_ppl: full_mean_nll.exp(),
+        flexi_mean_nll,
+        flexi_ppl: flexi_mean_nll.exp(),
+        ppl_ratio: (flexi_mean_nll - full_mean_nll).exp(),
+        mean_kl: kl / n,
+        top1_agreement: agree as f64 / n,
+        mean_layers: layers as f64 / n,
+        num_layers: model.config.num_hidden_layers,
+        depth_mode: format!("{:?}", depth.mode).to_lowercase(),
+        skip_threshold: depth.skip_threshold,
+        skip_kv: depth.skip_kv,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cut_and_cap() {
+        let ids: Vec<u32> = (0..11).collect();
+        assert_eq!(
+            windows(&ids, 4, 100).unwrap(),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10]]
+        );
+        assert_eq!(windows(&ids, 4, 9).unwrap(), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+        assert_eq!(windows(&ids, 4, 6).unwrap(), vec![vec![0, 1, 2, 3], vec![4, 5]]);
+        assert!(windows(&ids, 1, 100).is_err());
+        assert!(windows(&[], 4, 100).unwrap().is_empty());
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! The pieces, each in its own module: [`config`] (one resolved model config), [`weights`] (GGUF and
 //! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`cache`] (the KV
-//! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity),
-//! [`convert`] (GGUF → HF folder) and [`loader`] (finding and opening models).
+//! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity, and
+//! quality against full depth), [`plot`] (SVG charts), [`convert`] (GGUF → HF folder) and [`loader`] (finding and
+//! opening models).
 
 pub mod bench;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod model;
+pub mod plot;
 pub mod study;
 pub mod tokenizer;
 pub mod trace;
