@@ -7,7 +7,9 @@ mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
 mod cmd_study;
+mod cmd_sweep;
 mod cmd_tokenize;
+mod cmd_train;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +46,10 @@ enum Command {
     /// The paper's layer-usage study: layers used per generated token on copy, summarize, continue, repeat, sum
     /// and product tasks, as tables, JSON and depth maps.
     Study(Box<cmd_study::Args>),
+    /// Train FlexiDepth routers and adapters on a frozen base (L = L_lm + α·L_skip), with checkpoints and --resume.
+    Train(Box<cmd_train::Args>),
+    /// The α sweep's table and figure from training run folders (config.toml, log.csv, quality.json).
+    SweepReport(cmd_sweep::Args),
 }
 
 /// Model selection shared by every command.
@@ -192,6 +198,8 @@ fn main() {
         Command::Depth(a) => cmd_depth::run(a),
         Command::Bench(a) => cmd_bench::run(a, cli.threads.as_deref()),
         Command::Study(a) => cmd_study::run(*a),
+        Command::Train(a) => cmd_train::run(*a),
+        Command::SweepReport(a) => cmd_sweep::run(a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -75,6 +75,19 @@ pub struct Scatter {
     pub points: Vec<LabelledPoint>,
 }
 
+/// Several chart documents stacked top to bottom in one SVG (each nested as its own `<svg>` at its offset).
+pub fn stack(charts: &[String]) -> String {
+    let h = HEIGHT * charts.len() as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{h}\" viewBox=\"0 0 {WIDTH} {h}\">\n"
+    );
+    for (i, c) in charts.iter().enumerate() {
+        s.push_str(&c.replacen("<svg ", &format!("<svg y=\"{}\" ", HEIGHT * i as f64), 1));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 /// Escape text for XML content and attribute values.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")

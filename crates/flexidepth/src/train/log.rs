@@ -82,6 +82,61 @@ pub fn read_csv(path: &Path) -> Result<Vec<LogRow>> {
     Ok(rows)
 }
 
-pub fn write_plot(_path: &Path, _rows: &[LogRow]) -> Result<()> {
-    Ok(())
+/// The curves against the optimizer step: losses, `L_skip`, and layers used per token, stacked in one SVG.
+pub fn write_plot(path: &Path, rows: &[LogRow]) -> Result<()> {
+    use crate::plot::{stack, Axis, LineChart};
+    let series = |f: fn(&LogRow) -> f64| rows.iter().map(|r| (r.step as f64, f(r))).collect::<Vec<_>>();
+    let mut losses = LineChart::new("Training loss", Axis::new("optimizer step"), Axis::new("per token"))
+        .with("objective", series(|r| r.loss));
+    if rows.iter().any(|r| r.lm > 0.0) {
+        losses = losses.with("L_lm (cross-entropy)", series(|r| r.lm));
+    }
+    if rows.iter().any(|r| r.kl > 0.0) {
+        losses = losses.with("KL(full ‖ FlexiDepth)", series(|r| r.kl));
+    }
+    let skip = LineChart::new(
+        "L_skip = mean over tokens of (Σ gates)²",
+        Axis::new("optimizer step"),
+        Axis::new("L_skip"),
+    )
+    .with("L_skip", series(|r| r.skip));
+    let layers = LineChart::new("Layers used per token", Axis::new("optimizer step"), Axis::new("layers"))
+        .with("layers/token", series(|r| r.layers));
+    let svg = stack(&[losses.to_svg(), skip.to_svg(), layers.to_svg()]);
+    crate::error::write_atomic(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trips_exactly_and_the_plot_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |step: usize| LogRow {
+            step,
+            stage: "align".into(),
+            stage_step: step,
+            lr: 1e-4 / 3.0,
+            loss: 2.0 / 3.0,
+            lm: 0.1,
+            kl: 0.0,
+            skip: 123.456789,
+            layers: 25.5,
+            grad_norm: 0.7,
+            tokens_per_s: 321.0,
+            elapsed_s: 1.5,
+        };
+        let rows = vec![row(1), row(2)];
+        let p = dir.path().join("log.csv");
+        write_csv(&p, &rows).unwrap();
+        assert_eq!(read_csv(&p).unwrap(), rows);
+        std::fs::write(&p, "header\n1,a,2\n").unwrap();
+        assert!(read_csv(&p).unwrap_err().to_string().contains("line 2"));
+        let svg = dir.path().join("curves.svg");
+        write_plot(&svg, &rows).unwrap();
+        let text = std::fs::read_to_string(svg).unwrap();
+        assert!(text.contains("L_skip") && text.contains("layers/token"));
+        assert_eq!(text.matches("<svg").count(), 4);
+    }
 }

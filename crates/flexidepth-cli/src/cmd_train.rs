@@ -1,0 +1,317 @@
+//! `flexidepth train`: train FlexiDepth routers and adapters on a frozen base, from a TOML config with
+//! command-line overrides; `--resume` continues the run in `--out` exactly where its checkpoint left it.
+
+use anyhow::{bail, Context, Result};
+use flexidepth::depth::file::{init_tensors, read_depth_tensors, DepthMeta};
+use flexidepth::depth::{default_routed_layers, parse_layer_range};
+use flexidepth::loader::ModelFiles;
+use flexidepth::model::WeightFormat;
+use flexidepth::train::config::{Stage, TrainConfig};
+use flexidepth::train::data::{parse_jsonl, tokenize};
+use flexidepth::train::params::DepthParams;
+use flexidepth::train::{Event, Outcome, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config (see configs/); flags below override it. Without one: a single stage over the data.
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint, with the config saved there (no other settings allowed).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// Output folder: depth.safetensors, one file per stage, checkpoint, log.csv, curves.svg, config.toml.
+    #[arg(short = 'o', long)]
+    pub out: Option<PathBuf>,
+    /// The frozen base model.
+    #[arg(short = 'm', long)]
+    pub model: Option<String>,
+    /// JSONL data set (`flexidepth data` makes one).
+    #[arg(short = 'd', long)]
+    pub data: Option<PathBuf>,
+    /// Start from this depth-adapter file instead of a fresh initialisation.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Routed layers of a fresh initialisation, `A..B`; default the later half.
+    #[arg(long)]
+    pub routed_layers: Option<String>,
+    /// α (weight of L_skip) for every stage.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Optimizer steps of every stage.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Passes over the data of every stage (when no steps are set).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Peak learning rate (every stage).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Longer sequences are dropped (and counted), never truncated.
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// lm (cross-entropy on the data), kl (distil the full-depth model) or lm+kl.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Routing threshold of the training forward and of the written files.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    /// Storage dtype of the written depth files: f32, f16 or bf16.
+    #[arg(long)]
+    pub save_dtype: Option<String>,
+}
+
+impl Args {
+    fn has_overrides(&self) -> bool {
+        self.config.is_some()
+            || self.model.is_some()
+            || self.data.is_some()
+            || self.init.is_some()
+            || self.routed_layers.is_some()
+            || self.alpha.is_some()
+            || self.steps.is_some()
+            || self.epochs.is_some()
+            || self.lr.is_some()
+            || self.batch_size.is_some()
+            || self.grad_accum.is_some()
+            || self.max_len.is_some()
+            || self.seed.is_some()
+            || self.loss.is_some()
+            || self.threshold.is_some()
+            || self.checkpoint_every.is_some()
+            || self.log_every.is_some()
+            || self.save_dtype.is_some()
+    }
+}
+
+fn saved_config_path(out: &Path) -> PathBuf {
+    out.join("config.toml")
+}
+
+/// The effective config: the file (or defaults), then the flags.
+fn build_config(args: &Args) -> Result<TrainConfig> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text = flexidepth::error::read_to_string(path)?;
+            TrainConfig::from_toml(path, &text)?
+        }
+        None => {
+            let data = args.data.clone().context("give --data FILE (or a --config)")?;
+            let out = args.out.clone().context("give --out DIR (or a --config)")?;
+            TrainConfig::from_toml(
+                Path::new("<defaults>"),
+                &format!(
+                    "data = {:?}\nout = {:?}\n[[stage]]\nname = \"train\"\nalpha = 1e-4\n",
+                    data.display().to_string(),
+                    out.display().to_string()
+                ),
+            )?
+        }
+    };
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = &args.$field {
+                c.$field = v.clone();
+            }
+        };
+    }
+    set!(model);
+    set!(data);
+    set!(out);
+    set!(max_len);
+    set!(batch_size);
+    set!(grad_accum);
+    set!(lr);
+    set!(seed);
+    set!(threshold);
+    set!(checkpoint_every);
+    set!(log_every);
+    set!(save_dtype);
+    if args.init.is_some() {
+        c.init = args.init.clone();
+    }
+    if args.routed_layers.is_some() {
+        c.routed_layers = args.routed_layers.clone();
+    }
+    if let Some(l) = &args.loss {
+        c.loss = l.parse()?;
+    }
+    for s in &mut c.stages {
+        override_stage(s, args);
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn override_stage(s: &mut Stage, args: &Args) {
+    if let Some(a) = args.alpha {
+        s.alpha = a;
+    }
+    if let Some(n) = args.steps {
+        s.steps = Some(n);
+    }
+    if let Some(e) = args.epochs {
+        s.epochs = e;
+        if args.steps.is_none() {
+            s.steps = None;
+        }
+    }
+    if args.lr.is_some() {
+        s.lr = None;
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = if args.resume {
+        if args.has_overrides() {
+            bail!("--resume continues with the config saved in the run folder; give only --out (and -t)");
+        }
+        let out = args.out.clone().context("--resume needs --out")?;
+        let path = saved_config_path(&out);
+        let text = flexidepth::error::read_to_string(&path)
+            .with_context(|| format!("no run to resume in {}", out.display()))?;
+        let mut c = TrainConfig::from_toml(&path, &text)?;
+        c.out = out;
+        c
+    } else {
+        build_config(&args)?
+    };
+    let ckpt = config.out.join("checkpoint.safetensors");
+    if !args.resume && ckpt.exists() {
+        bail!(
+            "{} already holds a run (checkpoint.safetensors); continue it with --resume --out {0}, or choose another --out",
+            config.out.display()
+        );
+    }
+
+    // Data first: a bad data file fails before the model loads.
+    let text = flexidepth::error::read_to_string(&config.data)?;
+    let samples = parse_jsonl(&config.data, &text)?;
+    let files = ModelFiles::open(&config.model).with_context(|| format!("cannot open model '{}'", config.model))?;
+    let data = tokenize(&samples, &files.tokenizer, config.max_len)?;
+    eprintln!(
+        "data: {} samples, {} sequences, {} tokens; dropped {} longer than max_len {}, {} too short",
+        samples.len(),
+        data.sequences.len(),
+        data.tokens(),
+        data.dropped_long,
+        config.max_len,
+        data.dropped_short
+    );
+    let model = files.load_model(WeightFormat::F32, &candle_core::Device::Cpu)?;
+
+    let (tensors, meta) = match &config.init {
+        Some(path) => {
+            let (meta, tensors) = read_depth_tensors(path)?;
+            meta.check_base(&model)?;
+            (tensors, meta)
+        }
+        None => {
+            let layers = match &config.routed_layers {
+                Some(r) => parse_layer_range(r)?,
+                None => default_routed_layers(model.config.num_hidden_layers),
+            };
+            if let Some(&bad) = layers.iter().find(|&&l| l >= model.config.num_hidden_layers) {
+                bail!("routed layer {bad} does not exist (the model has {})", model.config.num_hidden_layers);
+            }
+            let tensors = init_tensors(
+                &model.config,
+                &layers,
+                config.router_reduction,
+                config.proj_reduction,
+                config.seed,
+            )?;
+            let meta = DepthMeta::for_model(&model, layers, config.router_reduction, config.proj_reduction)?;
+            (tensors, meta)
+        }
+    };
+    let params = DepthParams::from_tensors(&meta.routed_layers, &tensors)?;
+    eprintln!(
+        "training {} parameters (routers and adapters of layers {:?}) on a frozen {}-layer base",
+        params.num_params(),
+        meta.routed_layers,
+        model.config.num_hidden_layers
+    );
+    std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
+    if !args.resume {
+        flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())?;
+    }
+    let total_steps: usize = (0..config.stages.len())
+        .map(|i| config.stage_steps(i, data.sequences.len()))
+        .sum();
+    let mut trainer = Trainer::new(config, &model, params, meta, data.sequences)?;
+    if args.resume {
+        trainer.resume()?;
+        eprintln!("resumed at step {}", trainer.state().global_step);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the step, checkpoint, exit. A second one aborts at once (the last checkpoint stays).
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let bar = ProgressBar::new(total_steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / ~{eta} left)")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.state().global_step as u64);
+    let outcome = trainer.run(&stop, &mut |e| match e {
+        Event::Stage { index, name, steps, .. } => {
+            bar.set_prefix(format!("stage {} '{name}' ({steps} steps)", index + 1));
+        }
+        Event::Step(r) => {
+            bar.set_position(r.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} lm {:.4} kl {:.4} L_skip {:.1} layers {:.2} {:.0} tok/s",
+                r.loss, r.lm, r.kl, r.skip, r.layers, r.tokens_per_s
+            ));
+        }
+        Event::Checkpoint { .. } => {}
+    })?;
+    bar.finish();
+    let s = trainer.state();
+    let out = &trainer.config.out;
+    eprintln!(
+        "{} steps, {} tokens in {:.1} s of training: {:.1} tokens/s",
+        s.global_step,
+        s.tokens_seen,
+        s.elapsed_s,
+        s.tokens_seen as f64 / s.elapsed_s.max(1e-9)
+    );
+    match outcome {
+        Outcome::Finished => eprintln!(
+            "wrote {} (log {}, curves {})",
+            out.join("depth.safetensors").display(),
+            out.join("log.csv").display(),
+            out.join("curves.svg").display()
+        ),
+        Outcome::Interrupted => eprintln!(
+            "checkpoint written at step {}; continue with: flexidepth train --resume --out {}",
+            s.global_step,
+            out.display()
+        ),
+    }
+    Ok(())
+}
