@@ -3,7 +3,8 @@
 //! The pieces, each in its own module: [`config`] (one resolved model config), [`weights`] (GGUF and
 //! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`cache`] (the KV
 //! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity),
-//! [`convert`] (GGUF → HF folder) and [`loader`] (finding and opening models).
+//! [`convert`] (GGUF → HF folder), [`loader`] (finding and opening models), [`corpus`] and [`dataset`] (training
+//! data).
 
 pub mod bench;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod chat;
 pub mod config;
 pub mod convert;
 pub mod corpus;
+pub mod dataset;
 pub mod depth;
 pub mod depthmap;
 pub mod error;
