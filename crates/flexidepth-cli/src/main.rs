@@ -2,6 +2,7 @@
 
 mod cmd_bench;
 mod cmd_convert;
+mod cmd_data;
 mod cmd_depth;
 mod cmd_generate;
 mod cmd_info;
@@ -40,6 +41,8 @@ enum Command {
     Depth(cmd_depth::Args),
     /// Measure prompt-processing and generation speed per depth configuration (like llama-bench).
     Bench(cmd_bench::Args),
+    /// Build the training set: seeded prompts about Austen and KJV passages answered by the model, plus plain text.
+    Data(cmd_data::Args),
 }
 
 /// Model selection shared by every command.
@@ -187,6 +190,7 @@ fn main() {
         Command::Convert(a) => cmd_convert::run(a),
         Command::Depth(a) => cmd_depth::run(a),
         Command::Bench(a) => cmd_bench::run(a, cli.threads.as_deref()),
+        Command::Data(a) => cmd_data::run(a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");
