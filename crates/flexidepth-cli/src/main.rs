@@ -2,6 +2,7 @@
 
 mod cmd_bench;
 mod cmd_convert;
+mod cmd_data;
 mod cmd_depth;
 mod cmd_generate;
 mod cmd_info;
@@ -50,6 +51,8 @@ enum Command {
     Train(Box<cmd_train::Args>),
     /// The α sweep's table and figure from training run folders (config.toml, log.csv, quality.json).
     SweepReport(cmd_sweep::Args),
+    /// Build the training set: seeded prompts about Austen and KJV passages answered by the model, plus plain text.
+    Data(cmd_data::Args),
 }
 
 /// Model selection shared by every command.
@@ -200,6 +203,7 @@ fn main() {
         Command::Study(a) => cmd_study::run(*a),
         Command::Train(a) => cmd_train::run(*a),
         Command::SweepReport(a) => cmd_sweep::run(a),
+        Command::Data(a) => cmd_data::run(a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");

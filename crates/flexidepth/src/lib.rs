@@ -3,8 +3,9 @@
 //! The pieces, each in its own module: [`config`] (one resolved model config), [`weights`] (GGUF and
 //! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`cache`] (the KV
 //! cache, outside the model), [`generate`] (sampler, streaming, decode loop), [`eval`] (perplexity, and
-//! quality against full depth), [`plot`] (SVG charts), [`convert`] (GGUF → HF folder) and [`loader`] (finding and
-//! opening models).
+//! quality against full depth), [`plot`] (SVG charts), [`convert`] (GGUF → HF folder), [`loader`] (finding and
+//! opening models), [`corpus`] and [`dataset`] (training data), [`train`] (routers and adapters on a frozen base)
+//! and [`study`] (the layer-usage experiment).
 
 pub mod bench;
 pub mod cache;
@@ -12,6 +13,7 @@ pub mod chat;
 pub mod config;
 pub mod convert;
 pub mod corpus;
+pub mod dataset;
 pub mod depth;
 pub mod depthmap;
 pub mod error;

@@ -18,14 +18,8 @@ pub enum Sample {
 
 #[derive(Deserialize)]
 struct Line {
-    messages: Option<Vec<RawMessage>>,
+    messages: Option<Vec<Message>>,
     text: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawMessage {
-    role: String,
-    content: String,
 }
 
 /// Parse a JSONL data set; an unreadable line is an error naming the file and the line.
@@ -48,7 +42,7 @@ pub fn parse_jsonl(path: &Path, content: &str) -> Result<Vec<Sample>> {
                 {
                     return Err(at(format!("unknown role '{}'", m.role)));
                 }
-                Sample::Chat(messages.iter().map(|m| Message::new(&m.role, &m.content)).collect())
+                Sample::Chat(messages)
             }
             (None, Some(text)) if !text.trim().is_empty() => Sample::Text(text),
             (None, Some(_)) => return Err(at("\"text\" is empty".into())),
