@@ -113,7 +113,7 @@ pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], depth: &DepthSett
 
 /// A FlexiDepth setting against the same model at full depth, on the same windows. All means are over predicted
 /// positions (token-weighted across windows).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DepthQuality {
     pub windows: usize,
     /// Positions scored: every token of a window but its first.
