@@ -28,7 +28,6 @@ struct Point {
     q: DepthQuality,
     train_tokens_per_s: f64,
     steps: usize,
-    tokens: u64,
 }
 
 fn load(dir: &Path) -> Result<Point> {
@@ -39,14 +38,18 @@ fn load(dir: &Path) -> Result<Point> {
     let q: DepthQuality = serde_json::from_str(&read_to_string(&q_path)?)
         .with_context(|| format!("{}: not a quality report", q_path.display()))?;
     let log = read_csv(&dir.join("log.csv"))?;
-    let last = log.last().with_context(|| format!("{}: empty training log", dir.display()))?;
-    let tokens: u64 = log.iter().map(|r| (r.tokens_per_s * step_secs(&log, r.step)) as u64).sum();
+    let last = log
+        .last()
+        .with_context(|| format!("{}: empty training log", dir.display()))?;
+    let tokens: u64 = log
+        .iter()
+        .map(|r| (r.tokens_per_s * step_secs(&log, r.step)) as u64)
+        .sum();
     Ok(Point {
         dir: dir.to_path_buf(),
         alpha,
         train_tokens_per_s: tokens as f64 / last.elapsed_s.max(1e-9),
         steps: last.step,
-        tokens,
         q,
     })
 }

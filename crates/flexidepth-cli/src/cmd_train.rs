@@ -225,7 +225,10 @@ pub fn run(args: Args) -> Result<()> {
                 None => default_routed_layers(model.config.num_hidden_layers),
             };
             if let Some(&bad) = layers.iter().find(|&&l| l >= model.config.num_hidden_layers) {
-                bail!("routed layer {bad} does not exist (the model has {})", model.config.num_hidden_layers);
+                bail!(
+                    "routed layer {bad} does not exist (the model has {})",
+                    model.config.num_hidden_layers
+                );
             }
             let tensors = init_tensors(
                 &model.config,
@@ -277,16 +280,22 @@ pub fn run(args: Args) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_position(trainer.state().global_step as u64);
+    let log_lines_every = (total_steps / 20).max(1);
     let outcome = trainer.run(&stop, &mut |e| match e {
         Event::Stage { index, name, steps, .. } => {
             bar.set_prefix(format!("stage {} '{name}' ({steps} steps)", index + 1));
         }
         Event::Step(r) => {
-            bar.set_position(r.step as u64);
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.4} lm {:.4} kl {:.4} L_skip {:.1} layers {:.2} {:.0} tok/s",
                 r.loss, r.lm, r.kl, r.skip, r.layers, r.tokens_per_s
-            ));
+            );
+            if bar.is_hidden() && r.step % log_lines_every == 0 {
+                // No terminal (nohup, CI): a plain line now and then instead of the bar.
+                eprintln!("step {}/{total_steps} [{}] {msg}", r.step, r.stage);
+            }
+            bar.set_position(r.step as u64);
+            bar.set_message(msg);
         }
         Event::Checkpoint { .. } => {}
     })?;

@@ -100,8 +100,12 @@ pub fn write_plot(path: &Path, rows: &[LogRow]) -> Result<()> {
         Axis::new("L_skip"),
     )
     .with("L_skip", series(|r| r.skip));
-    let layers = LineChart::new("Layers used per token", Axis::new("optimizer step"), Axis::new("layers"))
-        .with("layers/token", series(|r| r.layers));
+    let layers = LineChart::new(
+        "Layers used per token",
+        Axis::new("optimizer step"),
+        Axis::new("layers"),
+    )
+    .with("layers/token", series(|r| r.layers));
     let svg = stack(&[losses.to_svg(), skip.to_svg(), layers.to_svg()]);
     crate::error::write_atomic(path, svg.as_bytes())
 }

@@ -1,0 +1,180 @@
+//! `flexidepth train` end to end on the default model with a few short sequences: outputs, a depth file that loads,
+//! clear errors for bad data, and a run killed with SIGKILL that resumes to the same adapter as an unbroken run.
+
+mod common;
+
+use common::{flexidepth, text};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DATA: &str = r#"{"messages":[{"role":"user","content":"Name a colour."},{"role":"assistant","content":"Blue."}]}
+{"text":"It was a bright cold day in April, and the clocks were striking thirteen."}
+{"text":"The sea was calm that night, and the moon shone on the water."}
+{"messages":[{"role":"user","content":"Say hello."},{"role":"assistant","content":"Hello!"}]}
+"#;
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+/// Replace the value after `flag`.
+fn set<'a>(args: &mut [&'a str], flag: &str, value: &'a str) {
+    let i = args.iter().position(|a| *a == flag).unwrap();
+    args[i + 1] = value;
+}
+
+/// Every tensor of a safetensors file, as raw bytes by name (the header's metadata order is not fixed).
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect();
+    out.sort();
+    out
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "-t",
+        "2",
+        "train",
+        "-d",
+        data,
+        "-o",
+        out,
+        "--routed-layers",
+        "26..30",
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--alpha",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+        "--max-len",
+        "64",
+    ]
+}
+
+#[test]
+fn trains_writes_outputs_and_refuses_bad_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "d.jsonl", DATA);
+    let out = dir.path().join("run").display().to_string();
+    let mut args = train_args(&data, &out);
+    set(&mut args, "--steps", "2");
+    let o = flexidepth(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("4 sequences") && err.contains("tokens/s"), "{err}");
+    for f in [
+        "depth.safetensors",
+        "train.safetensors",
+        "checkpoint.safetensors",
+        "log.csv",
+        "curves.svg",
+        "config.toml",
+    ] {
+        assert!(dir.path().join("run").join(f).exists(), "{f}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("run/log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+    // The trained file generates.
+    let depth = dir.path().join("run/depth.safetensors").display().to_string();
+    let o = flexidepth(&[
+        "generate",
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--depth",
+        &depth,
+        "--temperature",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The same folder again is refused, not overwritten.
+    let o = flexidepth(&args);
+    assert!(!o.status.success() && text(&o.stderr).contains("--resume"));
+
+    let out2 = dir.path().join("run2").display().to_string();
+    let bad = write(dir.path(), "bad.jsonl", "{\"text\":\"fine\"}\n{\"text\": \"x\",\n");
+    let o = flexidepth(&train_args(&bad, &out2));
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("line 2"),
+        "{}",
+        text(&o.stderr)
+    );
+    let empty = write(dir.path(), "empty.jsonl", "\n");
+    let o = flexidepth(&train_args(&empty, &out2));
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("no samples"),
+        "{}",
+        text(&o.stderr)
+    );
+    let mut long = train_args(&data, &out2);
+    set(&mut long, "--max-len", "8"); // every sample is longer
+    let o = flexidepth(&long);
+    let e = text(&o.stderr);
+    assert!(!o.status.success() && e.contains("4 longer than --max-len 8"), "{e}");
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "d.jsonl", DATA);
+    let whole = dir.path().join("whole").display().to_string();
+    let o = flexidepth(&train_args(&data, &whole));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // Kill -9 once a checkpoint of step ≥ 2 exists (the log is written with it), mid-run.
+    let split = dir.path().join("split");
+    let split_s = split.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flexidepth"))
+        .args(train_args(&data, &split_s))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let rows = std::fs::read_to_string(split.join("log.csv"))
+            .map(|l| l.lines().count())
+            .unwrap_or(0);
+        if rows >= 3 || start.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !split.join("depth.safetensors").exists(),
+        "the run finished before it was killed"
+    );
+
+    let o = flexidepth(&["-t", "2", "train", "--resume", "--out", &split_s]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("resumed at step"), "{}", text(&o.stderr));
+    let a = tensors(&dir.path().join("whole/depth.safetensors"));
+    let b = tensors(&split.join("depth.safetensors"));
+    assert_eq!(a.len(), 28);
+    assert!(a == b, "the resumed run's adapter differs from the unbroken run's");
+    let log_a = std::fs::read_to_string(dir.path().join("whole/log.csv")).unwrap();
+    let log_b = std::fs::read_to_string(split.join("log.csv")).unwrap();
+    let losses = |l: &str| {
+        l.lines()
+            .map(|r| r.split(',').nth(4).unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&log_a), losses(&log_b));
+
+    // Settings beside --resume are refused (the saved config rules).
+    let o = flexidepth(&["train", "--resume", "--out", &split_s, "--lr", "1"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("saved"));
+}
