@@ -290,7 +290,7 @@ pub fn run(args: Args) -> Result<()> {
                 "loss {:.4} lm {:.4} kl {:.4} L_skip {:.1} layers {:.2} {:.0} tok/s",
                 r.loss, r.lm, r.kl, r.skip, r.layers, r.tokens_per_s
             );
-            if bar.is_hidden() && r.step % log_lines_every == 0 {
+            if bar.is_hidden() && r.step.is_multiple_of(log_lines_every) {
                 // No terminal (nohup, CI): a plain line now and then instead of the bar.
                 eprintln!("step {}/{total_steps} [{}] {msg}", r.step, r.stage);
             }

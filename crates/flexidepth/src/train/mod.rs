@@ -263,7 +263,7 @@ impl<'a> Trainer<'a> {
                     elapsed_s: self.state.elapsed_s,
                 };
                 on(Event::Step(&row));
-                let log_now = self.state.global_step % self.config.log_every.max(1) == 0;
+                let log_now = self.state.global_step.is_multiple_of(self.config.log_every.max(1));
                 self.log.push(row);
                 let stage_done = self.state.stage_step == total;
                 let every = self.config.checkpoint_every;
@@ -277,7 +277,7 @@ impl<'a> Trainer<'a> {
                     self.state.stage += 1;
                     self.state.stage_step = 0;
                 }
-                if stage_done || interrupted || (every > 0 && self.state.global_step % every == 0) {
+                if stage_done || interrupted || (every > 0 && self.state.global_step.is_multiple_of(every)) {
                     let path = self.checkpoint_path();
                     checkpoint::save(&path, &self.params, &self.opt, &self.state)?;
                     on(Event::Checkpoint {
