@@ -116,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         Scatter::new(
             "Quality vs depth: perplexity ratio (FlexiDepth / full)",
             Axis::new("layers per token"),
-            Axis::new("perplexity ratio"),
+            Axis::log("perplexity ratio (log scale)"),
         ),
         |s, p| s.with(p.q.mean_layers, p.q.ppl_ratio, &label(p)),
     );
@@ -124,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         Scatter::new(
             "KL(full ‖ FlexiDepth) per token",
             Axis::new("layers per token"),
-            Axis::new("KL, nats"),
+            Axis::log("KL, nats (log scale)"),
         ),
         |s, p| s.with(p.q.mean_layers, p.q.mean_kl, &label(p)),
     );
