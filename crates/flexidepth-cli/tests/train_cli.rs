@@ -178,3 +178,45 @@ fn a_killed_run_resumes_to_the_same_adapter() {
     let o = flexidepth(&["train", "--resume", "--out", &split_s, "--lr", "1"]);
     assert!(!o.status.success() && text(&o.stderr).contains("saved"));
 }
+
+#[test]
+fn sweep_report_picks_the_most_skipping_point_within_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    // (α, layers/token, ppl ratio)
+    for (alpha, layers, ratio) in [("1e-4", 29.9, 1.004), ("3e-4", 29.0, 1.025), ("1e-3", 27.5, 1.2)] {
+        let d = dir.path().join(format!("a{alpha}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("config.toml"),
+            format!("data = \"d\"\nout = \"o\"\n[[stage]]\nname = \"align\"\nalpha = {alpha}\nsteps = 2\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("log.csv"),
+            "step,stage,stage_step,lr,loss,lm,kl,skip,layers,grad_norm,tokens_per_s,elapsed_s\n\
+             1,align,1,0,3,3,0,100,29,1,100,2\n2,align,2,0.001,2.5,2.5,0,90,28,1,300,3\n",
+        )
+        .unwrap();
+        let q = serde_json::json!({
+            "windows": 2, "n_predicted": 100, "full_mean_nll": 3.0, "full_ppl": 20.0,
+            "flexi_mean_nll": 3.0 + f64::ln(ratio), "flexi_ppl": 20.0 * ratio, "ppl_ratio": ratio,
+            "mean_kl": 0.1, "top1_agreement": 0.9, "mean_layers": layers, "num_layers": 30,
+            "depth_mode": "dynamic", "skip_threshold": 0.5, "skip_kv": true
+        });
+        std::fs::write(d.join("quality.json"), q.to_string()).unwrap();
+        runs.push(d.display().to_string());
+    }
+    let out = dir.path().join("report").display().to_string();
+    let mut args = vec!["sweep-report", "-o", out.as_str()];
+    args.extend(runs.iter().map(String::as_str));
+    let o = flexidepth(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let md = std::fs::read_to_string(dir.path().join("report/sweep.md")).unwrap();
+    let shipped: Vec<&str> = md.lines().filter(|l| l.contains("(shipped)")).collect();
+    assert_eq!(shipped.len(), 1, "{md}");
+    assert!(shipped[0].starts_with("| 3e-4"), "{md}");
+    // Training throughput: 100 tokens/s for 2 s, then 300 for 1 s: 500 tokens in 3 s.
+    assert!(shipped[0].contains("| 167 |"), "{md}");
+    assert!(dir.path().join("report/sweep.svg").exists());
+}

@@ -36,7 +36,10 @@ fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let vocab = model.config.vocab_size as u32;
     let mut samples = Vec::new();
-    println!("threads {} batch {batch} seq_len {seq_len}", rayon::current_num_threads());
+    println!(
+        "threads {} batch {batch} seq_len {seq_len}",
+        rayon::current_num_threads()
+    );
     for step in 0..=steps {
         let seqs: Vec<Vec<u32>> = (0..batch)
             .map(|_| (0..seq_len).map(|_| rng.random_range(0..vocab)).collect())
@@ -48,11 +51,18 @@ fn main() {
         opt.step(&params, &g.grads, 1e-3).unwrap();
         let tps = (batch * seq_len) as f64 / t0.elapsed().as_secs_f64();
         let kind = if step == 0 { "warm-up" } else { "step" };
-        println!("{kind} {step}: {tps:.1} tok/s, loss {:.4}, layers/token {:.2}", g.loss, g.layers);
+        println!(
+            "{kind} {step}: {tps:.1} tok/s, loss {:.4}, layers/token {:.2}",
+            g.loss, g.layers
+        );
         if step > 0 {
             samples.push(tps);
         }
     }
     samples.sort_by(f64::total_cmp);
-    println!("median {:.1} tokens/s over {} steps", samples[samples.len() / 2], samples.len());
+    println!(
+        "median {:.1} tokens/s over {} steps",
+        samples[samples.len() / 2],
+        samples.len()
+    );
 }
