@@ -211,6 +211,13 @@ pub fn run(args: Args) -> Result<()> {
         config.max_len,
         data.dropped_short
     );
+    if config.max_len > files.config.max_position_embeddings {
+        bail!(
+            "max_len {} is longer than the model's context ({} positions)",
+            config.max_len,
+            files.config.max_position_embeddings
+        );
+    }
     let model = files.load_model(WeightFormat::F32, &candle_core::Device::Cpu)?;
 
     let (tensors, meta) = match &config.init {
