@@ -25,6 +25,8 @@ pub struct Args {
 struct Point {
     dir: PathBuf,
     alpha: f64,
+    /// The training loss besides L_skip (lm, kl, lm+kl).
+    loss: String,
     q: DepthQuality,
     train_tokens_per_s: f64,
     steps: usize,
@@ -45,9 +47,11 @@ fn load(dir: &Path) -> Result<Point> {
         .iter()
         .map(|r| (r.tokens_per_s * step_secs(&log, r.step)) as u64)
         .sum();
+    let loss = serde_json::to_value(cfg.loss)?.as_str().unwrap_or("?").to_string();
     Ok(Point {
         dir: dir.to_path_buf(),
         alpha,
+        loss,
         train_tokens_per_s: tokens as f64 / last.elapsed_s.max(1e-9),
         steps: last.step,
         q,
@@ -66,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
     if points.is_empty() {
         bail!("no runs");
     }
-    points.sort_by(|a, b| a.alpha.total_cmp(&b.alpha));
+    points.sort_by(|a, b| a.loss.cmp(&b.loss).then(a.alpha.total_cmp(&b.alpha)));
     let n_layers = points[0].q.num_layers;
     // The shipped point: fewest layers among those within the perplexity budget.
     let chosen = points
@@ -78,13 +82,14 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut md = String::new();
     md.push_str(&format!(
-        "| α | layers/token (of {n_layers}) | skipped | ppl full | ppl FlexiDepth | ppl ratio | KL(full ‖ FD) nats | top-1 agreement | train steps | train tokens/s | run |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| α | loss | layers/token (of {n_layers}) | skipped | ppl full | ppl FlexiDepth | ppl ratio | KL(full ‖ FD) nats | top-1 agreement | train steps | train tokens/s | run |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     ));
     for (i, p) in points.iter().enumerate() {
         let mark = if Some(i) == chosen { " **(shipped)**" } else { "" };
         md.push_str(&format!(
-            "| {:e}{mark} | {:.2} | {:.1}% | {:.3} | {:.3} | {:.4} | {:.4} | {:.3} | {} | {:.0} | `{}` |\n",
+            "| {:e}{mark} | {} | {:.2} | {:.1}% | {:.3} | {:.3} | {:.4} | {:.4} | {:.3} | {} | {:.0} | `{}` |\n",
             p.alpha,
+            p.loss,
             p.q.mean_layers,
             100.0 * (1.0 - p.q.mean_layers / n_layers as f64),
             p.q.full_ppl,
@@ -111,7 +116,13 @@ pub fn run(args: Args) -> Result<()> {
         None => md.push_str("No point keeps perplexity within the limit.\n"),
     }
 
-    let label = |p: &Point| format!("α={:e}", p.alpha);
+    let label = |p: &Point| {
+        if p.loss == "lm" {
+            format!("α={:e}", p.alpha)
+        } else {
+            format!("α={:e} ({})", p.alpha, p.loss)
+        }
+    };
     let ratio = points.iter().fold(
         Scatter::new(
             "Quality vs depth: perplexity ratio (FlexiDepth / full)",
