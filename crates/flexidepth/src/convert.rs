@@ -80,7 +80,7 @@ pub fn convert_with_depth(
         let _ = std::fs::remove_file(&tmp);
         Error::Io {
             path: st_path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            err: std::io::Error::other(e.to_string()),
         }
     })?;
     std::fs::rename(&tmp, &st_path).map_err(|e| Error::io(&st_path, e))?;

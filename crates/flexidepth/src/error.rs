@@ -6,8 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message rather than a `source`, so that error chains do not print it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// A model file that cannot be read as what it claims to be (truncated, corrupt, wrong format).
     #[error("{path}: {msg}")]
     BadModelFile { path: PathBuf, msg: String },
@@ -45,7 +46,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
     pub(crate) fn bad_file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
