@@ -38,32 +38,18 @@ def main():
     ap.add_argument("-o", "--output", help="write the JSON here instead of stdout")
     args = ap.parse_args()
 
-    # Before importing torch, so that every OpenMP/MKL pool has the same size.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    from torch_common import load_gguf_f32, set_threads
 
+    set_threads(args.threads)
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
-    path = os.path.abspath(args.model)
     t0 = time.perf_counter()
-    kwargs = dict(gguf_file=os.path.basename(path))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), dtype=torch.float32, **kwargs)
-    except TypeError:  # transformers < 4.56 only knows torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), torch_dtype=torch.float32, **kwargs)
-    model.eval()
+    model = load_gguf_f32(args.model)
     load_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     log(
-        f"loaded {os.path.basename(path)} in {load_s:.1f} s: transformers dequantized the GGUF to f32 "
+        f"loaded {os.path.basename(args.model)} in {load_s:.1f} s: transformers dequantized the GGUF to f32 "
         f"({n_params / 1e6:.1f} M params); torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
@@ -123,7 +109,7 @@ def main():
             rows.append(
                 {
                     "engine": "torch",
-                    "model": os.path.basename(path),
+                    "model": os.path.basename(args.model),
                     "dtype": "f32",
                     "threads": args.threads,
                     "config": "full",

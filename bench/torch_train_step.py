@@ -70,31 +70,17 @@ def main():
     if args.seq_len < 2:
         sys.exit("--seq-len must be at least 2 (a sequence of T ids has T-1 predictions)")
 
-    # Before importing torch, so that every OpenMP/MKL pool has the same size.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    from torch_common import load_gguf_f32, set_threads
 
+    set_threads(args.threads)
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
     import transformers
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
     # ---------------------------------------------------------------- model
-    path = os.path.abspath(args.model)
     t0 = time.perf_counter()
-    kwargs = dict(gguf_file=os.path.basename(path))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), dtype=torch.float32, **kwargs)
-    except TypeError:  # transformers < 4.56 only knows torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), torch_dtype=torch.float32, **kwargs)
-    model.eval()
+    model = load_gguf_f32(args.model)
     model.requires_grad_(False)
     load_s = time.perf_counter() - t0
     cfg = model.config
@@ -104,7 +90,7 @@ def main():
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     eps = cfg.rms_norm_eps
     log(
-        f"loaded {os.path.basename(path)} in {load_s:.1f} s (dequantized to f32, "
+        f"loaded {os.path.basename(args.model)} in {load_s:.1f} s (dequantized to f32, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params); torch {torch.__version__}, "
         f"transformers {transformers.__version__}, {torch.get_num_threads()} threads"
     )
@@ -267,7 +253,7 @@ def main():
         "engine": "pytorch",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "model": os.path.basename(path),
+        "model": os.path.basename(args.model),
         "dtype": "f32",
         "threads": args.threads,
         "mode": mode,
