@@ -123,30 +123,27 @@ pub fn run(args: Args) -> Result<()> {
             format!("α={:e} ({})", p.alpha, p.loss)
         }
     };
-    let ratio = points.iter().fold(
-        Scatter::new(
-            "Quality vs depth: perplexity ratio (FlexiDepth / full)",
-            Axis::new("layers per token"),
-            Axis::log("perplexity ratio (log scale)"),
-        ),
-        |s, p| s.with(p.q.mean_layers, p.q.ppl_ratio, &label(p)),
+    // One scatter per quality measure, x = layers per token, one labelled point per run.
+    let chart = |title: &str, y: Axis, value: fn(&DepthQuality) -> f64| {
+        points
+            .iter()
+            .fold(Scatter::new(title, Axis::new("layers per token"), y), |s, p| {
+                s.with(p.q.mean_layers, value(&p.q), &label(p))
+            })
+    };
+    let ratio = chart(
+        "Quality vs depth: perplexity ratio (FlexiDepth / full)",
+        Axis::log("perplexity ratio (log scale)"),
+        |q| q.ppl_ratio,
     );
-    let kl = points.iter().fold(
-        Scatter::new(
-            "KL(full ‖ FlexiDepth) per token",
-            Axis::new("layers per token"),
-            Axis::log("KL, nats (log scale)"),
-        ),
-        |s, p| s.with(p.q.mean_layers, p.q.mean_kl, &label(p)),
+    let kl = chart(
+        "KL(full ‖ FlexiDepth) per token",
+        Axis::log("KL, nats (log scale)"),
+        |q| q.mean_kl,
     );
-    let agree = points.iter().fold(
-        Scatter::new(
-            "Top-1 agreement with full depth",
-            Axis::new("layers per token"),
-            Axis::new("agreement"),
-        ),
-        |s, p| s.with(p.q.mean_layers, p.q.top1_agreement, &label(p)),
-    );
+    let agree = chart("Top-1 agreement with full depth", Axis::new("agreement"), |q| {
+        q.top1_agreement
+    });
     std::fs::create_dir_all(&args.out)?;
     write_atomic(&args.out.join("sweep.md"), md.as_bytes())?;
     write_atomic(
