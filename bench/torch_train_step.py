@@ -2,7 +2,7 @@
 """PyTorch CPU reference for the speed of ONE FlexiDepth training step, beside `flexidepth train`.
 
 Loads a GGUF file with transformers (which DEQUANTIZES every tensor to f32, so this trains on an f32
-model, as our Rust trainer does) and replicates the step of `crates/flexidepth/src/train`:
+model, as our Rust trainer does) and replicates the step of `crates/flexidepth-train/src`:
 
   * the base model is frozen (requires_grad False everywhere); the later half of the layers
     (15..29 for SmolLM2-135M) is routed, each routed layer gets a trainable router and adapter:

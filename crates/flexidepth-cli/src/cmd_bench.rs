@@ -3,9 +3,9 @@
 //! and the weights-read bound beside the measured speed-up. Comma lists sweep parameters.
 
 use anyhow::{bail, Context, Result};
-use flexidepth::bench::{self, BenchConfig, BenchRow, Stats};
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
+use flexidepth_experiments::bench::{self, BenchConfig, BenchRow, Stats};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]

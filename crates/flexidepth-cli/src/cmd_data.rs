@@ -2,8 +2,8 @@
 
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
-use flexidepth::dataset::{self, select::Corpus, Answerer, DataConfig, Sample};
 use flexidepth::model::WeightFormat;
+use flexidepth_experiments::dataset::{self, select::Corpus, Answerer, DataConfig, Sample};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;

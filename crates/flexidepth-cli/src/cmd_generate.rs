@@ -63,7 +63,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.depth_map {
         // Refuse an unknown format before spending time on the model.
-        flexidepth::depthmap::DepthMapFormat::from_path(path)?;
+        flexidepth_experiments::depthmap::DepthMapFormat::from_path(path)?;
     }
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
@@ -162,11 +162,14 @@ fn write_trace_outputs(args: &Args, trace: &flexidepth::trace::DepthTrace) -> Re
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.depth_map {
-        flexidepth::depthmap::write_depth_map(path, &shown, args.trace_prompt)
+        flexidepth_experiments::depthmap::write_depth_map(path, &shown, args.trace_prompt)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.show_depth {
-        eprintln!("{}", flexidepth::depthmap::to_ansi(&shown, args.trace_prompt));
+        eprintln!(
+            "{}",
+            flexidepth_experiments::depthmap::to_ansi(&shown, args.trace_prompt)
+        );
     }
     eprintln!(
         "layers used: {:.2} of {} per generated token (routed layers {}..={})",

@@ -3,7 +3,7 @@
 
 use crate::{DepthArgs, LoadArgs};
 use anyhow::{Context, Result};
-use flexidepth::eval::{self, DEFAULT_MAX_TOKENS};
+use flexidepth_experiments::eval::{self, DEFAULT_MAX_TOKENS};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -44,7 +44,9 @@ pub fn run(args: Args) -> Result<()> {
     let (ids, default_max) = match &text {
         Some(t) => (files.tokenizer.encode(t, false)?, args.ctx),
         None => (
-            files.tokenizer.encode(&flexidepth::corpus::heldout_text()?, false)?,
+            files
+                .tokenizer
+                .encode(&flexidepth_experiments::corpus::heldout_text()?, false)?,
             DEFAULT_MAX_TOKENS,
         ),
     };

@@ -5,7 +5,7 @@ use crate::{DepthArgs, LoadArgs};
 use anyhow::{bail, Context, Result};
 use flexidepth::depth::{DepthMode, DepthSettings};
 use flexidepth::error::write_atomic;
-use flexidepth::study::{self, StudyReport, StudyRunner, StudySetup, TaskKind};
+use flexidepth_experiments::study::{self, StudyReport, StudyRunner, StudySetup, TaskKind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -188,7 +188,7 @@ fn write_depth_maps(dir: &Path, report: &StudyReport) -> Result<Vec<String>> {
             shown.tokens.retain(|tok| !tok.prompt);
             let name = format!("depthmap-{}.svg", t.task);
             let path = dir.join(&name);
-            flexidepth::depthmap::write_depth_map(&path, &shown, false)
+            flexidepth_experiments::depthmap::write_depth_map(&path, &shown, false)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             names.push(name);
         }

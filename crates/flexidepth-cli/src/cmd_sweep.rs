@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use flexidepth::error::{read_to_string, write_atomic};
-use flexidepth::eval::DepthQuality;
-use flexidepth::plot::{stack, Axis, Scatter};
-use flexidepth::train::config::TrainConfig;
-use flexidepth::train::log::read_csv;
+use flexidepth_experiments::eval::DepthQuality;
+use flexidepth_experiments::plot::{stack, Axis, Scatter};
+use flexidepth_train::config::TrainConfig;
+use flexidepth_train::log::read_csv;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -59,7 +59,7 @@ fn load(dir: &Path) -> Result<Point> {
 }
 
 /// Seconds of step `step` from the cumulative elapsed column.
-fn step_secs(log: &[flexidepth::train::log::LogRow], step: usize) -> f64 {
+fn step_secs(log: &[flexidepth_train::log::LogRow], step: usize) -> f64 {
     let i = log.iter().position(|r| r.step == step).unwrap_or(0);
     let before = if i == 0 { 0.0 } else { log[i - 1].elapsed_s };
     log[i].elapsed_s - before

@@ -6,10 +6,10 @@ use flexidepth::depth::file::{init_tensors, read_depth_tensors, DepthMeta};
 use flexidepth::depth::{default_routed_layers, parse_layer_range};
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::WeightFormat;
-use flexidepth::train::config::{Stage, TrainConfig};
-use flexidepth::train::data::{parse_jsonl, tokenize};
-use flexidepth::train::params::DepthParams;
-use flexidepth::train::{Event, Outcome, Trainer};
+use flexidepth_train::config::{Stage, TrainConfig};
+use flexidepth_train::data::{parse_jsonl, tokenize};
+use flexidepth_train::params::DepthParams;
+use flexidepth_train::{Event, Outcome, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,6 +288,8 @@ pub fn run(args: Args) -> Result<()> {
     );
     bar.set_position(trainer.state().global_step as u64);
     let log_lines_every = (total_steps / 20).max(1);
+    let curves_path = trainer.config.out.join("curves.svg");
+    let mut curves_error = None;
     let outcome = trainer.run(&stop, &mut |e| match e {
         Event::Stage { index, name, steps, .. } => {
             bar.set_prefix(format!("stage {} '{name}' ({steps} steps)", index + 1));
@@ -305,8 +307,17 @@ pub fn run(args: Args) -> Result<()> {
             bar.set_message(msg);
         }
         Event::Checkpoint { .. } => {}
+        Event::Log(rows) => {
+            // Redrawn with every log write, so an interrupted run has its curves too.
+            if let Err(e) = flexidepth_experiments::curves::write_training_curves(&curves_path, rows) {
+                curves_error = Some(e);
+            }
+        }
     })?;
     bar.finish();
+    if let Some(e) = curves_error {
+        return Err(e).context("cannot write the training curves");
+    }
     let s = trainer.state();
     let out = &trainer.config.out;
     eprintln!(

@@ -43,13 +43,15 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             err: source,
         }
     }
-    pub(crate) fn bad_file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+    /// `path` is not what it should be (malformed, truncated, of another kind).
+    pub fn bad_file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::BadModelFile {
             path: path.into(),
             msg: msg.to_string(),

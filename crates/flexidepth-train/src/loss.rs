@@ -5,9 +5,9 @@
 use super::forward::{forward, TrainForward};
 use super::ops::{log_softmax, softmax};
 use super::params::DepthParams;
-use crate::error::{Error, Result};
-use crate::model::Model;
 use candle_core::Tensor;
+use flexidepth::error::{Error, Result};
+use flexidepth::model::Model;
 
 /// What trains the model besides `L_skip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

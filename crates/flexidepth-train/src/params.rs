@@ -2,8 +2,8 @@
 //! checkpoint names (`model.layers.{i}.router.router_enc.weight`, `model.layers.{i}.router_proj.up_proj.weight`, …),
 //! so that they are written to and read from depth-adapter files without renaming.
 
-use crate::error::{Error, Result};
 use candle_core::{Tensor, Var};
+use flexidepth::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
 /// The tensor names of one routed layer, in a fixed order.

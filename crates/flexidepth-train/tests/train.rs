@@ -2,6 +2,7 @@
 //! hand-computed values, gradients reach routers and adapters (checked against finite differences) and never the
 //! base, gradient accumulation is exact, and a stopped run resumes to the same result as an unbroken one.
 
+#[path = "../../flexidepth/tests/common/mod.rs"]
 mod common;
 
 use candle_core::{Device, Tensor};
@@ -10,11 +11,11 @@ use flexidepth::config::{Arch, ModelConfig};
 use flexidepth::depth::file::{load_parts, DepthMeta};
 use flexidepth::depth::{DepthMode, DepthSettings};
 use flexidepth::model::{Logits, Model};
-use flexidepth::train::config::{Stage, TrainConfig};
-use flexidepth::train::loss::{kl_sum, lm_sum, sequence_loss, skip_sum, LossKind, Objective};
-use flexidepth::train::params::DepthParams;
-use flexidepth::train::{forward, step_grads, Event, Outcome, Trainer};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
+use flexidepth_train::config::{Stage, TrainConfig};
+use flexidepth_train::loss::{kl_sum, lm_sum, sequence_loss, skip_sum, LossKind, Objective};
+use flexidepth_train::params::DepthParams;
+use flexidepth_train::{forward, step_grads, Event, Outcome, Trainer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 

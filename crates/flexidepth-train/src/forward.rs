@@ -15,12 +15,12 @@
 
 use super::ops::{add_const, frozen_linear, rms_norm, rope, softmax};
 use super::params::{DepthParams, LayerParams};
-use crate::error::{Error, Result};
-use crate::model::attention::{causal_mask, Attention};
-use crate::model::layer::DecoderLayer;
-use crate::model::norm::RmsNorm;
-use crate::model::Model;
 use candle_core::{DType, Tensor};
+use flexidepth::error::{Error, Result};
+use flexidepth::model::attention::{causal_mask, Attention};
+use flexidepth::model::layer::DecoderLayer;
+use flexidepth::model::norm::RmsNorm;
+use flexidepth::model::Model;
 
 /// What the training forward returns.
 #[derive(Debug)]

@@ -8,8 +8,8 @@
 use std::fmt::{self, Write};
 use std::path::Path;
 
-use crate::error::{write_atomic, Error, Result};
-use crate::trace::{DepthTrace, TokenDepth};
+use flexidepth::error::{write_atomic, Error, Result};
+use flexidepth::trace::{DepthTrace, TokenDepth};
 
 type Rgb = (u8, u8, u8);
 const LIGHT: Rgb = (222, 235, 247);
@@ -375,7 +375,7 @@ pub fn write_depth_map(path: &Path, trace: &DepthTrace, include_prompt: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::LayerDecision;
+    use flexidepth::trace::LayerDecision;
 
     /// A token of an 8-layer model routed at 4..8 that runs the routed layers whose gate > 0.5.
     fn tok(pos: usize, text: &str, prompt: bool, gates: &[f32]) -> TokenDepth {

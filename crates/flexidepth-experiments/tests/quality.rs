@@ -1,15 +1,16 @@
 //! `eval::depth_quality` on a tiny random model with routers: full depth against itself is exact (KL 0, agreement
 //! 1, ratio 1), and skipping settings match a plain loop over two `forward_with` calls per window.
 
+#[path = "../../flexidepth/tests/common/mod.rs"]
 mod common;
 
 use common::tiny::{config, depth_weights, model_from, to_tensors, weights};
 use flexidepth::config::Arch;
 use flexidepth::depth::file::load_parts;
 use flexidepth::depth::{DepthMode, DepthSettings};
-use flexidepth::eval::{depth_quality, DepthQuality};
 use flexidepth::model::{Logits, Model};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
+use flexidepth_experiments::eval::{depth_quality, DepthQuality};
 
 const ROUTED: [usize; 2] = [1, 2];
 

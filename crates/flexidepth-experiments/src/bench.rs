@@ -4,11 +4,11 @@
 //! weights-read bound on the speed-up over full depth (decode is memory-bound: a token can go at most as much
 //! faster as it reads fewer bytes of weights).
 
-use crate::cache::KvCache;
-use crate::depth::{DepthMode, DepthSettings};
-use crate::error::{Error, Result};
-use crate::model::layer::LayerRouting;
-use crate::model::{Logits, Model};
+use flexidepth::cache::KvCache;
+use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::error::{Error, Result};
+use flexidepth::model::layer::LayerRouting;
+use flexidepth::model::{Logits, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -260,7 +260,7 @@ where the captain had lived until last winter. Nobody knew who would buy it. Som
 others a family with four children and a dog. By noon the square was full of voices, prices, and the smell of bread. ";
 
 /// The first `n` token ids of [`BENCH_TEXT`] repeated as often as needed.
-pub fn bench_ids(tokenizer: &crate::tokenizer::Tokenizer, n: usize) -> Result<Vec<u32>> {
+pub fn bench_ids(tokenizer: &flexidepth::tokenizer::Tokenizer, n: usize) -> Result<Vec<u32>> {
     let unit = tokenizer.encode(BENCH_TEXT, false)?;
     if unit.is_empty() {
         return Err(Error::Tokenizer("the benchmark text encodes to no tokens".into()));
@@ -316,12 +316,12 @@ pub fn time_prompt(model: &Model, settings: &DepthSettings, ids: &[u32]) -> Resu
 pub fn time_generation(model: &Model, settings: &DepthSettings, context: &[u32], n: usize) -> Result<Timed> {
     let mut cache: KvCache = model.new_cache(context.len() + n + 1);
     let out = model.forward_with(context, &mut cache, Logits::Last, settings)?;
-    let mut next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
+    let mut next = flexidepth::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
     let mut routings = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
         let out = model.forward_with(&[next], &mut cache, Logits::Last, settings)?;
-        next = crate::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
+        next = flexidepth::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
         routings.push(out.routing);
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -10,12 +10,12 @@
 pub mod select;
 pub mod tasks;
 
-use crate::chat::{ChatTemplate, Message};
-use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions};
-use crate::loader::ModelFiles;
-use crate::model::Model;
-use crate::tokenizer::Tokenizer;
+use flexidepth::chat::{ChatTemplate, Message};
+use flexidepth::error::{Error, Result};
+use flexidepth::generate::{generate, GenerateOptions};
+use flexidepth::loader::ModelFiles;
+use flexidepth::model::Model;
+use flexidepth::tokenizer::Tokenizer;
 use select::{Corpus, Passage, Rng};
 use serde::{Deserialize, Serialize};
 pub use tasks::Task;

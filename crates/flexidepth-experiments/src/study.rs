@@ -14,14 +14,14 @@
 //! `rand` versions: the same seed must give the same paragraphs and lists for as long as the study is compared.
 //! Paragraphs and lists have their own streams, so picking a subset of tasks does not change any instance.
 
-use crate::chat::{ChatTemplate, Message};
 use crate::corpus::{paragraphs, read_novel, HELDOUT_NOVEL};
-use crate::depth::{DepthMode, DepthSettings};
-use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions};
-use crate::model::Model;
-use crate::tokenizer::Tokenizer;
-use crate::trace::DepthTrace;
+use flexidepth::chat::{ChatTemplate, Message};
+use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::error::{Error, Result};
+use flexidepth::generate::{generate, GenerateOptions};
+use flexidepth::model::Model;
+use flexidepth::tokenizer::Tokenizer;
+use flexidepth::trace::DepthTrace;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 

@@ -1,17 +1,17 @@
 //! Tokens/s of one FlexiDepth training step on the default model, the same step as `bench/torch_train_step.py`
 //! measures in PyTorch: seeded random ids `[batch, seq_len]`, routers and adapters on layers 15..29, L_lm + α·L_skip
 //! (α 1e-3), backward, clipping at 1.0, one AdamW step. Our trainer runs the sequences of a step one at a time.
-//! Run: `RAYON_NUM_THREADS=2 cargo bench -p flexidepth --bench train_step [-- BATCH SEQ_LEN STEPS]`.
+//! Run: `RAYON_NUM_THREADS=2 cargo bench -p flexidepth-train --bench train_step [-- BATCH SEQ_LEN STEPS]`.
 
 use candle_core::Device;
 use flexidepth::depth::default_routed_layers;
 use flexidepth::depth::file::init_tensors;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::WeightFormat;
-use flexidepth::train::loss::{LossKind, Objective};
-use flexidepth::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use flexidepth::train::params::DepthParams;
-use flexidepth::train::step_grads;
+use flexidepth_train::loss::{LossKind, Objective};
+use flexidepth_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use flexidepth_train::params::DepthParams;
+use flexidepth_train::step_grads;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 

@@ -4,7 +4,7 @@
 //! Held out of every training set: the whole of [`HELDOUT_NOVEL`] (the layer-usage study and the α-sweep quality
 //! evaluation draw from it) and the opening chapters of Pride and Prejudice (the golden perplexity passage).
 
-use crate::error::{Error, Result};
+use flexidepth::error::{Error, Result};
 use std::path::PathBuf;
 
 /// The six novels, by file stem under `data/austen/`.
@@ -26,7 +26,7 @@ const FIXTURE_CHAPTERS: usize = 3;
 
 /// `data/` in the cache folder (`$FLEXIDEPTH_CACHE`, or `~/.cache/flexidepth`).
 pub fn data_dir() -> PathBuf {
-    crate::loader::cache_dir().join("data")
+    flexidepth::loader::cache_dir().join("data")
 }
 
 fn read(path: PathBuf, what: &str) -> Result<String> {

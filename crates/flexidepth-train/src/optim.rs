@@ -3,8 +3,8 @@
 //! keyed by parameter name, so that a checkpoint holds them and a resumed run continues exactly.
 
 use super::params::DepthParams;
-use crate::error::{Error, Result};
 use candle_core::Tensor;
+use flexidepth::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,11 +1,11 @@
 //! Perplexity: mean next-token negative log-likelihood of a text, in one window, like `llama-perplexity`; and the
 //! quality of a FlexiDepth model against its own full depth ([`depth_quality`]) on held-out windows.
 
-use crate::depth::{DepthMode, DepthSettings};
-use crate::error::{Error, Result};
-use crate::model::{Logits, Model};
-use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor, D};
+use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::error::{Error, Result};
+use flexidepth::model::{Logits, Model};
+use flexidepth::tokenizer::Tokenizer;
 
 /// The result of [`perplexity`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -156,7 +156,7 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings)
         }
         let inputs = &ids[..ids.len() - 1];
         let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
-        let run = |s: &DepthSettings| -> Result<(Tensor, Vec<crate::model::layer::LayerRouting>)> {
+        let run = |s: &DepthSettings| -> Result<(Tensor, Vec<flexidepth::model::layer::LayerRouting>)> {
             let mut cache = model.new_cache(inputs.len());
             let out = model.forward_with(inputs, &mut cache, Logits::All, s)?;
             let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;

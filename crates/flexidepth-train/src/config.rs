@@ -3,7 +3,7 @@
 
 use super::loss::LossKind;
 use super::optim::AdamWConfig;
-use crate::error::{Error, Result};
+use flexidepth::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

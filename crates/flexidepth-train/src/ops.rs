@@ -4,12 +4,12 @@
 //! (gradients would silently stop there), and plain `matmul`, whose backward also computes the gradient of the
 //! weight, even a frozen one. Here every op passes gradients to its input and frozen weights never get one.
 
-use crate::error::Result;
-use crate::model::linear::Linear;
-use crate::model::norm::RmsNorm;
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor, D};
+use flexidepth::error::Result;
+use flexidepth::model::linear::Linear;
+use flexidepth::model::norm::RmsNorm;
 
 /// An op of the input and a frozen constant: its backward gives the input its gradient and never computes one
 /// for the constant (plain candle ops would, for a weight, at the cost of a second matmul — for the tied lm_head as
@@ -90,7 +90,7 @@ fn const_op(x: &Tensor, op: ConstOp) -> Result<Tensor> {
 pub fn frozen_linear(x: &Tensor, linear: &Linear) -> Result<Tensor> {
     let weight = linear
         .dense_weight()
-        .ok_or_else(|| crate::Error::Unsupported("training needs the base model in f32 (--dtype f32)".into()))?
+        .ok_or_else(|| flexidepth::Error::Unsupported("training needs the base model in f32 (--dtype f32)".into()))?
         .clone();
     const_op(
         x,
@@ -197,7 +197,7 @@ mod tests {
         assert!(close(&softmax(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap()) < 1e-6);
         let lsm = candle_nn::ops::log_softmax(&x, D::Minus1).unwrap();
         assert!(close(&log_softmax(&x).unwrap(), &lsm) < 1e-5);
-        let rope_model = crate::model::rope::Rope::new(8, 10_000.0, 16, candle_core::DType::F32, &dev).unwrap();
+        let rope_model = flexidepth::model::rope::Rope::new(8, 10_000.0, 16, candle_core::DType::F32, &dev).unwrap();
         let (cos, sin) = rope_model.tables(3, 6).unwrap();
         let h = Tensor::randn(0f32, 1., (2, 6, 8), &dev).unwrap();
         assert!(close(&rope(&h, &cos, &sin).unwrap(), &rope_model.apply(&h, 3).unwrap()) < 1e-5);

@@ -17,12 +17,12 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 
-use crate::depth::file::{write_depth_file, DepthMeta};
-use crate::error::{Error, Result};
-use crate::model::Model;
 use candle_core::{DType, Tensor};
 use checkpoint::RunState;
 use config::TrainConfig;
+use flexidepth::depth::file::{write_depth_file, DepthMeta};
+use flexidepth::error::{Error, Result};
+use flexidepth::model::Model;
 use log::LogRow;
 use loss::{sequence_loss, Objective};
 use optim::{clip_grad_norm, cosine_lr, warmup_steps, AdamW};
@@ -45,6 +45,8 @@ pub enum Event<'a> {
     Step(&'a LogRow),
     /// A checkpoint was written.
     Checkpoint { path: &'a std::path::Path, step: usize },
+    /// `log.csv` was rewritten with these rows (a reporter may redraw its curves from them).
+    Log(&'a [LogRow]),
 }
 
 /// How [`Trainer::run`] ended.
@@ -270,6 +272,7 @@ impl<'a> Trainer<'a> {
                 let interrupted = stop.load(Ordering::SeqCst);
                 if log_now || stage_done || interrupted {
                     self.write_log()?;
+                    on(Event::Log(&self.log));
                 }
                 if stage_done {
                     let path = self.config.out.join(format!("{}.safetensors", stage.name));
@@ -297,6 +300,7 @@ impl<'a> Trainer<'a> {
         }
         self.write_depth(&self.config.out.join("depth.safetensors"))?;
         self.write_log()?;
+        on(Event::Log(&self.log));
         Ok(Outcome::Finished)
     }
 
@@ -313,8 +317,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn write_log(&self) -> Result<()> {
-        log::write_csv(&self.config.out.join("log.csv"), &self.log)?;
-        log::write_plot(&self.config.out.join("curves.svg"), &self.log)
+        log::write_csv(&self.config.out.join("log.csv"), &self.log)
     }
 }
 

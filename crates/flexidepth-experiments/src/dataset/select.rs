@@ -4,7 +4,7 @@
 //! releases: a data set must come out byte-identical from the same seed for as long as this code is unchanged.
 
 use crate::corpus::{self, BibleChapter, Paragraph};
-use crate::error::{Error, Result};
+use flexidepth::error::{Error, Result};
 use std::collections::HashSet;
 
 /// SplitMix64: tiny, fast, and fully determined by its seed.

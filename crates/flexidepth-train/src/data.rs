@@ -3,9 +3,9 @@
 //! chat template) or plain text (`{"text": …}`). Other keys (`source`, `task`) are ignored. As in the official
 //! recipe, every token is scored and sequences longer than `max_len` are dropped (and counted), never truncated.
 
-use crate::chat::Message;
-use crate::error::{Error, Result};
-use crate::tokenizer::Tokenizer;
+use flexidepth::chat::Message;
+use flexidepth::error::{Error, Result};
+use flexidepth::tokenizer::Tokenizer;
 use serde::Deserialize;
 use std::path::Path;
 

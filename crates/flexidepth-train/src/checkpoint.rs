@@ -4,8 +4,8 @@
 
 use super::optim::AdamW;
 use super::params::DepthParams;
-use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
+use flexidepth::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,7 +42,7 @@ pub fn save(path: &Path, params: &DepthParams, opt: &AdamW, state: &RunState) ->
     let meta = HashMap::from([(STATE_KEY.to_string(), state_json)]);
     let bytes = safetensors::serialize(tensors, Some(meta))
         .map_err(|e| Error::Input(format!("cannot serialise {}: {e}", path.display())))?;
-    crate::error::write_atomic(path, &bytes)
+    flexidepth::error::write_atomic(path, &bytes)
 }
 
 #[derive(Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The training log: one row per optimizer step, kept as a CSV (rewritten atomically, so a resumed run can cut it
 //! back to its checkpoint) and drawn as an SVG of the curves.
 
-use crate::error::{Error, Result};
+use flexidepth::error::{Error, Result};
 use std::path::Path;
 
 /// One optimizer step.
@@ -51,11 +51,11 @@ pub fn write_csv(path: &Path, rows: &[LogRow]) -> Result<()> {
             r.elapsed_s
         ));
     }
-    crate::error::write_atomic(path, s.as_bytes())
+    flexidepth::error::write_atomic(path, s.as_bytes())
 }
 
 pub fn read_csv(path: &Path) -> Result<Vec<LogRow>> {
-    let text = crate::error::read_to_string(path)?;
+    let text = flexidepth::error::read_to_string(path)?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let bad = || Error::bad_file(path, format!("line {}: not a training log row", i + 1));
@@ -82,40 +82,12 @@ pub fn read_csv(path: &Path) -> Result<Vec<LogRow>> {
     Ok(rows)
 }
 
-/// The curves against the optimizer step: losses, `L_skip`, and layers used per token, stacked in one SVG.
-pub fn write_plot(path: &Path, rows: &[LogRow]) -> Result<()> {
-    use crate::plot::{stack, Axis, LineChart};
-    let series = |f: fn(&LogRow) -> f64| rows.iter().map(|r| (r.step as f64, f(r))).collect::<Vec<_>>();
-    let mut losses = LineChart::new("Training loss", Axis::new("optimizer step"), Axis::new("per token"))
-        .with("objective", series(|r| r.loss));
-    if rows.iter().any(|r| r.lm > 0.0) {
-        losses = losses.with("L_lm (cross-entropy)", series(|r| r.lm));
-    }
-    if rows.iter().any(|r| r.kl > 0.0) {
-        losses = losses.with("KL(full ‖ FlexiDepth)", series(|r| r.kl));
-    }
-    let skip = LineChart::new(
-        "L_skip = mean over tokens of (Σ gates)²",
-        Axis::new("optimizer step"),
-        Axis::new("L_skip"),
-    )
-    .with("L_skip", series(|r| r.skip));
-    let layers = LineChart::new(
-        "Layers used per token",
-        Axis::new("optimizer step"),
-        Axis::new("layers"),
-    )
-    .with("layers/token", series(|r| r.layers));
-    let svg = stack(&[losses.to_svg(), skip.to_svg(), layers.to_svg()]);
-    crate::error::write_atomic(path, svg.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn csv_round_trips_exactly_and_the_plot_is_written() {
+    fn csv_round_trips_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let row = |step: usize| LogRow {
             step,
@@ -137,10 +109,5 @@ mod tests {
         assert_eq!(read_csv(&p).unwrap(), rows);
         std::fs::write(&p, "header\n1,a,2\n").unwrap();
         assert!(read_csv(&p).unwrap_err().to_string().contains("line 2"));
-        let svg = dir.path().join("curves.svg");
-        write_plot(&svg, &rows).unwrap();
-        let text = std::fs::read_to_string(svg).unwrap();
-        assert!(text.contains("L_skip") && text.contains("layers/token"));
-        assert_eq!(text.matches("<svg").count(), 4);
     }
 }

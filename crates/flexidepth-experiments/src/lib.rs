@@ -1,0 +1,15 @@
+//! flexidepth-experiments: the experiments and reports built on the engine and the trainer.
+//!
+//! [`eval`] (perplexity, quality against full depth), [`study`] (the paper's layer-usage experiment),
+//! [`corpus`] and [`dataset`] (training and evaluation text, the self-distillation data builder), [`bench`]
+//! (llama-bench-style speed), [`depthmap`] (per-token depth maps), [`plot`] and [`curves`] (SVG charts).
+//! Nothing in the engine or the trainer depends on this crate.
+
+pub mod bench;
+pub mod corpus;
+pub mod curves;
+pub mod dataset;
+pub mod depthmap;
+pub mod eval;
+pub mod plot;
+pub mod study;
