@@ -1,6 +1,6 @@
 //! flexidepth: an engine for adaptive-depth LLM inference on candle.
 //!
-//! The pieces, each in its own module: [`config`] (one resolved model config), [`weights`] (GGUF and
+//! The pieces, each in its own module: [`config`] (one resolved model config), [`escape`] (backslash escapes in typed text), [`weights`] (GGUF and
 //! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`depth`] (depth
 //! policies and the FlexiDepth adapter file), [`cache`] (the KV cache, outside the model), [`generate`]
 //! (sampler, streaming, decode loop), [`trace`] (per-token depth records), [`convert`] (GGUF → HF folder) and
@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod depth;
 pub mod error;
+pub mod escape;
 pub mod generate;
 pub mod kernels;
 pub mod loader;
