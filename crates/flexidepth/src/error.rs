@@ -31,8 +31,16 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
-    #[error("the input has {tokens} tokens but the context window holds {context} (reduce the prompt or -n)")]
+    /// The prompt (plus what is to be generated, or a perplexity window) does not fit the model's context.
+    #[error("the input has {tokens} tokens but the context window holds {context} (use a shorter input)")]
     ContextOverflow { tokens: usize, context: usize },
+    /// A parameter outside its domain, e.g. a sampling value (`top_p` must be in (0, 1]).
+    #[error("{name} must be {domain}, not {value}")]
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        domain: &'static str,
+    },
     /// Anything else wrong with what the user gave us (empty prompt, bad option value, ...).
     #[error("{0}")]
     Input(String),

@@ -19,9 +19,11 @@ pub use stream::{StopStrings, TokenStream};
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// Tokens to generate at most; 0 generates nothing and does not compute the prompt.
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
-    /// Generation ends after any of these tokens (not shown).
+    /// Generation ends after any of these tokens (not shown): the model's end-of-generation set,
+    /// [`crate::loader::ModelFiles::eos_token_ids`].
     pub eos_token_ids: Vec<u32>,
     /// Generation ends when the text contains any of these (the stop string is not shown).
     pub stop_strings: Vec<String>,
@@ -138,6 +140,10 @@ impl TraceBuilder {
 }
 
 /// Generate from `prompt_ids`, calling `on_text` with each piece of text as soon as it is complete.
+///
+/// Errors: an empty prompt, a prompt that fills the context ([`Error::ContextOverflow`]), sampling values out of
+/// their domain ([`Error::InvalidParameter`], see [`SamplingParams::validate`]). With `max_new_tokens == 0`
+/// nothing is computed and the result is empty (stop reason `MaxTokens`).
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -153,6 +159,23 @@ pub fn generate(
         return Err(Error::ContextOverflow {
             tokens: prompt_ids.len(),
             context,
+        });
+    }
+    opts.sampling.validate()?;
+    if opts.max_new_tokens == 0 {
+        // Nothing to generate: the prompt is not even computed (llama.cpp's `-n 0`).
+        return Ok(Generation {
+            ids: vec![],
+            text: String::new(),
+            stats: GenerationStats {
+                prompt_tokens: prompt_ids.len(),
+                generated_tokens: 0,
+                time_to_first_token_s: 0.0,
+                prefill_s: 0.0,
+                decode_s: 0.0,
+                stop_reason: StopReason::MaxTokens,
+            },
+            trace: opts.trace.then(|| TraceBuilder::new(model).trace),
         });
     }
     let mut cache: KvCache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);

@@ -1,6 +1,7 @@
 //! Next-token selection from logits: repeat penalty, temperature, top-k, top-p, min-p (in transformers' order),
 //! then a seeded draw. Temperature 0 is greedy (argmax, first index on ties).
 
+use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 
 /// Sampling settings; the neutral value of each filter switches it off.
@@ -37,20 +38,62 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy decoding (temperature 0), the other values at their defaults.
     pub fn greedy() -> Self {
         SamplingParams {
             temperature: 0.0,
             ..Default::default()
         }
     }
+
+    /// Refuse values outside each parameter's domain, naming the parameter and the domain:
+    /// `temperature` ≥ 0 (0 = greedy), `top_p` in (0, 1], `min_p` in [0, 1], `repeat_penalty` > 0 (1 = off),
+    /// all finite. `top_k` (0 = off) and `repeat_last_n` take any count. The domains are llama.cpp's and
+    /// transformers' (`TopPLogitsWarper` and `RepetitionPenaltyLogitsProcessor` raise on the same values); a value
+    /// outside them used to fall back silently to greedy decoding or garble the text.
+    ///
+    /// Errors: [`Error::InvalidParameter`] for the first parameter out of its domain.
+    pub fn validate(&self) -> Result<()> {
+        check("temperature", self.temperature, "a number ≥ 0 (0 = greedy)", |x| {
+            x >= 0.0
+        })?;
+        check("top_p", self.top_p, "a number in (0, 1] (1 = off)", |x| {
+            x > 0.0 && x <= 1.0
+        })?;
+        check("min_p", self.min_p, "a number in [0, 1] (0 = off)", |x| {
+            (0.0..=1.0).contains(&x)
+        })?;
+        check(
+            "repeat_penalty",
+            self.repeat_penalty as f64,
+            "a number > 0 (1 = off)",
+            |x| x > 0.0,
+        )?;
+        Ok(())
+    }
 }
 
+/// `Ok` when `value` is finite and `ok(value)`, else [`Error::InvalidParameter`].
+fn check(name: &'static str, value: f64, domain: &'static str, ok: impl Fn(f64) -> bool) -> Result<()> {
+    if value.is_finite() && ok(value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            domain,
+        })
+    }
+}
+
+/// A seeded sampler over [`SamplingParams`].
 pub struct Sampler {
     params: SamplingParams,
     rng: rand::rngs::StdRng,
 }
 
 impl Sampler {
+    /// A sampler seeded with `params.seed`; it does not check the values (see [`SamplingParams::validate`]).
     pub fn new(params: SamplingParams) -> Self {
         let rng = rand::rngs::StdRng::seed_from_u64(params.seed);
         Sampler { params, rng }
@@ -235,6 +278,112 @@ mod tests {
         let s = Sampler::new(params(1.0, 0, 1.0, 0.5));
         let ids: Vec<u32> = s.filtered_probs(&logits).iter().map(|c| c.0).collect();
         assert_eq!(ids, vec![0, 1]); // 0.2 < 0.5 · 0.5
+    }
+
+    #[test]
+    fn values_outside_each_domain_are_refused_with_name_and_domain() {
+        let ok = SamplingParams::default();
+        assert!(ok.validate().is_ok());
+        for good in [
+            SamplingParams {
+                temperature: 0.0,
+                top_p: 1.0,
+                min_p: 0.0,
+                ..ok.clone()
+            },
+            SamplingParams {
+                temperature: 5.0,
+                top_p: 1e-9,
+                min_p: 1.0,
+                repeat_penalty: 0.01,
+                ..ok.clone()
+            },
+        ] {
+            assert!(good.validate().is_ok(), "{good:?}");
+        }
+        let bad: Vec<(SamplingParams, &str)> = vec![
+            (
+                SamplingParams {
+                    temperature: -0.1,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f64::NAN,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: -0.5,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: 2.0,
+                    ..ok.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.01,
+                    ..ok.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repeat_penalty: 0.0,
+                    ..ok.clone()
+                },
+                "repeat_penalty",
+            ),
+            (
+                SamplingParams {
+                    repeat_penalty: -1.0,
+                    ..ok.clone()
+                },
+                "repeat_penalty",
+            ),
+            (
+                SamplingParams {
+                    repeat_penalty: f32::NAN,
+                    ..ok.clone()
+                },
+                "repeat_penalty",
+            ),
+        ];
+        for (p, name) in bad {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("must be"), "{e}");
+        }
     }
 
     #[test]
