@@ -144,8 +144,15 @@ impl ModelFiles {
                 let tokenizer = Tokenizer::from_gguf(&gguf)?;
                 gguf.drop_tokenizer_arrays();
                 return_freed_memory();
+                // llama.cpp's end-of-generation set starts from the EOS, EOT and EOM ids of the metadata.
+                let mut eos_token_ids = config.eos_token_ids.clone();
+                for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+                    if let Some(id) = gguf.meta(key).and_then(|v| v.to_u32().ok()) {
+                        eos_token_ids.push(id);
+                    }
+                }
                 let generation = GenerationDefaults {
-                    eos_token_ids: config.eos_token_ids.clone(),
+                    eos_token_ids,
                     ..Default::default()
                 };
                 Ok(ModelFiles {
@@ -216,19 +223,23 @@ impl ModelFiles {
         Ok(model)
     }
 
-    /// Token ids that end generation: the model's EOS ids, plus the tokenizer's EOS token.
+    /// The end-of-generation set, ascending: the ids `generation_config.json` names (one id or its list form),
+    /// else `config.json`'s; for GGUF the EOS, EOT and EOM ids of the metadata; the tokenizer's EOS token; and
+    /// every special token of the vocabulary that marks an end of text or turn
+    /// ([`crate::tokenizer::END_OF_GENERATION_TEXTS`], as llama.cpp builds its `special_eog_ids`). Qwen2.5's GGUF
+    /// names only `<|im_end|>` but its generation config ends on `<|endoftext|>` too; both are in the set.
     pub fn eos_token_ids(&self) -> Vec<u32> {
         let mut ids = self.generation.eos_token_ids.clone();
-        if let Some(id) = self
-            .tokenizer
-            .eos_token
-            .as_deref()
-            .and_then(|t| self.tokenizer.token_to_id(t))
-        {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
+        ids.extend(&self.config.eos_token_ids);
+        ids.extend(
+            self.tokenizer
+                .eos_token
+                .as_deref()
+                .and_then(|t| self.tokenizer.token_to_id(t)),
+        );
+        ids.extend(self.tokenizer.end_of_generation_ids());
+        ids.sort_unstable();
+        ids.dedup();
         ids
     }
 }

@@ -17,6 +17,21 @@ const QWEN2_REGEX: &str =
 /// Llama 3's pre-tokenizer regex (`llama-bpe`): like Qwen2's but digits in groups of up to three.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Texts of the special tokens that end generation, as llama.cpp recognises them in any vocabulary
+/// (`llama_vocab::impl::load`, its `special_eog_ids`): end of text, end of turn, end of message.
+pub const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
 /// A tokenizer with the model's special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -140,6 +155,21 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
+    }
+
+    /// Special (control) tokens of the vocabulary whose text marks an end of text or of a turn — llama.cpp's
+    /// end-of-generation list in `llama-vocab.cpp` ([`END_OF_GENERATION_TEXTS`]), ascending. A plain
+    /// (non-special) token with such a text is not included: it is ordinary text the model may write.
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && END_OF_GENERATION_TEXTS.contains(&t.content.as_str()))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
