@@ -8,6 +8,14 @@ use flexidepth::model::{Model, WeightFormat};
 use flexidepth_experiments::bench::{self, BenchConfig, BenchRow, Stats};
 use std::path::PathBuf;
 
+/// `bench -o`: how the rows are printed.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum OutputFormat {
+    Md,
+    Csv,
+    Json,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Models (comma list): GGUF files, HF folders or short names.
@@ -26,17 +34,17 @@ pub struct Args {
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repetitions: usize,
     /// Weight formats (comma list): q (GGUF blocks, our kernels) or f32.
-    #[arg(long, default_value = "q")]
-    pub dtype: String,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "q")]
+    pub dtype: Vec<crate::DtypeArg>,
     /// Depth configurations (comma list): full, flexi[:THRESHOLD], skip, prune:K.
     #[arg(long, default_value = "full,flexi:0.5,skip,prune:4")]
     pub configs: String,
     /// Depth-adapter file for flexi/skip rows; without it, freshly initialised routers (seed 42) are used.
     #[arg(long)]
     pub depth: Option<PathBuf>,
-    /// Output format: md, csv or json.
-    #[arg(short = 'o', long, default_value = "md")]
-    pub output: String,
+    /// Output format (llama-bench's -o; --output is kept as a hidden alias).
+    #[arg(short = 'o', long = "output-format", alias = "output", value_enum, default_value_t = OutputFormat::Md)]
+    pub output: OutputFormat,
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>>
@@ -55,9 +63,6 @@ where
 /// Threads: one value runs here; a list re-runs this command once per value (each process sizes its thread
 /// pools once) and merges the rows.
 pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
-    if !["md", "csv", "json"].contains(&args.output.as_str()) {
-        bail!("unknown output format '{}' (md, csv or json)", args.output);
-    }
     let thread_list: Vec<usize> = match threads {
         Some(t) => list(t, "thread count")?,
         None => vec![],
@@ -73,10 +78,10 @@ pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
     };
     let mut rows = rows;
     bench::fill_speedups(&mut rows);
-    let text = match args.output.as_str() {
-        "csv" => bench::to_csv(&rows),
-        "json" => bench::to_json(&rows),
-        _ => bench::to_markdown(&rows),
+    let text = match args.output {
+        OutputFormat::Csv => bench::to_csv(&rows),
+        OutputFormat::Json => bench::to_json(&rows),
+        OutputFormat::Md => bench::to_markdown(&rows),
     };
     println!("{text}");
     Ok(())
@@ -89,9 +94,9 @@ fn run_child(threads: usize) -> Result<Vec<BenchRow>> {
     let mut i = 0;
     while i < argv.len() {
         let a = &argv[i];
-        if a == "-t" || a == "--threads" || a == "-o" || a == "--output" {
+        if ["-t", "--threads", "-o", "--output", "--output-format"].contains(&a.as_str()) {
             argv.drain(i..(i + 2).min(argv.len()));
-        } else if a.starts_with("--threads=") || a.starts_with("--output=") {
+        } else if a.starts_with("--threads=") || a.starts_with("--output=") || a.starts_with("--output-format=") {
             argv.remove(i);
         } else {
             i += 1;
@@ -134,7 +139,7 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
     let tests = tests(args)?;
     let threads = threads.unwrap_or_else(candle_core::utils::get_num_threads);
     let reps = args.repetitions.max(1);
-    let total = args.model.split(',').count() * args.dtype.split(',').count() * configs.len() * tests.len();
+    let total = args.model.split(',').count() * args.dtype.len() * configs.len() * tests.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("a valid progress template"),
@@ -142,8 +147,8 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for model_name in args.model.split(',') {
         let files = ModelFiles::open(model_name).with_context(|| format!("cannot open model '{model_name}'"))?;
-        for dtype in args.dtype.split(',') {
-            let format: WeightFormat = dtype.parse()?;
+        for &dtype in &args.dtype {
+            let format: WeightFormat = dtype.format();
             let mut model = files.load_model(format, &candle_core::Device::Cpu)?;
             if configs.iter().any(|c| c.needs_routers()) && model.routed_layers().is_empty() {
                 attach_routers(&mut model, args.depth.as_deref())?;
@@ -159,7 +164,7 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
                 });
             }
             for (label, p, n, d) in &tests {
-                bar.set_message(format!("{model_name} {dtype} {label}"));
+                bar.set_message(format!("{model_name} {} {label}", dtype.name()));
                 // Configs interleaved inside each repetition, so machine noise lands on all of them alike.
                 let mut runs: Vec<Vec<bench::Timed>> = configs.iter().map(|_| Vec::new()).collect();
                 for rep in 0..=reps {
@@ -184,7 +189,7 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
                     rows.push(BenchRow {
                         engine: "flexidepth".into(),
                         model: model_name.to_string(),
-                        dtype: dtype.to_string(),
+                        dtype: dtype.name().to_string(),
                         threads,
                         config: config.to_string(),
                         test: label.clone(),

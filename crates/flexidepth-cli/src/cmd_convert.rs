@@ -9,18 +9,29 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Output folder (created if needed).
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, visible_alias = "out")]
     pub output: PathBuf,
     /// Add this depth-adapter file's routers, writing the official FlexiDepth layout (model_type ddllama).
     #[arg(long)]
     pub depth: Option<PathBuf>,
-    /// Storage dtype of the written weights: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Storage type of the written weights (llama.cpp's convert calls it --outtype; --dtype is kept as a hidden
+    /// alias).
+    #[arg(long, value_enum, alias = "dtype", default_value_t = ConvertType::F32)]
+    pub outtype: ConvertType,
+}
+
+/// `convert --outtype`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum ConvertType {
+    F32,
+    Bf16,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dtype: flexidepth::convert::ConvertDtype = args.dtype.parse()?;
+    let dtype = match args.outtype {
+        ConvertType::F32 => flexidepth::convert::ConvertDtype::F32,
+        ConvertType::Bf16 => flexidepth::convert::ConvertDtype::Bf16,
+    };
     let files = args.model.open()?;
     let start = std::time::Instant::now();
     flexidepth::convert::convert_with_depth(&files, args.depth.as_deref(), &args.output, dtype)

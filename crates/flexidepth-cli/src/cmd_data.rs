@@ -14,7 +14,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The JSONL file to write (replaced atomically when the build is complete).
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, visible_alias = "out")]
     pub output: PathBuf,
     /// Instruction samples to generate (those the model answers with nothing are dropped).
     #[arg(long, default_value_t = 480)]
@@ -23,10 +23,15 @@ pub struct Args {
     #[arg(long, default_value_t = 320)]
     pub texts: usize,
     /// Fixes every pick and the order: the same seed and model give the same file.
-    #[arg(long, default_value_t = 42)]
+    #[arg(short = 's', long, default_value_t = 42)]
     pub seed: u64,
     /// Tokens an answer may have at most.
-    #[arg(long, default_value_t = 128)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "max-new-tokens",
+        default_value_t = 128
+    )]
     pub max_new_tokens: usize,
     /// Words a plain-text sample aims at (cut at paragraph or verse boundaries).
     #[arg(long, default_value_t = 200)]

@@ -22,12 +22,12 @@ pub struct InitArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Output depth-adapter file (.safetensors).
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, visible_alias = "out")]
     pub output: PathBuf,
     /// Layers to route, `A..B` (end exclusive) or `A..=B`; default the later half.
     #[arg(long)]
     pub routed_layers: Option<String>,
-    #[arg(long, default_value_t = 42)]
+    #[arg(short = 's', long, default_value_t = 42)]
     pub seed: u64,
     /// hidden / router bottleneck width.
     #[arg(long, default_value_t = 16)]
@@ -35,9 +35,10 @@ pub struct InitArgs {
     /// intermediate / adapter width.
     #[arg(long, default_value_t = 16)]
     pub proj_reduction: usize,
-    /// Storage dtype: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Storage type of the written tensors (llama.cpp's convert calls it --outtype; --dtype is kept as a hidden
+    /// alias).
+    #[arg(long, value_enum, alias = "dtype", default_value_t = crate::OutType::F32)]
+    pub outtype: crate::OutType,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -47,12 +48,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn init(args: InitArgs) -> Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "f32" => candle_core::DType::F32,
-        "f16" => candle_core::DType::F16,
-        "bf16" => candle_core::DType::BF16,
-        other => anyhow::bail!("unknown --dtype '{other}' (use f32, f16 or bf16)"),
-    };
+    let dtype = args.outtype.dtype();
     if args.router_reduction == 0 || args.proj_reduction == 0 {
         anyhow::bail!("reduction factors must be positive");
     }

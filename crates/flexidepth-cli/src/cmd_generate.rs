@@ -3,7 +3,8 @@
 use crate::{DepthArgs, LoadArgs};
 use anyhow::{bail, Context, Result};
 use flexidepth::chat::Message;
-use flexidepth::generate::{generate, GenerateOptions};
+use flexidepth::escape::process_escapes;
+use flexidepth::generate::{generate, GenerateOptions, SamplingParams};
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
@@ -24,7 +25,8 @@ pub struct Args {
     /// Include the prompt's tokens in the trace and depth maps.
     #[arg(long)]
     pub trace_prompt: bool,
-    /// Raw prompt (the tokenizer's own special tokens, e.g. a BOS, are added).
+    /// Raw prompt (the tokenizer's own special tokens, e.g. a BOS, are added). Taken as typed: no escapes
+    /// unless -e.
     #[arg(short = 'p', long, conflicts_with_all = ["chat", "file"])]
     pub prompt: Option<String>,
     /// Read the raw prompt from a file.
@@ -36,34 +38,89 @@ pub struct Args {
     /// System message for --chat (the template's default when absent).
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    /// Tokens to generate at most.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
-    pub n_predict: usize,
-    /// 0 = greedy.
+    /// Process backslash escapes (\n \t \\ \" \uXXXX ...) in -p, --chat and --system too (llama.cpp's -e);
+    /// stop strings always get them.
+    #[arg(short = 'e', long)]
+    pub escape: bool,
+    /// Print the rendered prompt and its token ids to stderr before generating (llama.cpp's flag).
     #[arg(long)]
+    pub verbose_prompt: bool,
+    /// Tokens to generate at most (0: nothing, the prompt is not computed).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "max-new-tokens",
+        default_value_t = 256
+    )]
+    pub n_predict: usize,
+    /// ≥ 0; 0 = greedy.
+    #[arg(long, visible_alias = "temp")]
     pub temperature: Option<f64>,
+    /// Keep the k most likely tokens (0 = off).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// In (0, 1]: keep the smallest set of tokens whose probability reaches p (1 = off).
     #[arg(long)]
     pub top_p: Option<f64>,
+    /// In [0, 1]: drop tokens less likely than min-p times the most likely one (0 = off).
     #[arg(long)]
     pub min_p: Option<f64>,
+    /// > 0: divide positive logits of recent tokens by it, multiply negative ones (1 = off).
     #[arg(long)]
     pub repeat_penalty: Option<f32>,
     /// Recent tokens the repeat penalty considers.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(short = 's', long, default_value_t = 42)]
     pub seed: u64,
-    /// Stop when the text contains this string (repeatable).
-    #[arg(long = "stop")]
+    /// Stop when the text contains this string (repeatable; backslash escapes such as \n are processed, as
+    /// llama.cpp does for its reverse prompts).
+    #[arg(short = 'r', long = "stop", visible_alias = "reverse-prompt")]
     pub stop: Vec<String>,
+}
+
+impl Args {
+    /// The sampling flags over `base`, checked against their domains.
+    fn sampling(&self, base: SamplingParams) -> Result<SamplingParams> {
+        let mut sampling = base;
+        sampling.seed = self.seed;
+        sampling.repeat_last_n = self.repeat_last_n;
+        if let Some(t) = self.temperature {
+            sampling.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            sampling.top_k = k;
+        }
+        if let Some(p) = self.top_p {
+            sampling.top_p = p;
+        }
+        if let Some(p) = self.min_p {
+            sampling.min_p = p;
+        }
+        if let Some(r) = self.repeat_penalty {
+            sampling.repeat_penalty = r;
+        }
+        sampling.validate().map_err(|e| match e {
+            flexidepth::Error::InvalidParameter { name, value, domain } => {
+                anyhow::anyhow!("--{} must be {domain}, not {value}", name.replace('_', "-"))
+            }
+            other => other.into(),
+        })?;
+        Ok(sampling)
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.depth_map {
         // Refuse an unknown format before spending time on the model.
         flexidepth_experiments::depthmap::DepthMapFormat::from_path(path)?;
+    }
+    // Refuse sampling values out of their domain before loading anything.
+    args.sampling(SamplingParams::default())?;
+    let typed = |s: &str| if args.escape { process_escapes(s) } else { s.to_string() };
+    let stop_strings: Vec<String> = args.stop.iter().map(|s| process_escapes(s)).collect();
+    if let Some(i) = stop_strings.iter().position(String::is_empty) {
+        bail!("stop string {:?} is empty", args.stop[i]);
     }
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
@@ -72,53 +129,41 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--trace, --depth-map and --show-depth need a model with routers: give --depth FILE");
     }
     let tok = &files.tokenizer;
-    let prompt_ids = if let Some(msg) = &args.chat {
+    let (text, prompt_ids) = if let Some(msg) = &args.chat {
         let template = tok
             .chat_template
             .as_ref()
             .context("this model has no chat template; use -p with a raw prompt")?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
-            messages.push(Message::new("system", s));
+            messages.push(Message::new("system", &typed(s)));
         }
-        messages.push(Message::new("user", msg));
+        messages.push(Message::new("user", &typed(msg)));
         let text = template.render(&messages, true)?;
-        tok.encode(&text, false)?
+        let ids = tok.encode(&text, false)?;
+        (text, ids)
     } else {
         let text = match (&args.prompt, &args.file) {
-            (Some(p), _) => p.clone(),
+            (Some(p), _) => typed(p),
             (None, Some(f)) => flexidepth::error::read_to_string(f)?,
             (None, None) => bail!("give a prompt with -p, -f or --chat"),
         };
         if text.is_empty() {
             bail!("the prompt is empty");
         }
-        tok.encode(&text, true)?
+        let ids = tok.encode(&text, true)?;
+        (text, ids)
     };
+    if args.verbose_prompt {
+        print_verbose_prompt(tok, &text, &prompt_ids)?;
+    }
 
-    let mut sampling = files.generation.sampling();
-    sampling.seed = args.seed;
-    sampling.repeat_last_n = args.repeat_last_n;
-    if let Some(t) = args.temperature {
-        sampling.temperature = t;
-    }
-    if let Some(k) = args.top_k {
-        sampling.top_k = k;
-    }
-    if let Some(p) = args.top_p {
-        sampling.top_p = p;
-    }
-    if let Some(p) = args.min_p {
-        sampling.min_p = p;
-    }
-    if let Some(r) = args.repeat_penalty {
-        sampling.repeat_penalty = r;
-    }
+    let sampling = args.sampling(files.generation.sampling())?;
     let opts = GenerateOptions {
         max_new_tokens: args.n_predict,
         sampling,
         eos_token_ids: files.eos_token_ids(),
-        stop_strings: args.stop.clone(),
+        stop_strings,
         depth,
         trace: routed,
     };
@@ -132,12 +177,16 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(out)?;
     let s = &gen.stats;
     eprintln!("stop reason: {:?}", s.stop_reason);
-    eprintln!(
-        "prompt: {} tokens in {:.3} s, {:.1} tokens/s",
-        s.prompt_tokens,
-        s.prefill_s,
-        s.prompt_tokens_per_s()
-    );
+    if args.n_predict == 0 {
+        eprintln!("prompt: {} tokens, not computed (-n 0)", s.prompt_tokens);
+    } else {
+        eprintln!(
+            "prompt: {} tokens in {:.3} s, {:.1} tokens/s",
+            s.prompt_tokens,
+            s.prefill_s,
+            s.prompt_tokens_per_s()
+        );
+    }
     eprintln!(
         "decode: {} tokens in {:.3} s, {:.1} tokens/s",
         s.generated_tokens,
@@ -148,6 +197,17 @@ pub fn run(args: Args) -> Result<()> {
         write_trace_outputs(&args, trace)?;
     }
     eprintln!("time to first token: {:.3} s", s.time_to_first_token_s);
+    Ok(())
+}
+
+/// llama.cpp's `--verbose-prompt`: the text the model reads (template applied) and each token id with its text,
+/// on stderr.
+fn print_verbose_prompt(tok: &flexidepth::tokenizer::Tokenizer, text: &str, ids: &[u32]) -> Result<()> {
+    eprintln!("prompt: {text:?}");
+    eprintln!("number of tokens in prompt = {}", ids.len());
+    for &id in ids {
+        eprintln!("{id:>7} -> {:?}", tok.decode(&[id], false)?);
+    }
     Ok(())
 }
 

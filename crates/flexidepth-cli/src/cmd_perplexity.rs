@@ -20,8 +20,16 @@ pub struct Args {
     #[arg(long)]
     pub heldout: bool,
     /// Tokens per window; each window is scored from an empty cache.
-    #[arg(long, visible_alias = "window", default_value_t = 512)]
+    #[arg(short = 'c', long = "ctx-size", visible_aliases = ["ctx", "window"], default_value_t = 512)]
     pub ctx: usize,
+    /// Which positions are scored: all positions of each window, or only its second half as llama-perplexity
+    /// does (every scored token then has at least half a window of context).
+    #[arg(long, value_enum, default_value_t = ScoringArg::All, conflicts_with = "stride")]
+    pub scoring: ScoringArg,
+    /// transformers' strided perplexity: a window every STRIDE tokens, each scoring only the tokens the previous
+    /// one did not.
+    #[arg(long, conflicts_with = "compare_full")]
+    pub stride: Option<usize>,
     /// Tokens of the text to use, cut into windows [default: one window for -f, 4096 for --heldout].
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -34,13 +42,40 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
+/// `--scoring`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringArg {
+    /// Every position of each window but its first.
+    All,
+    /// Only the second half of each window (llama-perplexity).
+    SecondHalf,
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if args.ctx < 2 {
+        anyhow::bail!("--ctx-size must be at least 2, not {}", args.ctx);
+    }
+    if let Some(s) = args.stride {
+        if s == 0 || s > args.ctx {
+            anyhow::bail!("--stride must be in 1..={} (the window), not {s}", args.ctx);
+        }
+    }
+    if args.compare_full && args.scoring != ScoringArg::All {
+        anyhow::bail!("--compare-full scores all positions; drop --scoring");
+    }
     let text = match &args.file {
         Some(f) => Some(flexidepth::error::read_to_string(f)?),
         None => None,
     };
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
+    let context = model.config.max_position_embeddings;
+    if args.ctx > context {
+        anyhow::bail!(
+            "--ctx-size {} is longer than the model's context of {context} tokens",
+            args.ctx
+        );
+    }
     let (ids, default_max) = match &text {
         Some(t) => (files.tokenizer.encode(t, false)?, args.ctx),
         None => (
@@ -75,14 +110,19 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
     } else {
-        let p = eval::perplexity_windows(&model, &windows, &depth)?;
+        let scoring = match (args.stride, args.scoring) {
+            (Some(stride), _) => eval::Scoring::Strided { stride },
+            (None, ScoringArg::SecondHalf) => eval::Scoring::SecondHalf,
+            (None, ScoringArg::All) => eval::Scoring::AllPositions,
+        };
+        let max = args.max_tokens.unwrap_or(default_max);
+        let p = eval::perplexity_scored(&model, &ids, args.ctx, max, scoring, &depth)?;
+        println!("scoring: {}", scoring.describe(args.ctx));
         let mut line = format!(
             "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
             p.n_tokens, p.mean_nll, p.ppl
         );
-        if windows.len() > 1 {
-            line += &format!("  windows: {}", windows.len());
-        }
+        line += &format!("  scored: {}  windows: {}", p.n_scored, p.windows);
         if !model.routed_layers().is_empty() {
             line += &format!("  layers/token: {:.2} of {}", p.mean_layers, n_layers);
         }

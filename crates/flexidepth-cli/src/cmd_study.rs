@@ -19,10 +19,15 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub instances: usize,
     /// Tokens to generate at most per instance.
-    #[arg(long, default_value_t = 64)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "max-new-tokens",
+        default_value_t = 64
+    )]
     pub max_new_tokens: usize,
     /// Picks the paragraphs and draws the lists (decoding is greedy).
-    #[arg(long, default_value_t = 42)]
+    #[arg(short = 's', long, default_value_t = 42)]
     pub seed: u64,
     /// Comma list of tasks: copy, summarize, continue (paragraphs), repeat, sum, product (lists).
     #[arg(long, default_value = "copy,summarize,continue,repeat,sum,product")]
@@ -31,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     pub control: bool,
     /// Output folder for study.md, study.json and depthmap-<task>.svg.
-    #[arg(short = 'o', long = "out")]
+    #[arg(short = 'o', long = "output", visible_alias = "out")]
     pub out: PathBuf,
 }
 
@@ -136,7 +141,12 @@ pub fn run(args: Args) -> Result<()> {
     let report = StudyReport {
         setup: StudySetup {
             model: args.model.model.model.clone(),
-            dtype: args.model.dtype.clone(),
+            dtype: args
+                .model
+                .dtype
+                .unwrap_or_else(|| crate::DtypeArg::default_for(&files.path))
+                .name()
+                .to_string(),
             depth_file: args.depth.depth.as_ref().map(|p| p.display().to_string()),
             num_layers: model.config.num_hidden_layers,
             routed_layers: model.routed_layers(),

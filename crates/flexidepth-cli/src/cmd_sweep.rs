@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Output folder for sweep.md and sweep.svg.
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long = "output", visible_alias = "out")]
     pub out: PathBuf,
     /// Largest perplexity ratio (FlexiDepth / full depth) a shippable point may have.
     #[arg(long, default_value_t = 1.03)]

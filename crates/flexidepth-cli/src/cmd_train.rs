@@ -15,16 +15,28 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// `--loss`: the training objective besides L_skip.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum LossArg {
+    /// Cross-entropy on the data.
+    Lm,
+    /// Distil the full-depth model's logits.
+    Kl,
+    /// Both, summed.
+    #[value(name = "lm+kl")]
+    LmKl,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// TOML config (see configs/); flags below override it. Without one: a single stage over the data.
-    #[arg(short = 'c', long)]
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint, with the config saved there (no other settings allowed).
     #[arg(long, requires = "out")]
     pub resume: bool,
     /// Output folder: depth.safetensors, one file per stage, checkpoint, log.csv, curves.svg, config.toml.
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long = "output", visible_alias = "out")]
     pub out: Option<PathBuf>,
     /// The frozen base model.
     #[arg(short = 'm', long)]
@@ -57,11 +69,11 @@ pub struct Args {
     /// Longer sequences are dropped (and counted), never truncated.
     #[arg(long)]
     pub max_len: Option<usize>,
-    #[arg(long)]
+    #[arg(short = 's', long)]
     pub seed: Option<u64>,
     /// lm (cross-entropy on the data), kl (distil the full-depth model) or lm+kl.
-    #[arg(long)]
-    pub loss: Option<String>,
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
     /// Routing threshold of the training forward and of the written files.
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -69,9 +81,9 @@ pub struct Args {
     pub checkpoint_every: Option<usize>,
     #[arg(long)]
     pub log_every: Option<usize>,
-    /// Storage dtype of the written depth files: f32, f16 or bf16.
-    #[arg(long)]
-    pub save_dtype: Option<String>,
+    /// Storage type of the written depth files (config key save_dtype; --save-dtype is kept as a hidden alias).
+    #[arg(long, value_enum, alias = "save-dtype")]
+    pub outtype: Option<crate::OutType>,
 }
 
 impl Args {
@@ -93,7 +105,7 @@ impl Args {
             || self.threshold.is_some()
             || self.checkpoint_every.is_some()
             || self.log_every.is_some()
-            || self.save_dtype.is_some()
+            || self.outtype.is_some()
     }
 }
 
@@ -139,15 +151,21 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
     set!(threshold);
     set!(checkpoint_every);
     set!(log_every);
-    set!(save_dtype);
+    if let Some(t) = args.outtype {
+        c.save_dtype = t.name().to_string();
+    }
     if args.init.is_some() {
         c.init = args.init.clone();
     }
     if args.routed_layers.is_some() {
         c.routed_layers = args.routed_layers.clone();
     }
-    if let Some(l) = &args.loss {
-        c.loss = l.parse()?;
+    if let Some(l) = args.loss {
+        c.loss = match l {
+            LossArg::Lm => flexidepth_train::loss::LossKind::Lm,
+            LossArg::Kl => flexidepth_train::loss::LossKind::Kl,
+            LossArg::LmKl => flexidepth_train::loss::LossKind::LmKl,
+        };
     }
     for s in &mut c.stages {
         override_stage(s, args);

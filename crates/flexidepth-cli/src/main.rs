@@ -12,7 +12,7 @@ mod cmd_sweep;
 mod cmd_tokenize;
 mod cmd_train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -64,14 +64,48 @@ pub struct ModelArgs {
     pub model: String,
 }
 
+/// `--dtype`: the weight format the model computes with (the same meaning in every command).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// Dequantize everything to f32: the reference path.
+    F32,
+    /// Keep a GGUF file's own quantized blocks and multiply them with our kernels (as llama.cpp does).
+    #[value(alias = "quantized")]
+    Q,
+}
+
+impl DtypeArg {
+    /// The default for a model: its own blocks for a GGUF file, f32 for an HF folder (which has no blocks).
+    pub fn default_for(path: &flexidepth::loader::ModelPath) -> Self {
+        match path {
+            flexidepth::loader::ModelPath::Gguf(_) => DtypeArg::Q,
+            flexidepth::loader::ModelPath::HfDir(_) => DtypeArg::F32,
+        }
+    }
+
+    pub fn format(self) -> flexidepth::model::WeightFormat {
+        match self {
+            DtypeArg::F32 => flexidepth::model::WeightFormat::F32,
+            DtypeArg::Q => flexidepth::model::WeightFormat::Quantized,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::Q => "q",
+        }
+    }
+}
+
 /// Model selection plus how to hold the weights, for the commands that compute.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Weight format in memory: f32 (dequantized reference path) or q (keep GGUF quantized blocks).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Weight format to compute with [default: q for a GGUF file (its own quantized blocks), f32 for an HF folder].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
 }
 
 impl ModelArgs {
@@ -84,20 +118,67 @@ impl ModelArgs {
 impl LoadArgs {
     pub fn load(&self) -> anyhow::Result<(flexidepth::loader::ModelFiles, flexidepth::model::Model)> {
         use anyhow::Context;
-        let format: flexidepth::model::WeightFormat = self.dtype.parse()?;
         let files = self.model.open()?;
+        let dtype = self.dtype.unwrap_or_else(|| DtypeArg::default_for(&files.path));
         let start = std::time::Instant::now();
         let model = files
-            .load_model(format, &device()?)
+            .load_model(dtype.format(), &device()?)
             .with_context(|| format!("cannot load the weights of '{}'", self.model.model))?;
         eprintln!(
             "loaded {} ({} layers, {}) in {:.2} s",
             self.model.model,
             files.config.num_hidden_layers,
-            self.dtype,
+            dtype.name(),
             start.elapsed().as_secs_f64()
         );
         Ok((files, model))
+    }
+}
+
+/// `--outtype`: the storage type of written tensors (`depth init`, `train`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl OutType {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            OutType::F32 => candle_core::DType::F32,
+            OutType::F16 => candle_core::DType::F16,
+            OutType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutType::F32 => "f32",
+            OutType::F16 => "f16",
+            OutType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// `--depth-mode`: how routed layers decide.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthModeArg {
+    /// Trained routing: run a layer iff its gate is above the threshold.
+    Dynamic,
+    /// Every layer, unscaled: exactly the base model.
+    Run,
+    /// Every routed layer skipped.
+    Skip,
+}
+
+impl From<DepthModeArg> for flexidepth::depth::DepthMode {
+    fn from(m: DepthModeArg) -> Self {
+        match m {
+            DepthModeArg::Dynamic => flexidepth::depth::DepthMode::Dynamic,
+            DepthModeArg::Run => flexidepth::depth::DepthMode::Run,
+            DepthModeArg::Skip => flexidepth::depth::DepthMode::Skip,
+        }
     }
 }
 
@@ -107,9 +188,9 @@ pub struct DepthArgs {
     /// A depth-adapter file (routers and adapters) to attach to the model.
     #[arg(long = "depth")]
     pub depth: Option<std::path::PathBuf>,
-    /// dynamic (trained routing), run (every layer, exactly the base model) or skip (every routed layer skipped).
-    #[arg(long, default_value = "dynamic")]
-    pub depth_mode: String,
+    /// How routed layers decide.
+    #[arg(long, value_enum, default_value_t = DepthModeArg::Dynamic)]
+    pub depth_mode: DepthModeArg,
     /// Run a routed layer iff its gate is above this (released: 0.5). Higher skips more.
     #[arg(long, default_value_t = 0.5)]
     pub skip_threshold: f32,
@@ -133,11 +214,11 @@ impl DepthArgs {
             );
         }
         let settings = flexidepth::depth::DepthSettings {
-            mode: self.depth_mode.parse()?,
+            mode: self.depth_mode.into(),
             skip_threshold: self.skip_threshold,
             skip_kv: !self.no_skip_kv,
         };
-        if model.routed_layers().is_empty() && (self.depth_mode != "dynamic" || self.no_skip_kv) {
+        if model.routed_layers().is_empty() && (self.depth_mode != DepthModeArg::Dynamic || self.no_skip_kv) {
             anyhow::bail!("--depth-mode and --no-skip-kv need a model with routers: give --depth FILE");
         }
         Ok(settings)
@@ -173,8 +254,30 @@ fn set_threads(threads: Option<&str>, is_bench: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Let every flag that takes a value accept one that starts with `-` (`-p "->"`, `--chat "-5 + 3 = ?"`,
+/// `--seed -1`), as llama.cpp's `-p` takes the next argument whatever it is; positional arguments are left alone.
+fn hyphen_values(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|a| {
+        if !a.is_positional() && a.get_action().takes_values() {
+            a.allow_hyphen_values(true)
+        } else {
+            a
+        }
+    });
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.into_iter().fold(cmd, |c, n| c.mut_subcommand(n, hyphen_values))
+}
+
+/// The command line definition: the derived parser with [`hyphen_values`] applied.
+fn cli_command() -> clap::Command {
+    hyphen_values(Cli::command())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let is_bench = matches!(cli.command, Command::Bench(_));
     if let Err(e) = set_threads(cli.threads.as_deref(), is_bench) {
         eprintln!("error: {e:#}");
@@ -208,5 +311,77 @@ fn main() {
     if let Err(e) = res {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value-taking flag of every command, given a value that starts with `-`, is not read as a flag.
+    #[test]
+    fn every_flag_that_takes_a_value_accepts_a_leading_hyphen() {
+        fn walk(cmd: &clap::Command, path: Vec<String>, checked: &mut usize) {
+            for arg in cmd.get_arguments() {
+                if arg.is_positional() || !arg.get_action().takes_values() {
+                    continue;
+                }
+                assert!(arg.is_allow_hyphen_values_set(), "{path:?} --{:?}", arg.get_long());
+                let flag = match (arg.get_long(), arg.get_short()) {
+                    (Some(l), _) => format!("--{l}"),
+                    (None, Some(s)) => format!("-{s}"),
+                    _ => continue,
+                };
+                let mut argv = vec!["flexidepth".to_string()];
+                argv.extend(path.iter().cloned());
+                argv.extend([flag.clone(), "-5".to_string()]);
+                if let Err(e) = cli_command().try_get_matches_from(&argv) {
+                    let kind = e.kind();
+                    assert!(
+                        !matches!(kind, clap::error::ErrorKind::UnknownArgument),
+                        "{argv:?}: {e}"
+                    );
+                    assert!(!e.to_string().contains("a value is required"), "{argv:?}: {e}");
+                }
+                *checked += 1;
+            }
+            for sub in cmd.get_subcommands() {
+                let mut p = path.clone();
+                p.push(sub.get_name().to_string());
+                walk(sub, p, checked);
+            }
+        }
+        let mut checked = 0;
+        walk(&cli_command(), vec![], &mut checked);
+        assert!(checked > 60, "{checked}");
+    }
+
+    #[test]
+    fn free_text_that_starts_with_a_hyphen_is_a_value() {
+        for argv in [
+            vec!["tokenize", "-p", "->"],
+            vec!["generate", "-p", "- milk"],
+            vec!["generate", "--chat", "-5 + 3 = ?"],
+            vec!["generate", "-p", "x", "--stop", "-", "-r", "--", "--top-p", "-0.5"],
+            vec!["generate", "-p", "-n", "-n", "3"],
+        ] {
+            let full: Vec<&str> = std::iter::once("flexidepth").chain(argv.iter().copied()).collect();
+            assert!(cli_command().try_get_matches_from(&full).is_ok(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn enum_flags_are_checked_by_the_parser() {
+        for argv in [
+            vec!["generate", "-p", "x", "--dtype", "f64"],
+            vec!["generate", "-p", "x", "--depth-mode", "sometimes"],
+            vec!["bench", "-o", "xml"],
+            vec!["train", "--loss", "mse"],
+            vec!["convert", "-o", "/tmp/x", "--outtype", "q4"],
+        ] {
+            let full: Vec<&str> = std::iter::once("flexidepth").chain(argv.iter().copied()).collect();
+            let e = cli_command().try_get_matches_from(&full).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{argv:?}: {e}");
+        }
     }
 }

@@ -111,6 +111,132 @@ pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], depth: &DepthSett
     })
 }
 
+/// Which positions of a text a perplexity scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Consecutive windows of `window` tokens, each from an empty cache; every token of a window but its first
+    /// is scored (so early tokens of a window have little context).
+    AllPositions,
+    /// llama.cpp's `llama-perplexity`: consecutive windows of `window` tokens, each scoring only its second half
+    /// (targets at window positions `window/2 + 1 ..`), so every scored token has at least half a window of
+    /// context.
+    SecondHalf,
+    /// transformers' strided perplexity ("Perplexity of fixed-length models"): windows of up to `window` tokens
+    /// starting every `stride` tokens; each scores only the targets the previous window did not (`end −
+    /// prev_end` of them), with up to `window − stride` tokens of context before them.
+    Strided { stride: usize },
+}
+
+impl Scoring {
+    /// A one-line description for reports, e.g. "second half of each 512-token window (llama-perplexity)".
+    pub fn describe(&self, window: usize) -> String {
+        match self {
+            Scoring::AllPositions => format!("all positions of each {window}-token window"),
+            Scoring::SecondHalf => format!("second half of each {window}-token window (llama-perplexity)"),
+            Scoring::Strided { stride } => {
+                format!("{window}-token windows every {stride} tokens, new targets only (transformers' strided)")
+            }
+        }
+    }
+}
+
+/// The result of [`perplexity_scored`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoredPerplexity {
+    /// Forward passes (windows) run.
+    pub windows: usize,
+    /// Tokens of the text used.
+    pub n_tokens: usize,
+    /// Tokens whose NLL is in the mean.
+    pub n_scored: usize,
+    pub mean_nll: f64,
+    pub ppl: f64,
+    /// Mean layers run per scored position.
+    pub mean_layers: f64,
+}
+
+/// Perplexity of the first `max_tokens` of `ids` with windows of `window` tokens, scored as `scoring` says.
+///
+/// Errors: `window < 2`, a stride of 0 or above the window, or a text too short to score any token.
+pub fn perplexity_scored(
+    model: &Model,
+    ids: &[u32],
+    window: usize,
+    max_tokens: usize,
+    scoring: Scoring,
+    depth: &DepthSettings,
+) -> Result<ScoredPerplexity> {
+    if window < 2 {
+        return Err(Error::Input(format!("a window needs at least 2 tokens, not {window}")));
+    }
+    let ids = &ids[..ids.len().min(max_tokens)];
+    // (window start, window end, first scored target index within the window)
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    match scoring {
+        Scoring::AllPositions | Scoring::SecondHalf => {
+            for start in (0..ids.len()).step_by(window) {
+                let end = (start + window).min(ids.len());
+                let first = if scoring == Scoring::SecondHalf {
+                    window / 2 + 1
+                } else {
+                    1
+                };
+                if end - start > first {
+                    spans.push((start, end, first));
+                }
+            }
+        }
+        Scoring::Strided { stride } => {
+            if stride == 0 || stride > window {
+                return Err(Error::InvalidParameter {
+                    name: "stride",
+                    value: stride.to_string(),
+                    domain: "in 1..=window",
+                });
+            }
+            let mut prev_end = 0;
+            let mut start = 0;
+            while start < ids.len() {
+                let end = (start + window).min(ids.len());
+                let new_targets = end - prev_end;
+                let first = (end - start - new_targets).max(1);
+                if end - start > first {
+                    spans.push((start, end, first));
+                }
+                prev_end = end;
+                if end == ids.len() {
+                    break;
+                }
+                start += stride;
+            }
+        }
+    }
+    let (mut nll, mut scored, mut layers) = (0.0f64, 0usize, 0usize);
+    for &(start, end, first) in &spans {
+        let (nlls, used) = token_nlls_with(model, &ids[start..end], depth)?;
+        // nlls[i] is the NLL of target i + 1.
+        nll += nlls[first - 1..].iter().map(|&x| x as f64).sum::<f64>();
+        layers += used[first - 1..].iter().sum::<usize>();
+        scored += nlls.len() + 1 - first;
+    }
+    if scored == 0 {
+        return Err(Error::Input(format!(
+            "the text has {} tokens: too few to score any with {}",
+            ids.len(),
+            scoring.describe(window)
+        )));
+    }
+    let mean_nll = nll / scored as f64;
+    Ok(ScoredPerplexity {
+        windows: spans.len(),
+        n_tokens: ids.len(),
+        n_scored: scored,
+        mean_nll,
+        ppl: mean_nll.exp(),
+        mean_layers: layers as f64 / scored as f64,
+    })
+}
+
 /// A FlexiDepth setting against the same model at full depth, on the same windows. All means are over predicted
 /// positions (token-weighted across windows).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
