@@ -22,7 +22,7 @@ one() { # alpha
   if [ -f "$dir/checkpoint.safetensors" ] && [ ! -f "$dir/depth.safetensors" ]; then
     "$FD" -t "$threads" train --resume --out "$dir"
   elif [ ! -f "$dir/depth.safetensors" ]; then
-    "$FD" -t "$threads" train -c configs/smollm2-sweep.toml --alpha "$1" --out "$dir"
+    "$FD" -t "$threads" train --config configs/smollm2-sweep.toml --alpha "$1" --out "$dir"
   fi
   "$FD" -t "$threads" perplexity --depth "$dir/depth.safetensors" --compare-full --heldout --json "$dir/quality.json"
 }

@@ -384,4 +384,79 @@ mod tests {
             assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{argv:?}: {e}");
         }
     }
+
+    /// Split a README command line as a shell would (double and single quotes, no expansions).
+    fn shell_words(line: &str) -> Vec<String> {
+        let (mut words, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => {
+                    quote = Some(c);
+                    any = true;
+                }
+                (Some(q), c) if c == q => quote = None,
+                (None, ' ') => {
+                    if any {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                    any = false;
+                }
+                _ => {
+                    cur.push(c);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            words.push(cur);
+        }
+        words
+    }
+
+    /// Every `$fd ...` example of the README parses with today's flags (optional `[...]` parts included, `...`
+    /// placeholders skipped); the ones that show behaviour are run by the integration tests.
+    #[test]
+    fn readme_examples_parse() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let mut lines = Vec::new();
+        let mut pending = String::new();
+        for raw in readme.lines() {
+            let l = raw.trim_end();
+            if !pending.is_empty() {
+                pending.push(' ');
+                pending.push_str(l.trim_start().trim_end_matches('\\'));
+                if !l.ends_with('\\') {
+                    lines.push(std::mem::take(&mut pending));
+                }
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix("$fd ") {
+                let rest = rest.split(" # ").next().unwrap().trim_end();
+                if l.ends_with('\\') {
+                    pending = rest.trim_end_matches('\\').to_string();
+                } else {
+                    lines.push(rest.to_string());
+                }
+            }
+        }
+        assert!(lines.len() > 20, "{}", lines.len());
+        let mut checked = 0;
+        for line in &lines {
+            if line.contains("...") {
+                continue;
+            }
+            let line = line.split("   #").next().unwrap();
+            let mut words = vec!["flexidepth".to_string()];
+            for w in shell_words(line) {
+                let w = w.trim_start_matches('[').trim_end_matches(']').to_string();
+                // `[--loss lm|kl|lm+kl]`: the first choice.
+                words.push(w.split('|').next().unwrap().to_string());
+            }
+            if let Err(e) = cli_command().try_get_matches_from(&words) {
+                panic!("README: $fd {line}\n{e}");
+            }
+            checked += 1;
+        }
+        assert!(checked > 15, "{checked}");
+    }
 }
