@@ -90,5 +90,5 @@ fn bench_rows_and_formats() {
     let out = flexidepth(&["bench", "--configs", "half"]);
     assert!(!out.status.success() && text(&out.stderr).contains("unknown bench config 'half'"));
     let out = flexidepth(&["bench", "-o", "xml"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("unknown output format"));
+    assert!(!out.status.success() && text(&out.stderr).contains("invalid value 'xml' for '--output-format"));
 }
