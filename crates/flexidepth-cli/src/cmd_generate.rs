@@ -119,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         sampling,
         eos_token_ids: files.eos_token_ids(),
         stop_strings: args.stop.clone(),
-        depth,
+        policy: std::sync::Arc::new(depth),
         trace: routed,
     };
     let stdout = std::io::stdout();
