@@ -3,9 +3,10 @@
 //! and the weights-read bound beside the measured speed-up. Comma lists sweep parameters.
 
 use anyhow::{bail, Context, Result};
+use flexidepth::depth::PolicySpec;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
-use flexidepth_experiments::bench::{self, BenchConfig, BenchRow, Stats};
+use flexidepth_experiments::bench::{self, BenchRow, Stats};
 use std::path::PathBuf;
 
 /// `bench -o`: how the rows are printed.
@@ -36,8 +37,9 @@ pub struct Args {
     /// Weight formats (comma list): q (GGUF blocks, our kernels) or f32.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q")]
     pub dtype: Vec<crate::DtypeArg>,
-    /// Depth configurations (comma list): full, flexi[:THRESHOLD], skip, prune:K.
-    #[arg(long, default_value = "full,flexi:0.5,skip,prune:4")]
+    /// Depth policies (comma list): full, flexi[:THRESHOLD] (default: the depth file's), flexi-ffn[:THRESHOLD],
+    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L.
+    #[arg(long, default_value = "full,flexi,skip,prune:4")]
     pub configs: String,
     /// Depth-adapter file for flexi/skip rows; without it, freshly initialised routers (seed 42) are used.
     #[arg(long)]
@@ -135,7 +137,7 @@ fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
 }
 
 fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
-    let configs: Vec<BenchConfig> = list(&args.configs, "config")?;
+    let configs: Vec<PolicySpec> = list(&args.configs, "policy")?;
     let tests = tests(args)?;
     let threads = threads.unwrap_or_else(candle_core::utils::get_num_threads);
     let reps = args.repetitions.max(1);
@@ -155,33 +157,28 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
             }
             let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
             let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
-            // The layers each config removes (ShortGPT's choice needs a forward pass: once per config).
-            let mut pruned = Vec::with_capacity(configs.len());
-            for config in &configs {
-                pruned.push(match config {
-                    BenchConfig::Prune(k) => bench::layers_to_prune(&model, &ids[..ids.len().min(256)], *k)?,
-                    _ => Vec::new(),
-                });
-            }
+            // Built once per model (ShortGPT's choice of layers needs forward passes over calibration tokens).
+            let policies = configs
+                .iter()
+                .map(|c| c.build(&model, &ids[..ids.len().min(256)]))
+                .collect::<flexidepth::Result<Vec<_>>>()?;
             for (label, p, n, d) in &tests {
                 bar.set_message(format!("{model_name} {} {label}", dtype.name()));
                 // Configs interleaved inside each repetition, so machine noise lands on all of them alike.
                 let mut runs: Vec<Vec<bench::Timed>> = configs.iter().map(|_| Vec::new()).collect();
                 for rep in 0..=reps {
-                    for (ci, config) in configs.iter().enumerate() {
-                        model.pruned_layers = pruned[ci].clone();
-                        let settings = config.settings();
+                    for (ci, policy) in policies.iter().enumerate() {
                         let timed = if *p > 0 {
-                            bench::time_prompt(&model, &settings, &ids[..*p])?
+                            bench::time_prompt(&model, policy.as_ref(), &ids[..*p])?
                         } else {
-                            bench::time_generation(&model, &settings, &ids[..(*d).max(1)], *n)?
+                            bench::time_generation(&model, policy.as_ref(), &ids[..(*d).max(1)], *n)?
                         };
                         if rep > 0 {
                             runs[ci].push(timed); // repetition 0 is the warm-up
                         }
                     }
                 }
-                for (config, timed) in configs.iter().zip(&runs) {
+                for (policy, timed) in policies.iter().zip(&runs) {
                     let tokens = if *p > 0 { *p } else { *n } as f64;
                     let samples: Vec<f64> = timed.iter().map(|t| tokens / t.seconds).collect();
                     let stats = Stats::of(&samples);
@@ -191,7 +188,7 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
                         model: model_name.to_string(),
                         dtype: dtype.name().to_string(),
                         threads,
-                        config: config.to_string(),
+                        config: policy.label(),
                         test: label.clone(),
                         n_prompt: *p,
                         n_gen: *n,
@@ -208,7 +205,6 @@ fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
                     bar.inc(1);
                 }
             }
-            model.pruned_layers.clear();
         }
     }
     bar.finish_and_clear();
@@ -222,14 +218,8 @@ fn attach_routers(model: &mut Model, depth: Option<&std::path::Path>) -> Result<
         file::attach_depth_file(model, path).with_context(|| format!("cannot attach {}", path.display()))?;
         return Ok(());
     }
-    let layers = flexidepth::depth::default_routed_layers(model.config.num_hidden_layers);
-    let tensors = file::init_tensors(&model.config, &layers, 16, 16, 42)?;
-    let meta = file::DepthMeta::for_model(model, layers, 16, 16)?;
-    let tmp = std::env::temp_dir().join(format!("flexidepth-bench-{}.safetensors", std::process::id()));
-    file::write_depth_file(&tmp, &meta, &tensors, candle_core::DType::F32)?;
-    let res = file::attach_depth_file(model, &tmp);
-    let _ = std::fs::remove_file(&tmp);
-    res?;
+    let (meta, tensors) = file::fresh_depth(model, None, 16, 16, 42)?;
+    file::attach_tensors(model, &meta, &tensors)?;
     eprintln!("bench: no --depth given; using freshly initialised routers (seed 42)");
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::ModelArgs;
 use anyhow::{Context, Result};
-use flexidepth::depth::file::{init_tensors, write_depth_file, DepthMeta};
+use flexidepth::depth::file::{fresh_depth, write_depth_file};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -49,29 +49,15 @@ pub fn run(args: Args) -> Result<()> {
 
 fn init(args: InitArgs) -> Result<()> {
     let dtype = args.outtype.dtype();
-    if args.router_reduction == 0 || args.proj_reduction == 0 {
-        anyhow::bail!("reduction factors must be positive");
-    }
     let files = args.model.open()?;
     let model = files.load_model(flexidepth::model::WeightFormat::F32, &candle_core::Device::Cpu)?;
-    let layers = match &args.routed_layers {
-        Some(r) => flexidepth::depth::parse_layer_range(r)?,
-        None => flexidepth::depth::default_routed_layers(model.config.num_hidden_layers),
-    };
-    if let Some(&bad) = layers.iter().find(|&&l| l >= model.config.num_hidden_layers) {
-        anyhow::bail!(
-            "layer {bad} does not exist: the model has {} layers",
-            model.config.num_hidden_layers
-        );
-    }
-    let tensors = init_tensors(
-        &model.config,
-        &layers,
-        args.router_reduction,
-        args.proj_reduction,
-        args.seed,
-    )?;
-    let meta = DepthMeta::for_model(&model, layers.clone(), args.router_reduction, args.proj_reduction)?;
+    let layers = args
+        .routed_layers
+        .as_deref()
+        .map(flexidepth::depth::parse_layer_range)
+        .transpose()?;
+    let (meta, tensors) = fresh_depth(&model, layers, args.router_reduction, args.proj_reduction, args.seed)?;
+    let layers = meta.routed_layers.clone();
     write_depth_file(&args.output, &meta, &tensors, dtype)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let params: usize = tensors.values().map(|t| t.elem_count()).sum();

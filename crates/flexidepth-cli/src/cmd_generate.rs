@@ -164,7 +164,7 @@ pub fn run(args: Args) -> Result<()> {
         sampling,
         eos_token_ids: files.eos_token_ids(),
         stop_strings,
-        depth,
+        policy: std::sync::Arc::new(depth),
         trace: routed,
     };
     let stdout = std::io::stdout();

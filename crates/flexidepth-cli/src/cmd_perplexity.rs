@@ -95,8 +95,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.compare_full {
         let q = eval::depth_quality(&model, &windows, &depth)?;
         println!(
-            "windows: {} of up to {} tokens  positions scored: {}  depth mode: {}",
-            q.windows, args.ctx, q.n_predicted, q.depth_mode
+            "windows: {} of up to {} tokens  positions scored: {}  policy: {}",
+            q.windows, args.ctx, q.n_predicted, q.policy
         );
         println!(
             "full ppl: {:.4}  flexi ppl: {:.4}  ratio: {:.4}  KL(full‖flexi): {:.5} nats/token  top-1 agreement: \

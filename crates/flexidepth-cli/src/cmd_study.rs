@@ -3,7 +3,7 @@
 
 use crate::{DepthArgs, LoadArgs};
 use anyhow::{bail, Context, Result};
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthMode, FlexiDepth};
 use flexidepth::error::write_atomic;
 use flexidepth_experiments::study::{self, StudyReport, StudyRunner, StudySetup, TaskKind};
 use std::path::{Path, PathBuf};
@@ -41,12 +41,11 @@ pub struct Args {
 }
 
 /// The label of the run with the settings as given.
-fn label(s: &DepthSettings) -> String {
+fn label(s: &FlexiDepth) -> String {
     let mode = match s.mode {
         DepthMode::Dynamic => "dynamic",
         DepthMode::Run => "full depth",
         DepthMode::Skip => "every routed layer skipped",
-        DepthMode::Off => "routers off",
     };
     if s.skip_kv {
         mode.to_string()
@@ -56,20 +55,20 @@ fn label(s: &DepthSettings) -> String {
 }
 
 /// The runs: as given, then with `--control` full depth and no-skip-kv (unless the given settings are one of them).
-fn runs(given: DepthSettings, control: bool) -> Vec<(String, DepthSettings)> {
+fn runs(given: FlexiDepth, control: bool) -> Vec<(String, FlexiDepth)> {
     let mut out = vec![(label(&given), given)];
     if control {
         for (name, s) in [
             (
                 "full depth (control)",
-                DepthSettings {
+                FlexiDepth {
                     mode: DepthMode::Run,
                     ..given
                 },
             ),
             (
                 "no skip kv (control)",
-                DepthSettings {
+                FlexiDepth {
                     skip_kv: false,
                     ..given
                 },

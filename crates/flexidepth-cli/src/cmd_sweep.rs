@@ -105,8 +105,8 @@ pub fn run(args: Args) -> Result<()> {
     let held = &points[0].q;
     md.push_str(&format!(
         "\nHeld-out text: {} windows, {} predicted positions (Persuasion from chapter 13, never in the training data); \
-         threshold {}; ppl ratio limit {}.\n",
-        held.windows, held.n_predicted, held.skip_threshold, args.max_ppl_ratio
+         policy {}; ppl ratio limit {}.\n",
+        held.windows, held.n_predicted, held.policy, args.max_ppl_ratio
     ));
     match chosen {
         Some(i) => md.push_str(&format!(

@@ -2,8 +2,8 @@
 //! command-line overrides; `--resume` continues the run in `--out` exactly where its checkpoint left it.
 
 use anyhow::{bail, Context, Result};
-use flexidepth::depth::file::{init_tensors, read_depth_tensors, DepthMeta};
-use flexidepth::depth::{default_routed_layers, parse_layer_range};
+use flexidepth::depth::file::{fresh_depth, read_depth_tensors};
+use flexidepth::depth::parse_layer_range;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::WeightFormat;
 use flexidepth_train::config::{Stage, TrainConfig};
@@ -74,9 +74,9 @@ pub struct Args {
     /// lm (cross-entropy on the data), kl (distil the full-depth model) or lm+kl.
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
-    /// Routing threshold of the training forward and of the written files.
-    #[arg(long)]
-    pub threshold: Option<f32>,
+    /// Routing threshold of the training forward, stored in the written depth files (their default at inference).
+    #[arg(long, alias = "threshold")]
+    pub skip_threshold: Option<f32>,
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
     #[arg(long)]
@@ -102,7 +102,7 @@ impl Args {
             || self.max_len.is_some()
             || self.seed.is_some()
             || self.loss.is_some()
-            || self.threshold.is_some()
+            || self.skip_threshold.is_some()
             || self.checkpoint_every.is_some()
             || self.log_every.is_some()
             || self.outtype.is_some()
@@ -148,7 +148,7 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
     set!(grad_accum);
     set!(lr);
     set!(seed);
-    set!(threshold);
+    set!(skip_threshold);
     set!(checkpoint_every);
     set!(log_every);
     if let Some(t) = args.outtype {
@@ -236,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
             files.config.max_position_embeddings
         );
     }
-    let model = files.load_model(WeightFormat::F32, &candle_core::Device::Cpu)?;
+    let mut model = files.load_model(WeightFormat::F32, &candle_core::Device::Cpu)?;
 
     let (tensors, meta) = match &config.init {
         Some(path) => {
@@ -245,24 +245,14 @@ pub fn run(args: Args) -> Result<()> {
             (tensors, meta)
         }
         None => {
-            let layers = match &config.routed_layers {
-                Some(r) => parse_layer_range(r)?,
-                None => default_routed_layers(model.config.num_hidden_layers),
-            };
-            if let Some(&bad) = layers.iter().find(|&&l| l >= model.config.num_hidden_layers) {
-                bail!(
-                    "routed layer {bad} does not exist (the model has {})",
-                    model.config.num_hidden_layers
-                );
-            }
-            let tensors = init_tensors(
-                &model.config,
-                &layers,
+            let layers = config.routed_layers.as_deref().map(parse_layer_range).transpose()?;
+            let (meta, tensors) = fresh_depth(
+                &model,
+                layers,
                 config.router_reduction,
                 config.proj_reduction,
                 config.seed,
             )?;
-            let meta = DepthMeta::for_model(&model, layers, config.router_reduction, config.proj_reduction)?;
             (tensors, meta)
         }
     };
@@ -280,7 +270,7 @@ pub fn run(args: Args) -> Result<()> {
     let total_steps: usize = (0..config.stages.len())
         .map(|i| config.stage_steps(i, data.sequences.len()))
         .sum();
-    let mut trainer = Trainer::new(config, &model, params, meta, data.sequences)?;
+    let mut trainer = Trainer::new(config, &mut model, params, meta, data.sequences)?;
     if args.resume {
         trainer.resume()?;
         eprintln!("resumed at step {}", trainer.state().global_step);

@@ -191,18 +191,25 @@ pub struct DepthArgs {
     /// How routed layers decide.
     #[arg(long, value_enum, default_value_t = DepthModeArg::Dynamic)]
     pub depth_mode: DepthModeArg,
-    /// Run a routed layer iff its gate is above this (released: 0.5). Higher skips more.
-    #[arg(long, default_value_t = 0.5)]
-    pub skip_threshold: f32,
+    /// Run a routed layer iff its gate is above this; default: the threshold stored in the depth file (0.5 as
+    /// released). Higher skips more.
+    #[arg(long)]
+    pub skip_threshold: Option<f32>,
     /// Skipped tokens write no K/V (the paper's "no KV cache" ablation).
     #[arg(long)]
     pub no_skip_kv: bool,
 }
 
 impl DepthArgs {
-    /// Attach the depth file (if any) and return the settings to run with.
-    pub fn apply(&self, model: &mut flexidepth::model::Model) -> anyhow::Result<flexidepth::depth::DepthSettings> {
+    /// Attach the depth file (if any) and return the policy to run with, its threshold resolved (the flag, else
+    /// the depth file's).
+    pub fn apply(&self, model: &mut flexidepth::model::Model) -> anyhow::Result<flexidepth::depth::FlexiDepth> {
         use anyhow::Context;
+        if let Some(t) = self.skip_threshold {
+            if !(0.0..=1.0).contains(&t) {
+                anyhow::bail!("--skip-threshold must be a number in [0, 1], got {t}");
+            }
+        }
         if let Some(path) = &self.depth {
             let meta = flexidepth::depth::file::attach_depth_file(model, path)
                 .with_context(|| format!("cannot attach the depth adapter {}", path.display()))?;
@@ -213,15 +220,20 @@ impl DepthArgs {
                 meta.routed_layers.last().copied().unwrap_or(0)
             );
         }
-        let settings = flexidepth::depth::DepthSettings {
+        let threshold = self
+            .skip_threshold
+            .or(model.skip_threshold())
+            .unwrap_or(flexidepth::depth::DEFAULT_SKIP_THRESHOLD);
+        let policy = flexidepth::depth::FlexiDepth {
             mode: self.depth_mode.into(),
-            skip_threshold: self.skip_threshold,
+            skip_threshold: Some(threshold),
             skip_kv: !self.no_skip_kv,
+            unit: flexidepth::depth::SkipUnit::Layer,
         };
         if model.routed_layers().is_empty() && (self.depth_mode != DepthModeArg::Dynamic || self.no_skip_kv) {
             anyhow::bail!("--depth-mode and --no-skip-kv need a model with routers: give --depth FILE");
         }
-        Ok(settings)
+        Ok(policy)
     }
 }
 

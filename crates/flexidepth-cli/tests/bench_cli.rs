@@ -88,7 +88,7 @@ fn bench_rows_and_formats() {
     );
 
     let out = flexidepth(&["bench", "--configs", "half"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("unknown bench config 'half'"));
+    assert!(!out.status.success() && text(&out.stderr).contains("unknown depth policy 'half'"));
     let out = flexidepth(&["bench", "-o", "xml"]);
     assert!(!out.status.success() && text(&out.stderr).contains("invalid value 'xml' for '--output-format"));
 }

@@ -121,7 +121,7 @@ fn trains_writes_outputs_and_refuses_bad_data() {
     set(&mut long, "--max-len", "8"); // every sample is longer
     let o = flexidepth(&long);
     let e = text(&o.stderr);
-    assert!(!o.status.success() && e.contains("4 longer than --max-len 8"), "{e}");
+    assert!(!o.status.success() && e.contains("4 longer than max_len 8"), "{e}");
 }
 
 #[test]

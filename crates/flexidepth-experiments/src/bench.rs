@@ -1,87 +1,16 @@
 //! Benchmarks in the manner of `llama-bench`: prompt processing (`pp P`: one forward over P tokens) and generation
 //! (`tg N`: N greedy decode steps, optionally after a prefilled context of d tokens), repeated, as tokens/s with
-//! mean ± standard deviation; one row per depth configuration, with the layers each token used and the
+//! mean ± standard deviation; one row per depth policy (`flexidepth::depth::PolicySpec`), with the layers each token used and the
 //! weights-read bound on the speed-up over full depth (decode is memory-bound: a token can go at most as much
 //! faster as it reads fewer bytes of weights).
 
 use flexidepth::cache::KvCache;
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::DepthPolicy;
 use flexidepth::error::{Error, Result};
-use flexidepth::model::layer::LayerRouting;
+use flexidepth::model::plan::ExecutedPlan;
 use flexidepth::model::{Logits, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-
-/// A depth configuration to measure.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum BenchConfig {
-    /// Every layer, routers ignored: the base model.
-    Full,
-    /// FlexiDepth routing at this threshold.
-    Flexi(f32),
-    /// Every routed layer skipped.
-    Skip,
-    /// The k layers of lowest block influence removed (ShortGPT).
-    Prune(usize),
-}
-
-impl std::str::FromStr for BenchConfig {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::Input(format!(
-                "unknown bench config '{s}' (full, flexi[:THRESHOLD], skip, prune:K)"
-            ))
-        };
-        match s.split_once(':') {
-            None => match s {
-                "full" => Ok(BenchConfig::Full),
-                "flexi" => Ok(BenchConfig::Flexi(0.5)),
-                "skip" => Ok(BenchConfig::Skip),
-                _ => Err(bad()),
-            },
-            Some(("flexi", t)) => t.parse().map(BenchConfig::Flexi).map_err(|_| bad()),
-            Some(("prune", k)) => k.parse().map(BenchConfig::Prune).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl std::fmt::Display for BenchConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BenchConfig::Full => write!(f, "full"),
-            BenchConfig::Flexi(t) => write!(f, "flexi:{t}"),
-            BenchConfig::Skip => write!(f, "skip"),
-            BenchConfig::Prune(k) => write!(f, "prune:{k}"),
-        }
-    }
-}
-
-impl BenchConfig {
-    /// Whether the configuration needs routers on the model.
-    pub fn needs_routers(&self) -> bool {
-        matches!(self, BenchConfig::Flexi(_) | BenchConfig::Skip)
-    }
-
-    /// Depth settings for the forward passes.
-    pub fn settings(&self) -> DepthSettings {
-        let mode = match self {
-            BenchConfig::Full | BenchConfig::Prune(_) => DepthMode::Off,
-            BenchConfig::Flexi(_) => DepthMode::Dynamic,
-            BenchConfig::Skip => DepthMode::Skip,
-        };
-        let skip_threshold = match self {
-            BenchConfig::Flexi(t) => *t,
-            _ => 0.5,
-        };
-        DepthSettings {
-            mode,
-            skip_threshold,
-            skip_kv: true,
-        }
-    }
-}
 
 /// Mean and sample standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -268,27 +197,16 @@ pub fn bench_ids(tokenizer: &flexidepth::tokenizer::Tokenizer, n: usize) -> Resu
     Ok(unit.iter().cycle().take(n).copied().collect())
 }
 
-/// Layers run and weight bytes read by each token of a forward pass with `rows` tokens.
-fn token_costs(model: &Model, routing: &[LayerRouting], rows: usize) -> Vec<(usize, f64)> {
-    let per_layer = model.layer_weight_bytes();
+/// Layers used and weight bytes read (layers, head and one embedding row) by each row of an executed plan.
+fn token_costs(model: &Model, plan: &ExecutedPlan) -> Vec<(f64, f64)> {
+    let bytes = model.layer_bytes();
     let head = model.head_weight_bytes() as f64;
-    (0..rows)
+    (0..plan.rows)
         .map(|row| {
-            let mut layers = 0;
-            let mut bytes = head;
-            for (idx, &(full, skip)) in per_layer.iter().enumerate() {
-                if model.pruned_layers.contains(&idx) {
-                    continue;
-                }
-                let run = routing.iter().find(|r| r.layer_idx == idx).is_none_or(|r| r.run[row]);
-                if run {
-                    layers += 1;
-                    bytes += full as f64;
-                } else {
-                    bytes += skip.unwrap_or(full) as f64;
-                }
-            }
-            (layers, bytes)
+            (
+                plan.layers_used(row, &bytes),
+                head + plan.weight_bytes(row, &bytes) as f64,
+            )
         })
         .collect()
 }
@@ -296,58 +214,48 @@ fn token_costs(model: &Model, routing: &[LayerRouting], rows: usize) -> Vec<(usi
 /// One timed run: seconds, and the per-token (layers, bytes) of the timed tokens.
 pub struct Timed {
     pub seconds: f64,
-    pub costs: Vec<(usize, f64)>,
+    pub costs: Vec<(f64, f64)>,
 }
 
 /// Prompt processing: one forward over `ids` from an empty cache.
-pub fn time_prompt(model: &Model, settings: &DepthSettings, ids: &[u32]) -> Result<Timed> {
+pub fn time_prompt(model: &Model, policy: &dyn DepthPolicy, ids: &[u32]) -> Result<Timed> {
     let mut cache = model.new_cache(ids.len());
     let start = Instant::now();
-    let out = model.forward_with(ids, &mut cache, Logits::Last, settings)?;
+    let out = model.forward_with(ids, &mut cache, Logits::Last, policy)?;
     let _ = out.logits.to_vec2::<f32>()?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(Timed {
         seconds,
-        costs: token_costs(model, &out.routing, ids.len()),
+        costs: token_costs(model, &out.plan),
     })
 }
 
 /// Generation: prefill `context` (untimed), then `n` greedy decode steps.
-pub fn time_generation(model: &Model, settings: &DepthSettings, context: &[u32], n: usize) -> Result<Timed> {
+pub fn time_generation(model: &Model, policy: &dyn DepthPolicy, context: &[u32], n: usize) -> Result<Timed> {
     let mut cache: KvCache = model.new_cache(context.len() + n + 1);
-    let out = model.forward_with(context, &mut cache, Logits::Last, settings)?;
+    let out = model.forward_with(context, &mut cache, Logits::Last, policy)?;
     let mut next = flexidepth::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
-    let mut routings = Vec::with_capacity(n);
+    let mut plans = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
-        let out = model.forward_with(&[next], &mut cache, Logits::Last, settings)?;
+        let out = model.forward_with(&[next], &mut cache, Logits::Last, policy)?;
         next = flexidepth::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
-        routings.push(out.routing);
+        plans.push(out.plan);
     }
     let seconds = start.elapsed().as_secs_f64();
     // Bookkeeping after the timer: it is not part of decoding.
-    let costs = routings.iter().flat_map(|r| token_costs(model, r, 1)).collect();
+    let costs = plans.iter().flat_map(|p| token_costs(model, p)).collect();
     Ok(Timed { seconds, costs })
 }
 
 /// Mean layers and bytes per token over several runs.
 pub fn mean_costs(runs: &[Timed]) -> (f64, f64) {
-    let all: Vec<&(usize, f64)> = runs.iter().flat_map(|r| &r.costs).collect();
+    let all: Vec<&(f64, f64)> = runs.iter().flat_map(|r| &r.costs).collect();
     let n = all.len().max(1) as f64;
     (
-        all.iter().map(|c| c.0 as f64).sum::<f64>() / n,
+        all.iter().map(|c| c.0).sum::<f64>() / n,
         all.iter().map(|c| c.1).sum::<f64>() / n,
     )
-}
-
-/// The `k` layers of lowest block influence on `ids` (ShortGPT's choice), ascending by index.
-pub fn layers_to_prune(model: &Model, ids: &[u32], k: usize) -> Result<Vec<usize>> {
-    let bi = model.block_influence(ids)?;
-    let mut order: Vec<usize> = (0..bi.len()).collect();
-    order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
-    let mut chosen: Vec<usize> = order.into_iter().take(k.min(bi.len().saturating_sub(1))).collect();
-    chosen.sort();
-    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -386,18 +294,6 @@ mod tests {
         assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[f64::NAN, 2.0]), 2.0);
-    }
-
-    #[test]
-    fn configs_parse_and_print() {
-        for s in ["full", "flexi:0.55", "skip", "prune:4"] {
-            assert_eq!(s.parse::<BenchConfig>().unwrap().to_string(), s);
-        }
-        assert_eq!("flexi".parse::<BenchConfig>().unwrap(), BenchConfig::Flexi(0.5));
-        assert!("prune:x".parse::<BenchConfig>().is_err());
-        assert!("half".parse::<BenchConfig>().is_err());
-        assert_eq!(BenchConfig::Prune(3).settings().mode, DepthMode::Off);
-        assert_eq!(BenchConfig::Flexi(0.6).settings().skip_threshold, 0.6);
     }
 
     #[test]

@@ -52,12 +52,21 @@ fn lerp(a: Rgb, b: Rgb, t: f64) -> Rgb {
 }
 
 /// The colour of a token that used `layers_used` layers: light blue at `min` to dark blue at `max`, clamped.
-pub fn shade(layers_used: usize, min: usize, max: usize) -> (u8, u8, u8) {
+pub fn shade(layers_used: f64, min: usize, max: usize) -> (u8, u8, u8) {
     let t = match max.checked_sub(min).filter(|&span| span > 0) {
-        Some(span) => layers_used.saturating_sub(min) as f64 / span as f64,
-        None => (layers_used >= max) as u8 as f64,
+        Some(span) => ((layers_used - min as f64) / span as f64).clamp(0.0, 1.0),
+        None => (layers_used >= max as f64) as u8 as f64,
     };
     lerp(LIGHT, DARK, t)
+}
+
+/// Layers used as a reader expects them: whole numbers without decimals, partial skips with two.
+fn fmt_layers(l: f64) -> String {
+    if l.fract() == 0.0 {
+        format!("{l:.0}")
+    } else {
+        format!("{l:.2}")
+    }
 }
 
 fn gate_colour(gate: f32) -> Rgb {
@@ -206,7 +215,12 @@ fn html_into(out: &mut String, trace: &DepthTrace, include_prompt: bool, title: 
     for t in shown(trace, include_prompt) {
         let (bg, p) = (shade(t.layers_used, min, max), if t.prompt { " p" } else { "" });
         let style = format!("background:{};color:{}", hex(bg), hex(foreground(bg)));
-        let tip = format!("pos {} · token {} · {} layers", t.pos, t.token_id, t.layers_used);
+        let tip = format!(
+            "pos {} · token {} · {} layers",
+            t.pos,
+            t.token_id,
+            fmt_layers(t.layers_used)
+        );
         let text = escape(&t.text, false);
         write!(
             out,
@@ -294,7 +308,12 @@ fn svg_into(out: &mut String, trace: &DepthTrace, include_prompt: bool) -> fmt::
     out.push_str("<g stroke=\"#fff\" stroke-width=\"0.5\">\n");
     for (i, t) in toks.iter().enumerate() {
         let x = LEFT + i * CW;
-        let tip = format!("pos {} · token {} · {} layers", t.pos, t.token_id, t.layers_used);
+        let tip = format!(
+            "pos {} · token {} · {} layers",
+            t.pos,
+            t.token_id,
+            fmt_layers(t.layers_used)
+        );
         cell(out, "used", x, strip_y, shade(t.layers_used, min, max), &tip)?;
         for (r, &layer) in rows.iter().enumerate() {
             let y = grid_y + r * CW;
@@ -386,7 +405,7 @@ mod tests {
         };
         let routed: Vec<LayerDecision> = (4..).zip(gates).map(decide).collect();
         let (token_id, text) = (100 + pos as u32, text.to_string());
-        let layers_used = 4 + routed.iter().filter(|d| d.run).count();
+        let layers_used = (4 + routed.iter().filter(|d| d.run).count()) as f64;
         TokenDepth {
             pos,
             token_id,
@@ -440,13 +459,17 @@ mod tests {
 
     #[test]
     fn shade_endpoints_and_monotonic() {
-        assert_eq!((shade(4, 4, 8), shade(8, 4, 8)), (LIGHT, DARK));
-        assert_eq!((shade(0, 4, 8), shade(99, 4, 8)), (LIGHT, DARK)); // clamped
+        assert_eq!((shade(4.0, 4, 8), shade(8.0, 4, 8)), (LIGHT, DARK));
+        assert_eq!((shade(0.0, 4, 8), shade(99.0, 4, 8)), (LIGHT, DARK)); // clamped
         let sum = |c: Rgb| c.0 as u32 + c.1 as u32 + c.2 as u32;
-        for l in 4..8 {
-            assert!(sum(shade(l + 1, 4, 8)) < sum(shade(l, 4, 8)), "not darker at {l}");
+        for l in 8..16 {
+            let l = l as f64 / 2.0;
+            assert!(sum(shade(l + 0.5, 4, 8)) < sum(shade(l, 4, 8)), "not darker at {l}");
         }
-        assert_eq!((shade(5, 5, 5), shade(0, 0, 0), shade(1, 5, 3)), (DARK, DARK, LIGHT));
+        assert_eq!(
+            (shade(5.0, 5, 5), shade(0.0, 0, 0), shade(1.0, 5, 3)),
+            (DARK, DARK, LIGHT)
+        );
     }
 
     #[test]

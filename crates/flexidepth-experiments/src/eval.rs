@@ -2,7 +2,7 @@
 //! quality of a FlexiDepth model against its own full depth ([`depth_quality`]) on held-out windows.
 
 use candle_core::{DType, Tensor, D};
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthPolicy, FlexiDepth, FullDepth};
 use flexidepth::error::{Error, Result};
 use flexidepth::model::{Logits, Model};
 use flexidepth::tokenizer::Tokenizer;
@@ -14,17 +14,18 @@ pub struct Perplexity {
     pub n_tokens: usize,
     pub mean_nll: f64,
     pub ppl: f64,
-    /// Mean layers run per scored input token (all of them for a model without routers).
+    /// Mean layers used per scored input token (the executed plan's accounting; all of them at full depth).
     pub mean_layers: f64,
 }
 
-/// NLL of each token after the first, given the ones before it, from a forward pass over `ids`.
+/// NLL of each token after the first, given the ones before it, from a forward pass over `ids` (FlexiDepth
+/// routing at the model's threshold when it has routers, else full depth).
 pub fn token_nlls(model: &Model, ids: &[u32]) -> Result<Vec<f32>> {
-    Ok(token_nlls_with(model, ids, &model.depth_settings)?.0)
+    Ok(token_nlls_with(model, ids, &FlexiDepth::default())?.0)
 }
 
-/// [`token_nlls`] with explicit depth settings; also returns the layers each input token ran.
-pub fn token_nlls_with(model: &Model, ids: &[u32], depth: &DepthSettings) -> Result<(Vec<f32>, Vec<usize>)> {
+/// [`token_nlls`] under a depth policy; also returns the layers each input token used.
+pub fn token_nlls_with(model: &Model, ids: &[u32], policy: &dyn DepthPolicy) -> Result<(Vec<f32>, Vec<f64>)> {
     if ids.len() < 2 {
         return Err(Error::Input(format!(
             "perplexity needs at least 2 tokens, the text has {}",
@@ -33,31 +34,29 @@ pub fn token_nlls_with(model: &Model, ids: &[u32], depth: &DepthSettings) -> Res
     }
     let mut cache = model.new_cache(ids.len());
     let inputs = &ids[..ids.len() - 1];
-    let out = model.forward_with(inputs, &mut cache, Logits::All, depth)?;
+    let out = model.forward_with(inputs, &mut cache, Logits::All, policy)?;
     let logp = candle_nn::ops::log_softmax(&out.logits, D::Minus1)?;
     let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
     let picked = logp.gather(&targets, 1)?.squeeze(1)?;
-    let unrouted = model.config.num_hidden_layers - out.routing.len();
-    let layers = (0..inputs.len())
-        .map(|row| unrouted + out.routing.iter().filter(|r| r.run[row]).count())
-        .collect();
+    let bytes = model.layer_bytes();
+    let layers = (0..inputs.len()).map(|row| out.plan.layers_used(row, &bytes)).collect();
     Ok((picked.neg()?.to_vec1()?, layers))
 }
 
-/// Perplexity of `ids` in one window.
+/// Perplexity of `ids` in one window (routing as [`token_nlls`]).
 pub fn perplexity(model: &Model, ids: &[u32]) -> Result<Perplexity> {
-    perplexity_with(model, ids, &model.depth_settings)
+    perplexity_with(model, ids, &FlexiDepth::default())
 }
 
-/// [`perplexity`] with explicit depth settings.
-pub fn perplexity_with(model: &Model, ids: &[u32], depth: &DepthSettings) -> Result<Perplexity> {
-    let (nlls, layers) = token_nlls_with(model, ids, depth)?;
+/// [`perplexity`] under a depth policy.
+pub fn perplexity_with(model: &Model, ids: &[u32], policy: &dyn DepthPolicy) -> Result<Perplexity> {
+    let (nlls, layers) = token_nlls_with(model, ids, policy)?;
     let mean_nll = nlls.iter().map(|&x| x as f64).sum::<f64>() / nlls.len() as f64;
     Ok(Perplexity {
         n_tokens: ids.len(),
         mean_nll,
         ppl: mean_nll.exp(),
-        mean_layers: layers.iter().sum::<usize>() as f64 / layers.len() as f64,
+        mean_layers: layers.iter().sum::<f64>() / layers.len() as f64,
     })
 }
 
@@ -90,13 +89,13 @@ pub fn heldout_windows(tokenizer: &Tokenizer, window: usize, max_tokens: usize) 
 }
 
 /// [`perplexity_with`] over several windows, token-weighted (`n_tokens` counts every window's tokens).
-pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings) -> Result<Perplexity> {
-    let (mut nll, mut predicted, mut layers, mut n_tokens) = (0.0f64, 0usize, 0usize, 0usize);
+pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPolicy) -> Result<Perplexity> {
+    let (mut nll, mut predicted, mut layers, mut n_tokens) = (0.0f64, 0usize, 0.0f64, 0usize);
     for w in windows {
-        let (nlls, used) = token_nlls_with(model, w, depth)?;
+        let (nlls, used) = token_nlls_with(model, w, policy)?;
         nll += nlls.iter().map(|&x| x as f64).sum::<f64>();
         predicted += nlls.len();
-        layers += used.iter().sum::<usize>();
+        layers += used.iter().sum::<f64>();
         n_tokens += w.len();
     }
     if predicted == 0 {
@@ -107,7 +106,7 @@ pub fn perplexity_windows(model: &Model, windows: &[Vec<u32>], depth: &DepthSett
         n_tokens,
         mean_nll,
         ppl: mean_nll.exp(),
-        mean_layers: layers as f64 / predicted as f64,
+        mean_layers: layers / predicted as f64,
     })
 }
 
@@ -164,7 +163,7 @@ pub fn perplexity_scored(
     window: usize,
     max_tokens: usize,
     scoring: Scoring,
-    depth: &DepthSettings,
+    policy: &dyn DepthPolicy,
 ) -> Result<ScoredPerplexity> {
     if window < 2 {
         return Err(Error::Input(format!("a window needs at least 2 tokens, not {window}")));
@@ -211,12 +210,12 @@ pub fn perplexity_scored(
             }
         }
     }
-    let (mut nll, mut scored, mut layers) = (0.0f64, 0usize, 0usize);
+    let (mut nll, mut scored, mut layers) = (0.0f64, 0usize, 0.0f64);
     for &(start, end, first) in &spans {
-        let (nlls, used) = token_nlls_with(model, &ids[start..end], depth)?;
+        let (nlls, used) = token_nlls_with(model, &ids[start..end], policy)?;
         // nlls[i] is the NLL of target i + 1.
         nll += nlls[first - 1..].iter().map(|&x| x as f64).sum::<f64>();
-        layers += used[first - 1..].iter().sum::<usize>();
+        layers += used[first - 1..].iter().sum::<f64>();
         scored += nlls.len() + 1 - first;
     }
     if scored == 0 {
@@ -233,11 +232,11 @@ pub fn perplexity_scored(
         n_scored: scored,
         mean_nll,
         ppl: mean_nll.exp(),
-        mean_layers: layers as f64 / scored as f64,
+        mean_layers: layers / scored as f64,
     })
 }
 
-/// A FlexiDepth setting against the same model at full depth, on the same windows. All means are over predicted
+/// A depth policy against the same model at full depth, on the same windows. All means are over predicted
 /// positions (token-weighted across windows).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DepthQuality {
@@ -254,25 +253,20 @@ pub struct DepthQuality {
     pub mean_kl: f64,
     /// Fraction of positions where both settings put the same token first.
     pub top1_agreement: f64,
-    /// Mean layers run per position with the compared settings, of `num_layers`.
+    /// Mean layers used per position under the compared policy, of `num_layers`.
     pub mean_layers: f64,
     pub num_layers: usize,
-    /// The compared settings.
-    pub depth_mode: String,
-    pub skip_threshold: f32,
-    pub skip_kv: bool,
+    /// The compared policy's label (`flexi:0.5`, `prune:4`, ...).
+    pub policy: String,
 }
 
-/// Compare `depth` with full depth (`DepthMode::Run`: exactly the base model) on `windows`: both perplexities,
-/// their ratio, KL(full ‖ flexi) and top-1 agreement per position, and the layers used. Each window is one
-/// forward pass per setting from an empty cache; log-softmax and KL are computed in f32.
-pub fn depth_quality(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings) -> Result<DepthQuality> {
-    let full = DepthSettings {
-        mode: DepthMode::Run,
-        ..*depth
-    };
+/// Compare `policy` with full depth (exactly the base model) on `windows`: both perplexities, their ratio,
+/// KL(full ‖ policy) and top-1 agreement per position, and the layers used. Each window is one forward pass per
+/// policy from an empty cache; log-softmax and KL are computed in f32.
+pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPolicy) -> Result<DepthQuality> {
+    let bytes = model.layer_bytes();
     let (mut nll_full, mut nll_flexi, mut kl, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    let (mut predicted, mut layers) = (0usize, 0usize);
+    let (mut predicted, mut layers) = (0usize, 0.0f64);
     for ids in windows {
         if ids.len() < 2 {
             return Err(Error::Input(format!(
@@ -282,26 +276,21 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings)
         }
         let inputs = &ids[..ids.len() - 1];
         let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
-        let run = |s: &DepthSettings| -> Result<(Tensor, Vec<flexidepth::model::layer::LayerRouting>)> {
+        let run = |p: &dyn DepthPolicy| -> Result<(Tensor, flexidepth::model::plan::ExecutedPlan)> {
             let mut cache = model.new_cache(inputs.len());
-            let out = model.forward_with(inputs, &mut cache, Logits::All, s)?;
+            let out = model.forward_with(inputs, &mut cache, Logits::All, p)?;
             let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
-            Ok((logp, out.routing))
+            Ok((logp, out.plan))
         };
-        let (lp, _) = run(&full)?;
-        let (lq, routing) = run(depth)?;
+        let (lp, _) = run(&FullDepth)?;
+        let (lq, plan) = run(policy)?;
         let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
         nll_full -= sum(lp.gather(&targets, 1)?)?;
         nll_flexi -= sum(lq.gather(&targets, 1)?)?;
         kl += sum((lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?)?;
         let same = lp.argmax(D::Minus1)?.eq(&lq.argmax(D::Minus1)?)?;
         agree += same.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
-        let unrouted = (model.config.num_hidden_layers - routing.len()).saturating_sub(model.pruned_layers.len());
-        layers += unrouted * inputs.len()
-            + routing
-                .iter()
-                .map(|r| r.run.iter().filter(|&&b| b).count())
-                .sum::<usize>();
+        layers += (0..inputs.len()).map(|row| plan.layers_used(row, &bytes)).sum::<f64>();
         predicted += inputs.len();
     }
     if predicted == 0 {
@@ -319,11 +308,9 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], depth: &DepthSettings)
         ppl_ratio: (flexi_mean_nll - full_mean_nll).exp(),
         mean_kl: kl / n,
         top1_agreement: agree as f64 / n,
-        mean_layers: layers as f64 / n,
+        mean_layers: layers / n,
         num_layers: model.config.num_hidden_layers,
-        depth_mode: format!("{:?}", depth.mode).to_lowercase(),
-        skip_threshold: depth.skip_threshold,
-        skip_kv: depth.skip_kv,
+        policy: policy.label(),
     })
 }
 

@@ -16,7 +16,7 @@
 
 use crate::corpus::{paragraphs, read_novel, HELDOUT_NOVEL};
 use flexidepth::chat::{ChatTemplate, Message};
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthMode, FlexiDepth, DEFAULT_SKIP_THRESHOLD};
 use flexidepth::error::{Error, Result};
 use flexidepth::generate::{generate, GenerateOptions};
 use flexidepth::model::Model;
@@ -231,13 +231,13 @@ pub fn task_prompts(task: &Task, paragraphs: &[String], lists: &[Vec<u32>]) -> V
 
 /// Population mean and variance (divided by n, not n − 1: the tokens are the whole population measured).
 /// `(NaN, NaN)` for no values.
-pub fn mean_variance(values: &[usize]) -> (f64, f64) {
+pub fn mean_variance(values: &[f64]) -> (f64, f64) {
     if values.is_empty() {
         return (f64::NAN, f64::NAN);
     }
     let n = values.len() as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|&v| (v - mean).powi(2)).sum::<f64>() / n;
     (mean, var)
 }
 
@@ -249,7 +249,7 @@ pub struct InstanceResult {
     /// The answer, as shown.
     pub text: String,
     /// Layers used by each generated token, in order.
-    pub layers: Vec<usize>,
+    pub layers: Vec<f64>,
     pub mean_layers: f64,
 }
 
@@ -314,7 +314,6 @@ fn mode_name(mode: DepthMode) -> &'static str {
         DepthMode::Dynamic => "dynamic",
         DepthMode::Run => "run",
         DepthMode::Skip => "skip",
-        DepthMode::Off => "off",
     }
 }
 
@@ -329,15 +328,15 @@ pub struct StudyRunner<'a> {
 
 impl StudyRunner<'_> {
     /// One instance: greedy chat generation with a trace, the layers used by each generated token.
-    pub fn run_instance(&self, prompt: &str, depth: DepthSettings) -> Result<(InstanceResult, DepthTrace)> {
+    pub fn run_instance(&self, prompt: &str, depth: FlexiDepth) -> Result<(InstanceResult, DepthTrace)> {
         let text = self.template.render(&[Message::new("user", prompt)], true)?;
         let ids = self.tokenizer.encode(&text, false)?;
         let mut opts = GenerateOptions::greedy(self.max_new_tokens, self.eos_token_ids.clone());
-        opts.depth = depth;
+        opts.policy = std::sync::Arc::new(depth);
         opts.trace = true;
         let gen = generate(self.model, self.tokenizer, &ids, &opts, &mut |_| Ok(()))?;
         let trace = gen.trace.unwrap_or_default();
-        let layers: Vec<usize> = trace
+        let layers: Vec<f64> = trace
             .tokens
             .iter()
             .filter(|t| !t.prompt)
@@ -359,7 +358,7 @@ impl StudyRunner<'_> {
         &self,
         task: &Task,
         prompts: &[String],
-        depth: DepthSettings,
+        depth: FlexiDepth,
         progress: &mut dyn FnMut(),
     ) -> Result<TaskResult> {
         let mut instances = Vec::with_capacity(prompts.len());
@@ -370,7 +369,7 @@ impl StudyRunner<'_> {
             instances.push(inst);
             progress();
         }
-        let all: Vec<usize> = instances.iter().flat_map(|i| i.layers.iter().copied()).collect();
+        let all: Vec<f64> = instances.iter().flat_map(|i| i.layers.iter().copied()).collect();
         let (mean_layers, variance) = mean_variance(&all);
         let num_layers = self.model.config.num_hidden_layers;
         Ok(TaskResult {
@@ -393,7 +392,7 @@ impl StudyRunner<'_> {
         &self,
         label: &str,
         tasks: &[(Task, Vec<String>)],
-        depth: DepthSettings,
+        depth: FlexiDepth,
         progress: &mut dyn FnMut(&str),
     ) -> Result<StudyRun> {
         let mut results = Vec::with_capacity(tasks.len());
@@ -403,7 +402,7 @@ impl StudyRunner<'_> {
         Ok(StudyRun {
             label: label.to_string(),
             depth_mode: mode_name(depth.mode).to_string(),
-            skip_threshold: depth.skip_threshold,
+            skip_threshold: depth.threshold_or(self.model.skip_threshold().unwrap_or(DEFAULT_SKIP_THRESHOLD)),
             skip_kv: depth.skip_kv,
             tasks: results,
         })
@@ -568,11 +567,11 @@ mod tests {
 
     #[test]
     fn mean_and_population_variance() {
-        let (m, v) = mean_variance(&[20, 22, 24, 30]);
+        let (m, v) = mean_variance(&[20.0, 22.0, 24.0, 30.0]);
         assert!((m - 24.0).abs() < 1e-12);
         // (16 + 4 + 0 + 36) / 4
         assert!((v - 14.0).abs() < 1e-12);
-        assert_eq!(mean_variance(&[30, 30, 30]), (30.0, 0.0));
+        assert_eq!(mean_variance(&[30.0, 30.0, 30.0]), (30.0, 0.0));
         assert!(mean_variance(&[]).0.is_nan());
     }
 

@@ -7,7 +7,7 @@ mod common;
 use common::tiny::{config, depth_weights, model_from, to_tensors, weights};
 use flexidepth::config::Arch;
 use flexidepth::depth::file::load_parts;
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthMode, FlexiDepth, SkipUnit};
 use flexidepth::model::{Logits, Model};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
 use flexidepth_experiments::eval::{depth_quality, DepthQuality};
@@ -26,16 +26,17 @@ fn routed_model(arch: Arch) -> Model {
     let path = dir.path().join("depth.safetensors");
     candle_core::safetensors::save(&to_tensors(&depth_weights(&c, &ROUTED, 0)), &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, &c, &ROUTED, &candle_core::Device::Cpu).unwrap())
+    m.attach_depth(load_parts(&src, &c, &ROUTED, &candle_core::Device::Cpu).unwrap(), 0.5)
         .unwrap();
     m
 }
 
-fn settings(mode: DepthMode) -> DepthSettings {
-    DepthSettings {
+fn settings(mode: DepthMode) -> FlexiDepth {
+    FlexiDepth {
         mode,
-        skip_threshold: 0.5,
+        skip_threshold: Some(0.5),
         skip_kv: true,
+        unit: SkipUnit::Layer,
     }
 }
 
@@ -50,16 +51,16 @@ fn argmax(row: &[f64]) -> usize {
 }
 
 /// The reference: (full NLL, flexi NLL, KL, agreement, layers) summed over positions, and the position count.
-fn reference(m: &Model, windows: &[Vec<u32>], s: &DepthSettings) -> ([f64; 5], usize) {
+fn reference(m: &Model, windows: &[Vec<u32>], s: &FlexiDepth) -> ([f64; 5], usize) {
     let full = settings(DepthMode::Run);
     let mut acc = [0.0; 5];
     let mut n = 0;
     for ids in windows {
         let inputs = &ids[..ids.len() - 1];
-        let logits = |s: &DepthSettings| {
+        let logits = |s: &FlexiDepth| {
             let mut cache = m.new_cache(inputs.len());
             let out = m.forward_with(inputs, &mut cache, Logits::All, s).unwrap();
-            (out.logits.to_vec2::<f32>().unwrap(), out.routing)
+            (out.logits.to_vec2::<f32>().unwrap(), out.routing())
         };
         let (p, _) = logits(&full);
         let (q, routing) = logits(s);
@@ -93,7 +94,7 @@ fn full_depth_against_itself_is_exact() {
     assert_eq!(q.ppl_ratio, 1.0);
     assert_eq!(q.full_ppl, q.flexi_ppl);
     assert_eq!(q.mean_layers, 3.0);
-    assert_eq!(q.depth_mode, "run");
+    assert_eq!(q.policy, "flexi:run");
 }
 
 #[test]

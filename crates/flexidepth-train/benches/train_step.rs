@@ -23,15 +23,17 @@ fn main() {
         *args.get(2).unwrap_or(&5),
     );
     let files = ModelFiles::open("smollm2-135m-instruct").expect("run scripts/fetch-models.sh first");
-    let model = files.load_model(WeightFormat::F32, &Device::Cpu).unwrap();
+    let mut model = files.load_model(WeightFormat::F32, &Device::Cpu).unwrap();
     let layers = default_routed_layers(model.config.num_hidden_layers);
     let tensors = init_tensors(&model.config, &layers, 16, 16, 42).unwrap();
     let params = DepthParams::from_tensors(&layers, &tensors).unwrap();
+    params.attach(&mut model, 0.5).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let obj = Objective {
         kind: LossKind::Lm,
         alpha: 1e-3,
-        threshold: 0.5,
+        skip_threshold: 0.5,
+        unit: flexidepth::depth::SkipUnit::Layer,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let vocab = model.config.vocab_size as u32;

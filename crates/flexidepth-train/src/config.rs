@@ -66,9 +66,10 @@ pub struct TrainConfig {
     pub adam: AdamWConfigToml,
     #[serde(default = "default_loss")]
     pub loss: LossKind,
-    /// Routing threshold used in the training forward (run iff `w > threshold`).
-    #[serde(default = "half")]
-    pub threshold: f32,
+    /// Routing threshold used in the training forward (run iff `w > skip_threshold`), stored in the depth files
+    /// the run writes (their default at inference). Older configs name it `threshold`.
+    #[serde(default = "default_skip_threshold", alias = "threshold")]
+    pub skip_threshold: f32,
     #[serde(default = "one_usize")]
     pub log_every: usize,
     /// Checkpoint every this many optimizer steps (0: only at stage ends and on interruption).
@@ -145,8 +146,8 @@ fn default_warmup() -> f64 {
 fn default_loss() -> LossKind {
     LossKind::Lm
 }
-fn half() -> f32 {
-    0.5
+fn default_skip_threshold() -> f32 {
+    flexidepth::depth::DEFAULT_SKIP_THRESHOLD
 }
 fn default_ckpt() -> usize {
     50

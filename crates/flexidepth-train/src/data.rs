@@ -102,7 +102,7 @@ pub fn tokenize(samples: &[Sample], tokenizer: &Tokenizer, max_len: usize) -> Re
     }
     if out.sequences.is_empty() {
         return Err(Error::Input(format!(
-            "no training sequences left: {} longer than --max-len {max_len}, {} too short",
+            "no training sequences left: {} longer than max_len {max_len}, {} too short",
             out.dropped_long, out.dropped_short
         )));
     }

@@ -79,6 +79,11 @@ pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Ob
     if step_tokens == 0 {
         return Err(Error::Input("a training step without tokens".into()));
     }
+    if !params.is_attached_to(model) {
+        return Err(Error::Input(
+            "the trainable parameters are not the model's routers and adapters (DepthParams::attach first)".into(),
+        ));
+    }
     let mut out = StepGrads {
         grads: BTreeMap::new(),
         loss: 0.0,
@@ -89,7 +94,7 @@ pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Ob
         tokens: step_tokens,
     };
     for ids in seqs {
-        let l = sequence_loss(model, params, ids, obj, step_tokens)?;
+        let l = sequence_loss(model, ids, obj, step_tokens)?;
         let store = l.objective.backward()?;
         for (name, var) in &params.vars {
             if let Some(g) = store.get(var.as_tensor()) {
@@ -127,15 +132,18 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A fresh run. `meta` describes the depth files it writes (base, routed layers, reductions).
+    /// A fresh run. `params` become `model`'s routers and adapters ([`DepthParams::attach`]); `meta` describes the
+    /// depth files it writes (base, routed layers, reductions).
     pub fn new(
         config: TrainConfig,
-        model: &'a Model,
+        model: &'a mut Model,
         params: DepthParams,
         meta: DepthMeta,
         sequences: Vec<Vec<u32>>,
     ) -> Result<Self> {
         config.validate()?;
+        params.attach(model, config.skip_threshold)?;
+        let model: &'a Model = model;
         if sequences.is_empty() {
             return Err(Error::Input("the training data set is empty".into()));
         }
@@ -228,7 +236,8 @@ impl<'a> Trainer<'a> {
             let obj = Objective {
                 kind: self.config.loss,
                 alpha: stage.alpha,
-                threshold: self.config.threshold,
+                skip_threshold: self.config.skip_threshold,
+                unit: flexidepth::depth::SkipUnit::Layer,
             };
             while self.state.stage_step < total {
                 let step = self.state.stage_step;
@@ -312,7 +321,7 @@ impl<'a> Trainer<'a> {
             _ => DType::F32,
         };
         let mut meta = self.meta.clone();
-        meta.skip_threshold = self.config.threshold;
+        meta.skip_threshold = self.config.skip_threshold;
         write_depth_file(path, &meta, &self.params.tensors(), dtype)
     }
 

@@ -2,10 +2,10 @@
 //! full-depth model, as sums over tokens: a step divides every term by the tokens of the whole step (all its
 //! micro-batches), so gradient accumulation is exact for both terms alike.
 
-use super::forward::{forward, TrainForward};
+use super::forward::{forward, teacher_logits, TrainForward};
 use super::ops::{log_softmax, softmax};
-use super::params::DepthParams;
 use candle_core::Tensor;
+use flexidepth::depth::SkipUnit;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::Model;
 
@@ -74,17 +74,13 @@ pub struct SequenceLoss {
 pub struct Objective {
     pub kind: LossKind,
     pub alpha: f64,
-    pub threshold: f32,
+    pub skip_threshold: f32,
+    /// What a skipped row leaves out (the whole layer as released, or the FFN only).
+    pub unit: SkipUnit,
 }
 
 /// Forward one sequence and build its share of the step objective, normalised by `step_tokens`.
-pub fn sequence_loss(
-    model: &Model,
-    params: &DepthParams,
-    ids: &[u32],
-    obj: &Objective,
-    step_tokens: usize,
-) -> Result<SequenceLoss> {
+pub fn sequence_loss(model: &Model, ids: &[u32], obj: &Objective, step_tokens: usize) -> Result<SequenceLoss> {
     if ids.len() < 2 {
         return Err(Error::Input("a training sequence needs at least 2 tokens".into()));
     }
@@ -93,9 +89,11 @@ pub fn sequence_loss(
     let TrainForward {
         logits,
         gates,
-        rows_run,
+        layers_sum,
         prefix,
-    } = forward(model, params, inputs, obj.threshold)?;
+        first_routed,
+        ..
+    } = forward(model, inputs, obj.skip_threshold, obj.unit)?;
     let tokens = targets.len();
     let zero = || Tensor::zeros((), candle_core::DType::F32, logits.device());
     let lm = match obj.kind {
@@ -103,21 +101,17 @@ pub fn sequence_loss(
         LossKind::Kl => zero()?,
     };
     let kl = match obj.kind {
-        LossKind::Kl | LossKind::LmKl => {
-            let first = *params.routed_layers.iter().min().unwrap_or(&0);
-            kl_sum(&model.logits_from(prefix, first)?, &logits)?
-        }
+        LossKind::Kl | LossKind::LmKl => kl_sum(&teacher_logits(model, prefix, first_routed)?, &logits)?,
         LossKind::Lm => zero()?,
     };
     let skip = if gates.is_empty() { zero()? } else { skip_sum(&gates)? };
     let objective = (((&lm + &kl)? + (&skip * obj.alpha)?)? / step_tokens as f64)?;
-    let unrouted = model.config.num_hidden_layers - model.pruned_layers.len() - rows_run.len();
     Ok(SequenceLoss {
         objective,
         lm_sum: lm.to_scalar::<f32>()? as f64,
         kl_sum: kl.to_scalar::<f32>()? as f64,
         skip_sum: skip.to_scalar::<f32>()? as f64,
         tokens,
-        layers_sum: (unrouted * tokens + rows_run.iter().sum::<usize>()) as f64,
+        layers_sum,
     })
 }

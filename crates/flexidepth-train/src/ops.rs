@@ -90,7 +90,11 @@ fn const_op(x: &Tensor, op: ConstOp) -> Result<Tensor> {
 pub fn frozen_linear(x: &Tensor, linear: &Linear) -> Result<Tensor> {
     let weight = linear
         .dense_weight()
-        .ok_or_else(|| flexidepth::Error::Unsupported("training needs the base model in f32 (--dtype f32)".into()))?
+        .ok_or_else(|| {
+            flexidepth::Error::Unsupported(
+                "training needs the base model's weights in f32 (not quantized blocks)".into(),
+            )
+        })?
         .clone();
     const_op(
         x,

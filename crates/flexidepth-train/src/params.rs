@@ -4,20 +4,15 @@
 
 use candle_core::{Tensor, Var};
 use flexidepth::error::{Error, Result};
+use flexidepth::model::keys::LayerKey;
+use flexidepth::model::linear::Linear;
+use flexidepth::model::norm::RmsNorm;
+use flexidepth::model::{Adapter, Model, Router};
 use std::collections::{BTreeMap, HashMap};
 
-/// The tensor names of one routed layer, in a fixed order.
+/// The tensor names of one routed layer, in [`LayerKey::DEPTH`]'s order.
 pub fn layer_param_names(layer_idx: usize) -> [String; 7] {
-    let p = format!("model.layers.{layer_idx}");
-    [
-        format!("{p}.router.router_enc.weight"),
-        format!("{p}.router.router_norm.weight"),
-        format!("{p}.router.router_dec.weight"),
-        format!("{p}.router.router_head.weight"),
-        format!("{p}.router_proj.gate_proj.weight"),
-        format!("{p}.router_proj.down_proj.weight"),
-        format!("{p}.router_proj.up_proj.weight"),
-    ]
+    LayerKey::DEPTH.map(|k| k.weight(layer_idx))
 }
 
 /// Routers and adapters of the routed layers, as trainable variables.
@@ -72,10 +67,10 @@ impl DepthParams {
                 }
             }
         }
-        Ok(DepthParams {
-            routed_layers: routed_layers.to_vec(),
-            vars,
-        })
+        let mut routed_layers = routed_layers.to_vec();
+        routed_layers.sort_unstable();
+        routed_layers.dedup();
+        Ok(DepthParams { routed_layers, vars })
     }
 
     /// The parameters of routed layer `layer_idx`.
@@ -93,6 +88,62 @@ impl DepthParams {
 
     pub fn num_params(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Make these variables `model`'s routers and adapters (replacing any attached ones), trained at
+    /// `skip_threshold`: the inference layer code then computes with them, the optimizer's in-place updates are
+    /// seen by the model, and gradients reach them. The model must hold its weights densely (f32).
+    pub fn attach(&self, model: &mut Model, skip_threshold: f32) -> Result<()> {
+        let eps = model.config.rms_norm_eps;
+        let dense = |t: &Tensor| Linear::dense(t.clone(), None);
+        let mut parts = Vec::with_capacity(self.routed_layers.len());
+        for &l in &self.routed_layers {
+            let p = self.layer(l)?;
+            parts.push((
+                l,
+                Router {
+                    router_enc: dense(p.router_enc),
+                    router_norm: RmsNorm::new(p.router_norm.clone(), eps),
+                    router_dec: dense(p.router_dec),
+                    router_head: dense(p.router_head),
+                    skip_threshold,
+                },
+                Adapter {
+                    gate_proj: dense(p.gate_proj),
+                    down_proj: dense(p.down_proj),
+                    up_proj: dense(p.up_proj),
+                },
+            ));
+        }
+        if model.format != flexidepth::model::WeightFormat::F32 {
+            return Err(Error::Unsupported(
+                "training needs the base model's weights in f32".into(),
+            ));
+        }
+        model.detach_depth();
+        model.attach_depth(parts, skip_threshold)
+    }
+
+    /// Whether `model`'s routers and adapters are exactly these variables (see [`DepthParams::attach`]).
+    pub fn is_attached_to(&self, model: &Model) -> bool {
+        let same = |lin: &Linear, t: &Tensor| lin.dense_weight().is_some_and(|w| w.id() == t.id());
+        model.routed_layers() == self.routed_layers
+            && self.routed_layers.iter().all(|&l| {
+                let (Ok(p), Some(r), Some(a)) = (
+                    self.layer(l),
+                    model.layers[l].router.as_ref(),
+                    model.layers[l].router_proj.as_ref(),
+                ) else {
+                    return false;
+                };
+                same(&r.router_enc, p.router_enc)
+                    && r.router_norm.weight.id() == p.router_norm.id()
+                    && same(&r.router_dec, p.router_dec)
+                    && same(&r.router_head, p.router_head)
+                    && same(&a.gate_proj, p.gate_proj)
+                    && same(&a.down_proj, p.down_proj)
+                    && same(&a.up_proj, p.up_proj)
+            })
     }
 }
 

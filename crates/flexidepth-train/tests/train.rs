@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use common::tiny::{config, depth_weights, model_from, to_tensors, weights};
 use flexidepth::config::{Arch, ModelConfig};
 use flexidepth::depth::file::{load_parts, DepthMeta};
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthMode, FlexiDepth, SkipUnit};
 use flexidepth::model::{Logits, Model};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
 use flexidepth_train::config::{Stage, TrainConfig};
@@ -22,8 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const IDS: [u32; 11] = [3, 17, 5, 39, 0, 22, 8, 11, 30, 2, 19];
 const ROUTED: [usize; 2] = [1, 2];
 
-/// A tiny model with routers attached (for the inference path), and the same routers as trainable parameters.
+/// A tiny model whose routers and adapters are the trainable parameters ([`DepthParams::attach`]).
 fn setup(arch: Arch) -> (ModelConfig, Model, DepthParams) {
+    let c = config(arch);
+    let mut m = model_from(&c, &weights(&c));
+    let depth = to_tensors(&depth_weights(&c, &ROUTED, 0));
+    let params = DepthParams::from_tensors(&ROUTED, &depth).unwrap();
+    params.attach(&mut m, 0.5).unwrap();
+    (c, m, params)
+}
+
+/// The same tiny model with the same routers loaded for inference from a depth file (no variables).
+fn inference_model(arch: Arch) -> Model {
     let c = config(arch);
     let mut m = model_from(&c, &weights(&c));
     let depth = to_tensors(&depth_weights(&c, &ROUTED, 0));
@@ -31,10 +41,9 @@ fn setup(arch: Arch) -> (ModelConfig, Model, DepthParams) {
     let path = dir.path().join("depth.safetensors");
     candle_core::safetensors::save(&depth, &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, &c, &ROUTED, &Device::Cpu).unwrap())
+    m.attach_depth(load_parts(&src, &c, &ROUTED, &Device::Cpu).unwrap(), 0.5)
         .unwrap();
-    let params = DepthParams::from_tensors(&ROUTED, &depth).unwrap();
-    (c, m, params)
+    m
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -45,32 +54,49 @@ fn obj(alpha: f64, kind: LossKind) -> Objective {
     Objective {
         kind,
         alpha,
-        threshold: 0.5,
+        skip_threshold: 0.5,
+        unit: SkipUnit::Layer,
     }
 }
 
+/// One layer code for both: the training pass (differentiable ops, trainable routers) equals the inference pass
+/// (fused ops, routers read from a file) for every trainable skip unit and every architecture, and so do the layers
+/// used per token (one accounting).
 #[test]
 fn training_forward_equals_the_inference_forward() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
-        let (_, m, params) = setup(arch);
-        let mut cache = m.new_cache(IDS.len());
-        let inf = m
-            .forward_with(&IDS, &mut cache, Logits::All, &DepthSettings::default())
-            .unwrap();
-        let tr = forward::forward(&m, &params, &IDS, 0.5).unwrap();
-        let d = max_abs_diff(&inf.logits, &tr.logits);
-        assert!(d < 1e-4, "{arch:?}: logits differ by {d}");
-        let mut mixed = (false, false);
-        for (r, (g, rows)) in inf.routing.iter().zip(tr.gates.iter().zip(&tr.rows_run)) {
-            let g: Vec<f32> = g.to_vec1().unwrap();
-            for (a, b) in r.gates.iter().zip(&g) {
-                assert!((a - b).abs() < 1e-5, "{arch:?}: gate {a} vs {b}");
+        for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
+            let (_, m, params) = setup(arch);
+            assert!(params.is_attached_to(&m));
+            let inf_model = inference_model(arch);
+            assert!(!params.is_attached_to(&inf_model));
+            let mut cache = inf_model.new_cache(IDS.len());
+            let policy = FlexiDepth {
+                unit,
+                ..FlexiDepth::default()
+            };
+            let inf = inf_model.forward_with(&IDS, &mut cache, Logits::All, &policy).unwrap();
+            let tr = forward::forward(&m, &IDS, 0.5, unit).unwrap();
+            let d = max_abs_diff(&inf.logits, &tr.logits);
+            assert!(d < 1e-4, "{arch:?} {unit:?}: logits differ by {d}");
+            let bytes = inf_model.layer_bytes();
+            let inf_layers: f64 = (0..IDS.len()).map(|r| inf.plan.layers_used(r, &bytes)).sum();
+            assert!(
+                (inf_layers - tr.layers_sum).abs() < 1e-9,
+                "{arch:?} {unit:?}: layers used"
+            );
+            let mut mixed = (false, false);
+            for (r, (g, rows)) in inf.routing().iter().zip(tr.gates.iter().zip(&tr.rows_run)) {
+                let g: Vec<f32> = g.to_vec1().unwrap();
+                for (a, b) in r.gates.iter().zip(&g) {
+                    assert!((a - b).abs() < 1e-5, "{arch:?}: gate {a} vs {b}");
+                }
+                assert_eq!(*rows, r.run.iter().filter(|&&x| x).count());
+                mixed.0 |= r.run.iter().any(|&x| x);
+                mixed.1 |= r.run.iter().any(|&x| !x);
             }
-            assert_eq!(*rows, r.run.iter().filter(|&&x| x).count());
-            mixed.0 |= r.run.iter().any(|&x| x);
-            mixed.1 |= r.run.iter().any(|&x| !x);
+            assert!(mixed.0 && mixed.1, "{arch:?}: the test needs both decisions");
         }
-        assert!(mixed.0 && mixed.1, "{arch:?}: the test needs both decisions");
     }
 }
 
@@ -101,17 +127,17 @@ fn loss_terms_match_hand_computed_values() {
     assert!(kl_sum(&teacher, &teacher).unwrap().to_scalar::<f32>().unwrap().abs() < 1e-6);
 
     // A sequence's objective is (L_lm sum + α · L_skip sum) / step tokens, from its own forward pass.
-    let (_, m, params) = setup(Arch::Llama);
-    let tr = forward::forward(&m, &params, &IDS[..10], 0.5).unwrap();
+    let (_, m, _params) = setup(Arch::Llama);
+    let tr = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap();
     let lm = lm_sum(&tr.logits, &IDS[1..]).unwrap().to_scalar::<f32>().unwrap() as f64;
     let skip = skip_sum(&tr.gates).unwrap().to_scalar::<f32>().unwrap() as f64;
-    let l = sequence_loss(&m, &params, &IDS, &obj(0.01, LossKind::Lm), 25).unwrap();
+    let l = sequence_loss(&m, &IDS, &obj(0.01, LossKind::Lm), 25).unwrap();
     let got = l.objective.to_scalar::<f32>().unwrap() as f64;
     assert!((got - (lm + 0.01 * skip) / 25.0).abs() < 1e-5, "{got}");
     assert_eq!(l.tokens, 10);
     // Distillation against the model's own full depth: with every routed layer forced to run unscaled the
     // teacher equals the student, so here (gate-scaled, some skipped) KL is positive.
-    let l = sequence_loss(&m, &params, &IDS, &obj(0.0, LossKind::Kl), 10).unwrap();
+    let l = sequence_loss(&m, &IDS, &obj(0.0, LossKind::Kl), 10).unwrap();
     assert!(l.kl_sum > 0.0 && l.lm_sum == 0.0);
 }
 
@@ -119,9 +145,9 @@ fn loss_terms_match_hand_computed_values() {
 fn gradients_reach_routers_and_adapters_and_never_the_base() {
     for arch in [Arch::Llama, Arch::Qwen3] {
         let (_, m, params) = setup(arch);
-        let l = sequence_loss(&m, &params, &IDS, &obj(0.05, LossKind::LmKl), 10).unwrap();
+        let l = sequence_loss(&m, &IDS, &obj(0.05, LossKind::LmKl), 10).unwrap();
         let store = l.objective.backward().unwrap();
-        let rows_run = forward::forward(&m, &params, &IDS[..10], 0.5).unwrap().rows_run;
+        let rows_run = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
         let mut adapters_trained = 0;
         for (name, var) in &params.vars {
             let g = store
@@ -171,11 +197,12 @@ fn gradients_reach_routers_and_adapters_and_never_the_base() {
 fn gradients_match_finite_differences() {
     let (_, m, params) = setup(Arch::Qwen2);
     let o = obj(0.05, LossKind::Lm);
-    let loss_at = |params: &DepthParams| -> f64 {
-        let l = sequence_loss(&m, params, &IDS, &o, 10).unwrap();
+    // The model computes with the variables themselves, so a perturbed variable is seen by the next pass.
+    let loss_at = || -> f64 {
+        let l = sequence_loss(&m, &IDS, &o, 10).unwrap();
         l.objective.to_scalar::<f32>().unwrap() as f64
     };
-    let base_decisions = forward::forward(&m, &params, &IDS[..10], 0.5).unwrap().rows_run;
+    let base_decisions = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
     let g = step_grads(&m, &params, &[&IDS], &o).unwrap();
     let mut checked = 0;
     for name in [
@@ -199,9 +226,9 @@ fn gradients_match_finite_differences() {
             v[k] += delta;
             var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap())
                 .unwrap();
-            let rows = forward::forward(&m, &params, &IDS[..10], 0.5).unwrap().rows_run;
+            let rows = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
             assert_eq!(rows, base_decisions, "a decision flipped; pick a smaller step");
-            loss_at(&params)
+            loss_at()
         };
         let h = 2e-3;
         let fd = (at(h) - at(-h)) / (2.0 * h as f64);
@@ -223,8 +250,8 @@ fn accumulation_normalises_both_terms_over_the_whole_step() {
     let o = obj(0.05, LossKind::Lm);
     // Reference: one graph for the whole step's objective, (Σ L_lm + α Σ L_skip) / all tokens.
     let n = (a.len() - 1) + (b.len() - 1);
-    let la = sequence_loss(&m, &params, a, &o, n).unwrap();
-    let lb = sequence_loss(&m, &params, b, &o, n).unwrap();
+    let la = sequence_loss(&m, a, &o, n).unwrap();
+    let lb = sequence_loss(&m, b, &o, n).unwrap();
     let whole = (&la.objective + &lb.objective).unwrap();
     let want_loss = (la.lm_sum + lb.lm_sum + 0.05 * (la.skip_sum + lb.skip_sum)) / n as f64;
     assert!((whole.to_scalar::<f32>().unwrap() as f64 - want_loss).abs() < 1e-5);
@@ -264,7 +291,7 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
         max_grad_norm: 1.0,
         adam: Default::default(),
         loss: LossKind::LmKl,
-        threshold: 0.5,
+        skip_threshold: 0.5,
         log_every: 1,
         checkpoint_every: 2,
         save_dtype: "f32".into(),
@@ -293,7 +320,7 @@ fn sequences() -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn trainer<'a>(m: &'a Model, c: &ModelConfig, cfg: TrainConfig) -> Trainer<'a> {
+fn trainer<'a>(m: &'a mut Model, c: &ModelConfig, cfg: TrainConfig) -> Trainer<'a> {
     let depth = to_tensors(&depth_weights(c, &ROUTED, 0));
     let params = DepthParams::from_tensors(&ROUTED, &depth).unwrap();
     let meta = DepthMeta::for_model(m, ROUTED.to_vec(), 4, 4).unwrap();
@@ -310,11 +337,12 @@ fn values(t: &Trainer) -> HashMap<String, Vec<f32>> {
 
 #[test]
 fn batch_2b_equals_batch_b_with_accumulation_2() {
-    let (c, m, _) = setup(Arch::Qwen2);
+    // One frozen base per trainer: a trainer makes its parameters the model's routers.
+    let ((c, mut ma, _), (_, mut mb, _)) = (setup(Arch::Qwen2), setup(Arch::Qwen2));
     let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
-    let mut a = trainer(&m, &c, tiny_config(&dir.path().join("a"), 2, 1));
-    let mut b = trainer(&m, &c, tiny_config(&dir.path().join("b"), 1, 2));
+    let mut a = trainer(&mut ma, &c, tiny_config(&dir.path().join("a"), 2, 1));
+    let mut b = trainer(&mut mb, &c, tiny_config(&dir.path().join("b"), 1, 2));
     assert_eq!(a.run(&stop, &mut |_| {}).unwrap(), Outcome::Finished);
     assert_eq!(b.run(&stop, &mut |_| {}).unwrap(), Outcome::Finished);
     let (va, vb) = (values(&a), values(&b));
@@ -346,16 +374,17 @@ fn batch_2b_equals_batch_b_with_accumulation_2() {
 
 #[test]
 fn an_interrupted_run_resumes_to_the_same_result() {
-    let (c, m, _) = setup(Arch::Llama);
+    let (c, mut m_whole, _) = setup(Arch::Llama);
+    let (mut m_first, mut m_second, mut m_other) = (setup(Arch::Llama).1, setup(Arch::Llama).1, setup(Arch::Llama).1);
     let dir = tempfile::tempdir().unwrap();
     let never = AtomicBool::new(false);
-    let mut whole = trainer(&m, &c, tiny_config(&dir.path().join("whole"), 2, 1));
+    let mut whole = trainer(&mut m_whole, &c, tiny_config(&dir.path().join("whole"), 2, 1));
     whole.run(&never, &mut |_| {}).unwrap();
 
     // Stop after step 5 (inside the second stage, between checkpoints), as Ctrl-C would.
     let cfg = tiny_config(&dir.path().join("split"), 2, 1);
     let stop = AtomicBool::new(false);
-    let mut first = trainer(&m, &c, cfg.clone());
+    let mut first = trainer(&mut m_first, &c, cfg.clone());
     let outcome = first
         .run(&stop, &mut |e| {
             if let Event::Step(row) = e {
@@ -370,7 +399,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     drop(first);
 
     // A new process: fresh parameters from the same start, then the checkpoint.
-    let mut second = trainer(&m, &c, cfg);
+    let mut second = trainer(&mut m_second, &c, cfg);
     second.resume().unwrap();
     assert_eq!(second.state().global_step, 5);
     assert_eq!(second.log().len(), 5);
@@ -386,7 +415,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     // A checkpoint from another config is refused.
     let mut other_cfg = tiny_config(&dir.path().join("split"), 2, 1);
     other_cfg.lr = 3e-3;
-    let mut other = trainer(&m, &c, other_cfg);
+    let mut other = trainer(&mut m_other, &c, other_cfg);
     assert!(other.resume().unwrap_err().to_string().contains("different config"));
 }
 
@@ -396,13 +425,10 @@ fn forced_full_depth_matches_the_teacher() {
     // teacher path (layers above the first routed one, from the shared prefix).
     let (_, m, _) = setup(Arch::Qwen3);
     let first = 1;
-    let prefix = m.hidden_after(&IDS, first).unwrap();
-    let teacher = m.logits_from(prefix, first).unwrap();
+    let prefix = forward::forward(&m, &IDS, 0.5, SkipUnit::Layer).unwrap().prefix;
+    let teacher = forward::teacher_logits(&m, prefix, first).unwrap();
     let mut cache = m.new_cache(IDS.len());
-    let run = DepthSettings {
-        mode: DepthMode::Run,
-        ..DepthSettings::default()
-    };
+    let run = FlexiDepth::with_mode(DepthMode::Run);
     let base = m.forward_with(&IDS, &mut cache, Logits::All, &run).unwrap();
     assert!(max_abs_diff(&teacher, &base.logits) < 1e-5);
 }

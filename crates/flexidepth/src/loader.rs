@@ -216,7 +216,8 @@ impl ModelFiles {
         let mut model = Model::load(&self.config, &self.weights, format, device)?;
         if let Some(layers) = &self.routing_layers {
             let parts = crate::depth::file::load_parts(&self.weights, &self.config, layers, device)?;
-            model.attach_depth(parts)?;
+            // The official layout has no threshold field: the released model hard-codes 0.5 (spec A3).
+            model.attach_depth(parts, crate::depth::DEFAULT_SKIP_THRESHOLD)?;
         }
         self.weights.release_pages();
         return_freed_memory();

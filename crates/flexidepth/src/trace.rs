@@ -22,8 +22,9 @@ pub struct TokenDepth {
     pub text: String,
     /// A prompt token (`true`) or a generated one.
     pub prompt: bool,
-    /// Layers run in full: every unrouted layer plus the routed layers with `run`.
-    pub layers_used: usize,
+    /// Layers used (`crate::model::plan::ExecutedPlan::layers_used`): 1 per layer run in full, 0 per layer skipped
+    /// or absent, the share of the layer's weight bytes read for a partial (FFN-only, attention-only) skip.
+    pub layers_used: f64,
     /// One entry per routed layer, in layer order.
     pub routed: Vec<LayerDecision>,
 }
@@ -50,7 +51,7 @@ impl DepthTrace {
         if pick.is_empty() {
             return self.num_layers as f64;
         }
-        pick.iter().map(|t| t.layers_used as f64).sum::<f64>() / pick.len() as f64
+        pick.iter().map(|t| t.layers_used).sum::<f64>() / pick.len() as f64
     }
 
     /// The fewest layers a token can use (every routed layer skipped).

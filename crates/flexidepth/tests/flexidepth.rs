@@ -7,7 +7,7 @@ mod common;
 use common::tiny::{config, depth_weights, max_diff, model_from, reference, to_tensors, weights, RefDepth, Weights};
 use flexidepth::config::{Arch, ModelConfig};
 use flexidepth::depth::file::{attach_depth_file, init_tensors, load_parts, write_depth_file, DepthMeta};
-use flexidepth::depth::{DepthMode, DepthSettings};
+use flexidepth::depth::{DepthMode, FlexiDepth, SkipUnit};
 use flexidepth::model::{Logits, Model};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
 use std::path::Path;
@@ -22,16 +22,17 @@ fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights) -> Model {
     let path = dir.path().join("depth.safetensors");
     candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, c, &ROUTED, &candle_core::Device::Cpu).unwrap())
+    m.attach_depth(load_parts(&src, c, &ROUTED, &candle_core::Device::Cpu).unwrap(), 0.5)
         .unwrap();
     m
 }
 
-fn settings(mode: DepthMode, skip_kv: bool) -> DepthSettings {
-    DepthSettings {
+fn settings(mode: DepthMode, skip_kv: bool) -> FlexiDepth {
+    FlexiDepth {
         mode,
-        skip_threshold: 0.5,
+        skip_threshold: Some(0.5),
         skip_kv,
+        unit: SkipUnit::Layer,
     }
 }
 
@@ -39,19 +40,19 @@ fn settings(mode: DepthMode, skip_kv: bool) -> DepthSettings {
 type Decisions = Vec<Vec<(f32, bool)>>;
 
 /// Prefill 7 tokens, then decode the rest one by one; logits, decisions and the cache.
-fn run_engine(m: &Model, s: &DepthSettings) -> (Vec<Vec<f32>>, Decisions, flexidepth::cache::KvCache) {
+fn run_engine(m: &Model, s: &FlexiDepth) -> (Vec<Vec<f32>>, Decisions, flexidepth::cache::KvCache) {
     let mut cache = m.new_cache(IDS.len());
     let out = m.forward_with(&IDS[..7], &mut cache, Logits::All, s).unwrap();
     let mut logits: Vec<Vec<f32>> = out.logits.to_vec2().unwrap();
     let mut decisions: Decisions = out
-        .routing
+        .routing()
         .iter()
         .map(|r| r.gates.iter().copied().zip(r.run.iter().copied()).collect())
         .collect();
     for &id in &IDS[7..] {
         let out = m.forward_with(&[id], &mut cache, Logits::Last, s).unwrap();
         logits.extend(out.logits.to_vec2::<f32>().unwrap());
-        for (d, r) in decisions.iter_mut().zip(&out.routing) {
+        for (d, r) in decisions.iter_mut().zip(&out.routing()) {
             d.push((r.gates[0], r.run[0]));
         }
     }
@@ -68,7 +69,6 @@ fn check_mode(arch: Arch, mode: DepthMode, skip_kv: bool) {
         DepthMode::Dynamic => None,
         DepthMode::Run => Some(true),
         DepthMode::Skip => Some(false),
-        DepthMode::Off => unreachable!("the reference has no 'off' mode; it is the plain model"),
     };
     let want = reference(
         &c,
@@ -159,18 +159,24 @@ fn forced_run_equals_the_base_model_bit_for_bit_on_smollm2() {
         .tokenizer
         .encode("The capital of France is Paris, and the capital of Italy is", false)
         .unwrap();
-    let base = |m: &Model| {
+    let run = |m: &Model, policy: &dyn flexidepth::depth::DepthPolicy| {
         let mut cache = m.new_cache(prompt.len() + 1);
-        let mut l: Vec<Vec<f32>> = m.forward(&prompt, &mut cache, Logits::All).unwrap().to_vec2().unwrap();
+        let mut l: Vec<Vec<f32>> = m
+            .forward_with(&prompt, &mut cache, Logits::All, policy)
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
         l.extend(
-            m.forward(&[260], &mut cache, Logits::Last)
+            m.forward_with(&[260], &mut cache, Logits::Last, policy)
                 .unwrap()
+                .logits
                 .to_vec2::<f32>()
                 .unwrap(),
         );
         l
     };
-    let want = base(&m);
+    let want = run(&m, &flexidepth::depth::FullDepth);
     let layers: Vec<usize> = (15..30).collect();
     let t = init_tensors(&m.config, &layers, 16, 16, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -179,11 +185,18 @@ fn forced_run_equals_the_base_model_bit_for_bit_on_smollm2() {
     write_depth_file(&path, &meta, &t, candle_core::DType::F32).unwrap();
     attach_depth_file(&mut m, &path).unwrap();
     assert_eq!(m.routed_layers(), layers);
-    m.depth_settings = settings(DepthMode::Run, true);
-    assert_eq!(base(&m), want, "forced run must equal the base model bit for bit");
+    assert_eq!(
+        run(&m, &settings(DepthMode::Run, true)),
+        want,
+        "forced run must equal the base model bit for bit"
+    );
+    assert_eq!(
+        run(&m, &flexidepth::depth::FullDepth),
+        want,
+        "full depth ignores attached routers"
+    );
     // Dynamic mode with fresh routers does skip, and changes the output.
-    m.depth_settings = settings(DepthMode::Dynamic, true);
-    assert_ne!(base(&m), want);
+    assert_ne!(run(&m, &settings(DepthMode::Dynamic, true)), want);
 }
 
 /// Rows computed by each projection: the trace of work done.
@@ -213,7 +226,7 @@ fn skipped_layers_are_not_paid_for() {
         .unwrap();
     for (i, &l) in ROUTED.iter().enumerate() {
         let d: Vec<u64> = work(&m, l).iter().zip(&before[i]).map(|(a, b)| a - b).collect();
-        let runs = out.routing[i].run.iter().filter(|r| **r).count() as u64;
+        let runs = out.routing()[i].run.iter().filter(|r| **r).count() as u64;
         assert!(
             runs > 0 && runs < 7,
             "layer {l}: mixed decisions needed ({runs} of 7 run)"
@@ -245,12 +258,12 @@ fn depth_file_round_trips_and_bad_files_are_refused() {
     let c = config(Arch::Qwen2);
     let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 3));
     let dir = tempfile::tempdir().unwrap();
-    let want = run_engine(&routed_model(&c, &base, &depth), &DepthSettings::default()).0;
+    let want = run_engine(&routed_model(&c, &base, &depth), &FlexiDepth::default()).0;
     let mut m = model_from(&c, &base);
     let path = write_depth(&m, &depth, dir.path());
     let meta = attach_depth_file(&mut m, &path).unwrap();
     assert_eq!(meta.routed_layers, ROUTED.to_vec());
-    assert_eq!(run_engine(&m, &DepthSettings::default()).0, want);
+    assert_eq!(run_engine(&m, &FlexiDepth::default()).0, want);
 
     // Llama-style adapter names (up/down the other way round) are recognised by shape.
     let swapped: Weights = depth
@@ -269,7 +282,7 @@ fn depth_file_round_trips_and_bad_files_are_refused() {
     let mut m2 = model_from(&c, &base);
     let path2 = write_depth(&m2, &swapped, dir.path());
     attach_depth_file(&mut m2, &path2).unwrap();
-    assert_eq!(run_engine(&m2, &DepthSettings::default()).0, want);
+    assert_eq!(run_engine(&m2, &FlexiDepth::default()).0, want);
 
     // Wrong base: another architecture, or the same shape with other weights.
     let other = config(Arch::Llama);
@@ -339,9 +352,9 @@ fn official_layout_loads_and_round_trips_through_convert() {
     let run = |m: &Model| {
         let mut cache = m.new_cache(prompt.len());
         let out = m
-            .forward_with(&prompt, &mut cache, Logits::All, &DepthSettings::default())
+            .forward_with(&prompt, &mut cache, Logits::All, &FlexiDepth::default())
             .unwrap();
-        (out.logits.to_vec2::<f32>().unwrap(), out.routing)
+        (out.logits.to_vec2::<f32>().unwrap(), out.routing())
     };
     let (want_logits, want_routing) = run(&m);
     assert!(

@@ -6,9 +6,10 @@
 //! - The **official combined layout** (`model_type: ddllama`, `routing_layers` in `config.json`, router tensors
 //!   inside the model's safetensors) is read by the same [`load_parts`], from the model's own weights.
 
-use super::{Adapter, Router};
+use super::{Adapter, Router, DEFAULT_SKIP_THRESHOLD};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::model::keys::LayerKey;
 use crate::model::linear::Linear;
 use crate::model::norm::RmsNorm;
 use crate::model::Model;
@@ -61,7 +62,7 @@ impl DepthMeta {
             routed_layers,
             router_reduction,
             proj_reduction,
-            skip_threshold: 0.5,
+            skip_threshold: DEFAULT_SKIP_THRESHOLD,
         })
     }
 
@@ -193,7 +194,8 @@ fn shape_of(weights: &WeightSource, name: &str) -> Result<Vec<usize>> {
 }
 
 /// Read the router and adapter of each routed layer from `weights` (official key names), checking every shape
-/// against the base `config`; the adapter's swapped `up_proj`/`down_proj` are told apart by shape.
+/// against the base `config`; the adapter's swapped `up_proj`/`down_proj` are told apart by shape. The routers'
+/// threshold is [`DEFAULT_SKIP_THRESHOLD`] until [`Model::attach_depth`] gives them their file's.
 pub fn load_parts(
     weights: &WeightSource,
     config: &ModelConfig,
@@ -209,22 +211,23 @@ pub fn load_parts(
                 config.num_hidden_layers
             )));
         }
-        let p = format!("model.layers.{layer_idx}");
-        let enc = format!("{p}.router.router_enc.weight");
+        let key = |k: LayerKey| k.weight(layer_idx);
+        let enc = key(LayerKey::RouterEnc);
         let r = *shape_of(weights, &enc)?.first().unwrap_or(&0);
         let router = Router {
             router_enc: linear(weights, &enc, &[r, h], device)?,
             router_norm: RmsNorm::new(
-                weights.dense(&format!("{p}.router.router_norm.weight"), &[r], DType::F32, device)?,
+                weights.dense(&key(LayerKey::RouterNorm), &[r], DType::F32, device)?,
                 config.rms_norm_eps,
             ),
-            router_dec: linear(weights, &format!("{p}.router.router_dec.weight"), &[h, r], device)?,
-            router_head: linear(weights, &format!("{p}.router.router_head.weight"), &[1, h], device)?,
+            router_dec: linear(weights, &key(LayerKey::RouterDec), &[h, r], device)?,
+            router_head: linear(weights, &key(LayerKey::RouterHead), &[1, h], device)?,
+            skip_threshold: DEFAULT_SKIP_THRESHOLD,
         };
-        let gate = format!("{p}.router_proj.gate_proj.weight");
+        let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
-        let down = format!("{p}.router_proj.down_proj.weight");
-        let up = format!("{p}.router_proj.up_proj.weight");
+        let down = key(LayerKey::AdapterDownProj);
+        let up = key(LayerKey::AdapterUpProj);
         let (down_shape, up_shape) = (shape_of(weights, &down)?, shape_of(weights, &up)?);
         // Official names: down_proj is the [m, h] branch, up_proj the [h, m] output. A file written with
         // Llama-style names has them the other way round; either way the shapes decide.
@@ -234,7 +237,7 @@ pub fn load_parts(
             (up, down)
         } else {
             return Err(Error::Shape {
-                name: format!("{p}.router_proj.{{down_proj,up_proj}}.weight"),
+                name: format!("model.layers.{layer_idx}.router_proj.{{down_proj,up_proj}}.weight"),
                 expected: vec![m, h, h, m],
                 found: [down_shape, up_shape].concat(),
             });
@@ -279,7 +282,8 @@ pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
     let weights = WeightSource::Safetensors(SafetensorsFiles::open(vec![path.to_path_buf()])?);
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())
         .map_err(|e| Error::bad_file(path, e))?;
-    model.attach_depth(parts)?;
+    // The threshold the routers were trained with is the default from now on (policies may override it).
+    model.attach_depth(parts, meta.skip_threshold)?;
     Ok(meta)
 }
 
@@ -341,4 +345,47 @@ fn gaussian(rng: &mut impl rand::Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(1e-300);
     let u2: f64 = rng.random();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// A fresh depth adapter for `model`: the recipe `depth init`, `bench` and `train` share. `routed_layers` defaults
+/// to the later half ([`super::default_routed_layers`]); the tensors are [`init_tensors`]' with `seed`.
+///
+/// Errors: a routed layer beyond the model, no routed layers, a zero reduction factor.
+pub fn fresh_depth(
+    model: &Model,
+    routed_layers: Option<Vec<usize>>,
+    router_reduction: usize,
+    proj_reduction: usize,
+    seed: u64,
+) -> Result<(DepthMeta, HashMap<String, Tensor>)> {
+    let n = model.config.num_hidden_layers;
+    let layers = routed_layers.unwrap_or_else(|| super::default_routed_layers(n));
+    if layers.is_empty() {
+        return Err(Error::Input("no routed layers".into()));
+    }
+    if let Some(&bad) = layers.iter().find(|&&l| l >= n) {
+        return Err(Error::Input(format!(
+            "layer {bad} does not exist: the model has {n} layers"
+        )));
+    }
+    if router_reduction == 0 || proj_reduction == 0 {
+        return Err(Error::Input("reduction factors must be positive".into()));
+    }
+    let tensors = init_tensors(&model.config, &layers, router_reduction, proj_reduction, seed)?;
+    let meta = DepthMeta::for_model(model, layers, router_reduction, proj_reduction)?;
+    Ok((meta, tensors))
+}
+
+/// Attach routers and adapters given as tensors by official key name (a fresh adapter, a trainer's state) to
+/// `model`, through the same checks as a depth file (they are written to a temporary file and read back).
+pub fn attach_tensors(model: &mut Model, meta: &DepthMeta, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!(
+        "flexidepth-attach-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    write_depth_file(&tmp, meta, tensors, DType::F32)?;
+    let res = attach_depth_file(model, &tmp);
+    let _ = std::fs::remove_file(&tmp);
+    res.map(|_| ())
 }

@@ -1,66 +1,27 @@
-//! FlexiDepth: per-token, per-layer skipping in the later layers of a frozen decoder (Luo, Wang, Yan, COLM 2025).
+//! Depth policies: the ways of choosing, per token and layer, how much of the model runs. Each implements
+//! [`DepthPolicy`] (the seam is [`crate::model::plan`]) in a file of its own:
 //!
-//! A routed layer computes a gate `w = sigmoid(router(input_layernorm(x)))` per token. With `w > threshold` the
-//! token runs the layer, its FFN output scaled by `w`; otherwise it skips: its K/V are still written to the cache,
-//! it gets no attention output, and a small adapter scaled by `1 − w` replaces the FFN (spec A3). The layer code is
-//! in [`crate::model::layer`]; this module holds the parts, the settings and the adapter file.
+//! - [`FullDepth`]: every layer, routers ignored (the base model);
+//! - [`flexidepth::FlexiDepth`]: per-token routing by trained routers (Luo, Wang, Yan, COLM 2025), skipping the
+//!   whole layer (released), only its FFN, or only its attention ([`flexidepth::SkipUnit`]);
+//! - [`shortgpt::StaticPrune`]: layers removed outright, e.g. ShortGPT's lowest block influence (Men et al. 2024);
+//! - [`early_exit::EarlyExit`]: final norm and head after a layer (LayerSkip-style, Elhoushi et al. 2024).
+//!
+//! [`spec::PolicySpec`] names them on command lines and in tables (`full`, `flexi:0.5`, `prune:4`, ...), and
+//! [`file`] reads and writes FlexiDepth's router/adapter files.
 
-pub mod adapter;
+pub mod early_exit;
 pub mod file;
-pub mod router;
+pub mod flexidepth;
+pub mod shortgpt;
+pub mod spec;
 
-pub use adapter::Adapter;
-pub use router::Router;
+pub use crate::model::plan::{DepthPolicy, FullDepth, DEFAULT_SKIP_THRESHOLD};
+pub use crate::model::{Adapter, Router};
+pub use flexidepth::{DepthMode, FlexiDepth, SkipUnit};
+pub use spec::PolicySpec;
 
 use crate::error::{Error, Result};
-
-/// How routed layers decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DepthMode {
-    /// The trained behaviour: run iff `w > threshold`.
-    Dynamic,
-    /// Every token runs every layer, unscaled: exactly the base model (gates are still computed for traces).
-    Run,
-    /// Every token skips every routed layer (adapter scaled by `1 − w`).
-    Skip,
-    /// Routers are ignored entirely (not even computed): the base model, for full-depth baselines.
-    Off,
-}
-
-impl std::str::FromStr for DepthMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dynamic" => Ok(DepthMode::Dynamic),
-            "run" => Ok(DepthMode::Run),
-            "skip" => Ok(DepthMode::Skip),
-            other => Err(Error::Input(format!(
-                "unknown depth mode '{other}' (use dynamic, run or skip)"
-            ))),
-        }
-    }
-}
-
-/// Inference-time knobs of the routed layers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DepthSettings {
-    pub mode: DepthMode,
-    /// Run iff `gate > skip_threshold` (strict, as released).
-    pub skip_threshold: f32,
-    /// Skipped tokens write their K/V (released behaviour). `false` reproduces the paper's "no KV cache" ablation:
-    /// later tokens cannot attend to a skipped token at that layer.
-    pub skip_kv: bool,
-}
-
-impl Default for DepthSettings {
-    fn default() -> Self {
-        DepthSettings {
-            mode: DepthMode::Dynamic,
-            skip_threshold: 0.5,
-            skip_kv: true,
-        }
-    }
-}
 
 /// Parse `A..B` (end exclusive) or `A..=B` into layer indices.
 pub fn parse_layer_range(s: &str) -> Result<Vec<usize>> {
@@ -74,7 +35,11 @@ pub fn parse_layer_range(s: &str) -> Result<Vec<usize>> {
     };
     let a: usize = a.trim().parse().map_err(|_| bad())?;
     let b: usize = b.trim().parse().map_err(|_| bad())?;
-    let end = if inclusive { b + 1 } else { b };
+    let end = if inclusive {
+        b.checked_add(1).ok_or_else(bad)?
+    } else {
+        b
+    };
     if end <= a {
         return Err(bad());
     }

@@ -6,10 +6,10 @@ pub mod sampler;
 pub mod stream;
 
 use crate::cache::KvCache;
-use crate::depth::DepthSettings;
+use crate::depth::{DepthPolicy, FlexiDepth};
 use crate::error::{Error, Result};
-use crate::model::layer::LayerRouting;
-use crate::model::{Logits, Model};
+use crate::model::plan::LayerBytes;
+use crate::model::{ForwardOutput, Logits, Model};
 use crate::tokenizer::Tokenizer;
 use crate::trace::{DepthTrace, LayerDecision, TokenDepth};
 pub use sampler::{Sampler, SamplingParams};
@@ -27,8 +27,9 @@ pub struct GenerateOptions {
     pub eos_token_ids: Vec<u32>,
     /// Generation ends when the text contains any of these (the stop string is not shown).
     pub stop_strings: Vec<String>,
-    /// How FlexiDepth layers decide (ignored by a model without routers).
-    pub depth: DepthSettings,
+    /// How deep each token goes (default: FlexiDepth routing at the model's threshold, which is full depth for a
+    /// model without routers).
+    pub policy: std::sync::Arc<dyn DepthPolicy>,
     /// Record a depth trace (prompt and generated tokens).
     pub trace: bool,
 }
@@ -41,7 +42,7 @@ impl GenerateOptions {
             sampling: SamplingParams::greedy(),
             eos_token_ids,
             stop_strings: vec![],
-            depth: DepthSettings::default(),
+            policy: std::sync::Arc::new(FlexiDepth::default()),
             trace: false,
         }
     }
@@ -94,6 +95,7 @@ pub struct Generation {
 /// Collects per-token routing into a [`DepthTrace`].
 struct TraceBuilder {
     trace: DepthTrace,
+    bytes: Vec<LayerBytes>,
 }
 
 impl TraceBuilder {
@@ -104,6 +106,7 @@ impl TraceBuilder {
                 routed_layers: model.routed_layers(),
                 tokens: Vec::new(),
             },
+            bytes: model.layer_bytes(),
         }
     }
 
@@ -114,9 +117,9 @@ impl TraceBuilder {
         ids: &[u32],
         pos: usize,
         prompt: bool,
-        routing: &[LayerRouting],
+        out: &ForwardOutput,
     ) -> Result<()> {
-        let unrouted = self.trace.num_layers - self.trace.routed_layers.len();
+        let routing = out.routing();
         for (row, &id) in ids.iter().enumerate() {
             let routed: Vec<LayerDecision> = routing
                 .iter()
@@ -131,7 +134,7 @@ impl TraceBuilder {
                 token_id: id,
                 text: tokenizer.decode(&[id], false)?,
                 prompt,
-                layers_used: unrouted + routed.iter().filter(|d| d.run).count(),
+                layers_used: out.plan.layers_used(row, &self.bytes),
                 routed,
             });
         }
@@ -195,9 +198,9 @@ pub fn generate(
 
     let mut tracer = opts.trace.then(|| TraceBuilder::new(model));
     let start = Instant::now();
-    let out = model.forward_with(prompt_ids, &mut cache, Logits::Last, &opts.depth)?;
+    let out = model.forward_with(prompt_ids, &mut cache, Logits::Last, opts.policy.as_ref())?;
     if let Some(t) = tracer.as_mut() {
-        t.record(tokenizer, prompt_ids, 0, true, &out.routing)?;
+        t.record(tokenizer, prompt_ids, 0, true, &out)?;
     }
     let mut logits = out.logits;
     let prefill_s = start.elapsed().as_secs_f64();
@@ -231,9 +234,9 @@ pub fn generate(
             break;
         }
         let pos = cache.len();
-        let out = model.forward_with(&[next], &mut cache, Logits::Last, &opts.depth)?;
+        let out = model.forward_with(&[next], &mut cache, Logits::Last, opts.policy.as_ref())?;
         if let Some(t) = tracer.as_mut() {
-            t.record(tokenizer, &[next], pos, false, &out.routing)?;
+            t.record(tokenizer, &[next], pos, false, &out)?;
         }
         logits = out.logits;
     }
@@ -248,8 +251,8 @@ pub fn generate(
     if let (Some(t), Some(&last)) = (tracer.as_mut(), ids.last()) {
         if cache.len() < cache.max_len() && t.trace.tokens.len() < prompt_ids.len() + ids.len() {
             let pos = cache.len();
-            let out = model.forward_with(&[last], &mut cache, Logits::Last, &opts.depth)?;
-            t.record(tokenizer, &[last], pos, false, &out.routing)?;
+            let out = model.forward_with(&[last], &mut cache, Logits::Last, opts.policy.as_ref())?;
+            t.record(tokenizer, &[last], pos, false, &out)?;
         }
     }
     let first = first_token_at.unwrap_or(end);

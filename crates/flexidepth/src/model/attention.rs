@@ -3,6 +3,7 @@
 
 use super::linear::Linear;
 use super::norm::RmsNorm;
+use super::ops::Ops;
 use super::rope::Rope;
 use crate::error::Result;
 use candle_core::Tensor;
@@ -35,11 +36,11 @@ pub struct Attention {
 
 impl Attention {
     /// `[seq, heads · head_dim]` → `[heads, seq, head_dim]`, with the optional per-head norm.
-    fn split_heads(&self, x: &Tensor, heads: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
+    fn split_heads(&self, ops: &dyn Ops, x: &Tensor, heads: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let x = x.reshape((seq, heads, self.head_dim))?;
         let x = match norm {
-            Some(n) => n.forward(&x)?,
+            Some(n) => ops.rms_norm(&x, n)?,
             None => x,
         };
         Ok(x.transpose(0, 1)?.contiguous()?)
@@ -47,18 +48,25 @@ impl Attention {
 
     /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
     /// each `[kv_heads, seq, head_dim]`.
-    pub fn project_kv(&self, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
-        let k = self.split_heads(&self.k_proj.forward(x)?, self.num_kv_heads, self.k_norm.as_ref())?;
-        let k = rope.apply(&k, pos)?;
-        let v = self.split_heads(&self.v_proj.forward(x)?, self.num_kv_heads, None)?;
+    pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
+        let k = self.split_heads(
+            ops,
+            &ops.linear(x, &self.k_proj)?,
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        )?;
+        let k = ops.rope(&k, rope, &QueryPos::Contiguous(pos))?;
+        let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
     }
 
     /// Queries of `x: [seq, hidden]` at `pos..` attend over `k`, `v: [kv_heads, kv_len, head_dim]` (the cache up to
     /// and including these tokens); returns `o_proj` of the result, `[seq, hidden]`. `mask: [seq, kv_len]` is added
     /// to the scores (causal mask in prefill; `None` for a single query, which may see everything).
+    #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
+        ops: &dyn Ops,
         x: &Tensor,
         rope: &Rope,
         pos: QueryPos,
@@ -68,30 +76,26 @@ impl Attention {
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let group = self.num_heads / self.num_kv_heads;
-        let q = self.split_heads(&self.q_proj.forward(x)?, self.num_heads, self.q_norm.as_ref())?;
-        let q = match pos {
-            QueryPos::Contiguous(start) => rope.apply(&q, start)?,
-            QueryPos::Rows(idx) => rope.apply_rows(&q, idx)?,
-        };
+        let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
+        let q = ops.rope(&q, rope, &pos)?;
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
         let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let kv_len = k.dim(1)?;
         let scores = match mask {
-            Some(m) => scores
-                .reshape((self.num_kv_heads, group, seq, kv_len))?
-                .broadcast_add(m)?
+            Some(m) => ops
+                .add_mask(&scores.reshape((self.num_kv_heads, group, seq, kv_len))?, m)?
                 .reshape((self.num_kv_heads, group * seq, kv_len))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = ops.softmax(&scores)?;
         let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, group · seq, head_dim]
         let out = out
             .reshape((self.num_heads, seq, self.head_dim))?
             .transpose(0, 1)?
             .reshape((seq, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        ops.linear(&out, &self.o_proj)
     }
 }
 
@@ -129,6 +133,7 @@ pub fn mask_for_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::Fused;
     use candle_core::{DType, Device};
 
     #[test]
@@ -173,16 +178,16 @@ mod tests {
         };
         let rope = Rope::new(hd, 10_000.0, 16, DType::F32, &dev).unwrap();
         let x = Tensor::rand(-1f32, 1., (seq, hidden), &dev).unwrap();
-        let (k, v) = attn.project_kv(&x, &rope, 0).unwrap();
+        let (k, v) = attn.project_kv(&Fused, &x, &rope, 0).unwrap();
         let mask = causal_mask(seq, 0, &dev, DType::F32).unwrap();
         let got = attn
-            .attend(&x, &rope, QueryPos::Contiguous(0), &k, &v, Some(&mask))
+            .attend(&Fused, &x, &rope, QueryPos::Contiguous(0), &k, &v, Some(&mask))
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
 
         let q = attn
-            .split_heads(&attn.q_proj.forward(&x).unwrap(), heads, None)
+            .split_heads(&Fused, &attn.q_proj.forward(&x).unwrap(), heads, None)
             .unwrap();
         let q = rope.apply(&q, 0).unwrap().to_vec3::<f32>().unwrap();
         let (k, v) = (k.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap());

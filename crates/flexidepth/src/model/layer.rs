@@ -1,24 +1,30 @@
-//! One pre-norm decoder layer, `h = x + attn(norm(x)); out = h + mlp(norm(h))`, and its FlexiDepth form when the
-//! layer is routed (spec A3):
+//! One pre-norm decoder layer, `h = x + attn(norm(x)); out = h + mlp(norm(h))`, executing a [`LayerPlan`] — the
+//! one place where the layer math lives, for inference and training alike (the [`Ops`] differ, not the code).
+//!
+//! A [`LayerPlan::Rows`] plan is FlexiDepth's layer when its rows are run or skip (spec A3):
 //!
 //! ```text
-//! u = input_layernorm(x);  w = sigmoid(router(u));  run = w > threshold
-//! K, V of every row → cache                          (skipped rows too: they skip only q, attention, o_proj)
-//! h = x + attn(u)          on run rows;  h = x on skipped rows
-//! out = h + w · mlp(norm(h))          on run rows
-//! out = h + (1 − w) · adapter(norm(h)) on skipped rows
+//! u = input_layernorm(x);  w = sigmoid(router(u))     (the policy computed w when it planned)
+//! K, V of every row → cache                            (skipped rows too: they skip only q, attention, o_proj)
+//! h = x + attn(u)          on Run rows;  h = x on the others
+//! out = h + w · mlp(norm(h))          on Mlp rows       (unscaled without gates)
+//! out = h + (1 − w) · adapter(norm(h)) on Adapter rows
+//! out = h                              on Skip rows
 //! ```
 //!
-//! Rows are split into a run group and a skip group, each computed as one batch and scattered back, so a skipped
-//! row never pays for `q_proj`, attention, `o_proj` or the MLP. At batch 1 there is one group and no gather.
+//! Rows are grouped by what they do (attention: run or not; FFN: MLP, adapter or nothing), each group computed as
+//! one batch and scattered back, so a row never pays for a part it skips. At batch 1 there is one group and no gather.
 
+use super::adapter::Adapter;
 use super::attention::{mask_for_rows, Attention, QueryPos};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
+use super::ops::Ops;
+use super::plan::{AttnStep, FfnStep, Gates, LayerPlan, RowStep};
+use super::router::Router;
 use super::ForwardCtx;
 use crate::cache::KvCache;
-use crate::depth::{Adapter, DepthMode, Router};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 
 #[derive(Debug)]
@@ -34,145 +40,255 @@ pub struct DecoderLayer {
     pub router_proj: Option<Adapter>,
 }
 
-/// What a routed layer decided for each row of a forward pass.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerRouting {
-    pub layer_idx: usize,
-    pub gates: Vec<f32>,
-    pub run: Vec<bool>,
+/// The keys and values the rows attend over: the cache's, or (without a cache) this pass's own.
+struct Keys {
+    k: Tensor,
+    v: Tensor,
+    kv_len: usize,
+    /// Keys no query may see (besides its own), by position.
+    hidden: Option<Vec<bool>>,
 }
 
 impl DecoderLayer {
-    /// The layer on `x: [rows, hidden]`; writes this layer's K/V for the new positions into `cache`. Routed layers
-    /// also return their decisions.
-    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx, cache: &mut KvCache) -> Result<(Tensor, Option<LayerRouting>)> {
-        match (&self.router, &self.router_proj) {
-            (Some(router), Some(adapter)) if ctx.depth.mode != DepthMode::Off => {
-                self.forward_routed(x, ctx, cache, router, adapter)
+    /// Run the layer on `x: [rows, hidden]` (rows at positions `ctx.pos..`) as `plan` says, writing this layer's K/V
+    /// into `cache`; without a cache (a fresh pass from position 0, as training runs) the rows attend over their own
+    /// K/V. `normed` is `input_layernorm(x)` when the policy already computed it.
+    ///
+    /// Errors: [`LayerPlan::Absent`] and [`LayerPlan::Exit`] are the caller's to handle; a plan whose rows or gates
+    /// do not match `x`, or an adapter step on a layer without an adapter, is an input error.
+    pub fn forward(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        normed: Option<Tensor>,
+        ctx: &ForwardCtx,
+        cache: Option<&mut KvCache>,
+        plan: &LayerPlan,
+    ) -> Result<Tensor> {
+        let u = match normed {
+            Some(u) => u,
+            None => ops.rms_norm(x, &self.input_layernorm)?,
+        };
+        match plan {
+            LayerPlan::Full => self.forward_full(ops, x, &u, ctx, cache),
+            LayerPlan::Rows {
+                steps,
+                gates,
+                scale_by_gate,
+            } => {
+                if steps.len() != ctx.seq_len {
+                    return Err(Error::Input(format!(
+                        "layer {}: a plan for {} rows on {} rows",
+                        self.layer_idx,
+                        steps.len(),
+                        ctx.seq_len
+                    )));
+                }
+                if steps.iter().all(RowStep::is_full) && !scale_by_gate {
+                    // Every row runs unscaled: the base layer, bit for bit (same code path).
+                    return self.forward_full(ops, x, &u, ctx, cache);
+                }
+                let scale = if *scale_by_gate {
+                    let g = gates.as_ref().ok_or_else(|| {
+                        Error::Input(format!("layer {}: a gate-scaled plan without gates", self.layer_idx))
+                    })?;
+                    Some(g)
+                } else {
+                    None
+                };
+                self.forward_rows(ops, x, &u, ctx, cache, steps, scale)
             }
-            _ => Ok((
-                self.forward_full(x, &self.input_layernorm.forward(x)?, ctx, cache)?,
-                None,
+            LayerPlan::Absent | LayerPlan::Exit => Err(Error::Input(format!(
+                "layer {}: an absent layer is not executed",
+                self.layer_idx
+            ))),
+        }
+    }
+
+    /// Write this pass's K/V (or keep them local without a cache) and return what the queries attend over.
+    fn keys(
+        &self,
+        ops: &dyn Ops,
+        u: &Tensor,
+        ctx: &ForwardCtx,
+        cache: Option<&mut KvCache>,
+        hide: &[bool],
+    ) -> Result<Keys> {
+        let (k, v) = self.self_attn.project_kv(ops, u, ctx.rope, ctx.pos)?;
+        let kv_len = ctx.pos + ctx.seq_len;
+        match cache {
+            Some(cache) => {
+                cache.write(self.layer_idx, ctx.pos, &k, &v)?;
+                for (i, _) in hide.iter().enumerate().filter(|(_, h)| **h) {
+                    cache.hide(self.layer_idx, ctx.pos + i);
+                }
+                let (k, v) = cache.view(self.layer_idx, kv_len)?;
+                let hidden = cache.hidden(self.layer_idx, kv_len).map(|h| h.to_vec());
+                Ok(Keys { k, v, kv_len, hidden })
+            }
+            None if ctx.pos == 0 => Ok(Keys {
+                k,
+                v,
+                kv_len,
+                hidden: hide.iter().any(|h| *h).then(|| hide.to_vec()),
+            }),
+            None => Err(Error::Input(
+                "a pass without a KV cache must start at position 0".into(),
             )),
         }
     }
 
-    /// The plain layer (every row runs, unscaled), given `normed = input_layernorm(x)`.
-    fn forward_full(&self, x: &Tensor, normed: &Tensor, ctx: &ForwardCtx, cache: &mut KvCache) -> Result<Tensor> {
-        let (k, v) = self.self_attn.project_kv(normed, ctx.rope, ctx.pos)?;
-        cache.write(self.layer_idx, ctx.pos, &k, &v)?;
-        let (k_all, v_all) = cache.view(self.layer_idx, ctx.pos + ctx.seq_len)?;
+    /// The plain layer (every row runs, unscaled), given `u = input_layernorm(x)`.
+    fn forward_full(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        u: &Tensor,
+        ctx: &ForwardCtx,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let keys = self.keys(ops, u, ctx, cache, &[])?;
+        let mask = match &keys.hidden {
+            // Keys hidden by an earlier pass (the no-skip-KV ablation) stay hidden.
+            Some(h) => {
+                let positions: Vec<usize> = (ctx.pos..ctx.pos + ctx.seq_len).collect();
+                Some(mask_for_rows(&positions, keys.kv_len, Some(h), x.device(), DType::F32)?)
+            }
+            None => ctx.mask.clone(),
+        };
         let attn = self.self_attn.attend(
-            normed,
+            ops,
+            u,
             ctx.rope,
             QueryPos::Contiguous(ctx.pos),
-            &k_all,
-            &v_all,
-            ctx.mask.as_ref(),
+            &keys.k,
+            &keys.v,
+            mask.as_ref(),
         )?;
         let h = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        let mlp = self
+            .mlp
+            .forward(ops, &ops.rms_norm(&h, &self.post_attention_layernorm)?)?;
         Ok((h + mlp)?)
     }
 
-    fn forward_routed(
+    #[allow(clippy::too_many_arguments)]
+    fn forward_rows(
         &self,
+        ops: &dyn Ops,
         x: &Tensor,
+        u: &Tensor,
         ctx: &ForwardCtx,
-        cache: &mut KvCache,
-        router: &Router,
-        adapter: &Adapter,
-    ) -> Result<(Tensor, Option<LayerRouting>)> {
-        let settings = &ctx.depth;
-        let u = self.input_layernorm.forward(x)?;
-        let gates_t = router.gates(&u)?;
-        let gates: Vec<f32> = gates_t.to_vec1()?;
-        let run: Vec<bool> = match settings.mode {
-            DepthMode::Dynamic => gates.iter().map(|&w| w > settings.skip_threshold).collect(),
-            DepthMode::Run | DepthMode::Off => vec![true; gates.len()],
-            DepthMode::Skip => vec![false; gates.len()],
-        };
-        let routing = LayerRouting {
-            layer_idx: self.layer_idx,
-            gates,
-            run: run.clone(),
-        };
-        if settings.mode == DepthMode::Run {
-            // Forced run is the base model, bit for bit: same code path, no gate scaling.
-            return Ok((self.forward_full(x, &u, ctx, cache)?, Some(routing)));
-        }
-
-        // Every row writes K/V (released behaviour); the ablation hides the skipped rows' entries afterwards.
-        let (k, v) = self.self_attn.project_kv(&u, ctx.rope, ctx.pos)?;
-        cache.write(self.layer_idx, ctx.pos, &k, &v)?;
-        if !settings.skip_kv {
-            for (i, _) in run.iter().enumerate().filter(|(_, r)| !**r) {
-                cache.hide(self.layer_idx, ctx.pos + i);
-            }
-        }
-        let rows = run.len();
-        let run_rows: Vec<u32> = (0..rows as u32).filter(|&i| run[i as usize]).collect();
-        let skip_rows: Vec<u32> = (0..rows as u32).filter(|&i| !run[i as usize]).collect();
-        let device = x.device();
-
-        // Attention on the run rows only.
-        let h = if run_rows.is_empty() {
-            x.clone()
-        } else {
-            let kv_len = ctx.pos + ctx.seq_len;
-            let (k_all, v_all) = cache.view(self.layer_idx, kv_len)?;
-            let positions: Vec<usize> = run_rows.iter().map(|&i| ctx.pos + i as usize).collect();
-            let hidden = cache.hidden(self.layer_idx, kv_len);
-            let mask = if positions.len() == 1 && hidden.is_none() && positions[0] + 1 == kv_len {
-                None // the last token sees every key
-            } else {
-                Some(mask_for_rows(&positions, kv_len, hidden, device, DType::F32)?)
-            };
-            if skip_rows.is_empty() {
-                let attn = self.self_attn.attend(
-                    &u,
-                    ctx.rope,
-                    QueryPos::Contiguous(ctx.pos),
-                    &k_all,
-                    &v_all,
-                    mask.as_ref(),
-                )?;
-                (x + attn)?
-            } else {
-                let idx = Tensor::new(run_rows.as_slice(), device)?;
-                let pos_idx = Tensor::new(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), device)?;
-                let u_run = u.index_select(&idx, 0)?;
-                let attn = self.self_attn.attend(
-                    &u_run,
-                    ctx.rope,
-                    QueryPos::Rows(&pos_idx),
-                    &k_all,
-                    &v_all,
-                    mask.as_ref(),
-                )?;
-                x.index_add(&idx, &attn, 0)?
-            }
-        };
-
-        // FFN on run rows scaled by w, adapter on skipped rows scaled by 1 − w.
-        let v_norm = self.post_attention_layernorm.forward(&h)?;
-        let w = gates_t.unsqueeze(1)?;
-        let out = if skip_rows.is_empty() {
-            (&h + self.mlp.forward(&v_norm)?.broadcast_mul(&w)?)?
-        } else if run_rows.is_empty() {
-            (&h + adapter.forward(&v_norm)?.broadcast_mul(&(1.0 - &w)?)?)?
-        } else {
-            let run_idx = Tensor::new(run_rows.as_slice(), device)?;
-            let skip_idx = Tensor::new(skip_rows.as_slice(), device)?;
-            let y_run = self
-                .mlp
-                .forward(&v_norm.index_select(&run_idx, 0)?)?
-                .broadcast_mul(&w.index_select(&run_idx, 0)?)?;
-            let y_skip = adapter
-                .forward(&v_norm.index_select(&skip_idx, 0)?)?
-                .broadcast_mul(&(1.0 - w.index_select(&skip_idx, 0)?)?)?;
-            h.index_add(&run_idx, &y_run, 0)?.index_add(&skip_idx, &y_skip, 0)?
-        };
-        Ok((out, Some(routing)))
+        cache: Option<&mut KvCache>,
+        steps: &[RowStep],
+        scale: Option<&Gates>,
+    ) -> Result<Tensor> {
+        let hide: Vec<bool> = steps.iter().map(|s| s.attn == AttnStep::KvHidden).collect();
+        let keys = self.keys(ops, u, ctx, cache, &hide)?;
+        let h = self.attend_rows(ops, x, u, ctx, &keys, steps)?;
+        self.ffn_rows(ops, &h, steps, scale)
     }
+
+    /// `h = x + attn(u)` on the rows whose attention runs, `h = x` on the others.
+    fn attend_rows(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        u: &Tensor,
+        ctx: &ForwardCtx,
+        keys: &Keys,
+        steps: &[RowStep],
+    ) -> Result<Tensor> {
+        let run_rows: Vec<u32> = rows_where(steps, |s| s.attn == AttnStep::Run);
+        if run_rows.is_empty() {
+            return Ok(x.clone());
+        }
+        let device = x.device();
+        let positions: Vec<usize> = run_rows.iter().map(|&i| ctx.pos + i as usize).collect();
+        let hidden = keys.hidden.as_deref();
+        let mask = if positions.len() == 1 && hidden.is_none() && positions[0] + 1 == keys.kv_len {
+            None // the last token sees every key
+        } else {
+            Some(mask_for_rows(&positions, keys.kv_len, hidden, device, DType::F32)?)
+        };
+        if run_rows.len() == steps.len() {
+            let attn = self.self_attn.attend(
+                ops,
+                u,
+                ctx.rope,
+                QueryPos::Contiguous(ctx.pos),
+                &keys.k,
+                &keys.v,
+                mask.as_ref(),
+            )?;
+            return Ok((x + attn)?);
+        }
+        let idx = Tensor::new(run_rows.as_slice(), device)?;
+        let pos_idx = Tensor::new(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), device)?;
+        let attn = self.self_attn.attend(
+            ops,
+            &u.index_select(&idx, 0)?,
+            ctx.rope,
+            QueryPos::Rows(&pos_idx),
+            &keys.k,
+            &keys.v,
+            mask.as_ref(),
+        )?;
+        Ok(x.index_add(&idx, &attn, 0)?)
+    }
+
+    /// `out = h + (scaled) MLP or adapter of post_attention_layernorm(h)`, per row group.
+    fn ffn_rows(&self, ops: &dyn Ops, h: &Tensor, steps: &[RowStep], scale: Option<&Gates>) -> Result<Tensor> {
+        let v = ops.rms_norm(h, &self.post_attention_layernorm)?;
+        let w = scale.map(|g| g.tensor.unsqueeze(1)).transpose()?; // [rows, 1]
+        let adapter = || {
+            self.router_proj.as_ref().ok_or_else(|| {
+                Error::Input(format!(
+                    "layer {} has no adapter to stand in for its FFN",
+                    self.layer_idx
+                ))
+            })
+        };
+        let rows = steps.len();
+        let mut out = h.clone();
+        for kind in [FfnStep::Mlp, FfnStep::Adapter] {
+            let group = rows_where(steps, |s| s.ffn == kind);
+            if group.is_empty() {
+                continue;
+            }
+            let all = group.len() == rows;
+            let (input, idx) = if all {
+                (v.clone(), None)
+            } else {
+                let idx = Tensor::new(group.as_slice(), h.device())?;
+                (v.index_select(&idx, 0)?, Some(idx))
+            };
+            let y = match kind {
+                FfnStep::Mlp => self.mlp.forward(ops, &input)?,
+                _ => adapter()?.forward(ops, &input)?,
+            };
+            let y = match &w {
+                Some(w) => {
+                    let w = match &idx {
+                        Some(idx) => w.index_select(idx, 0)?,
+                        None => w.clone(),
+                    };
+                    // Released semantics: MLP scaled by w, adapter by 1 − w (spec A3).
+                    let s = if kind == FfnStep::Mlp { w } else { (1.0 - w)? };
+                    y.broadcast_mul(&s)?
+                }
+                None => y,
+            };
+            out = match idx {
+                None => (out + y)?,
+                Some(idx) => out.index_add(&idx, &y, 0)?,
+            };
+        }
+        Ok(out)
+    }
+}
+
+/// Indices of the rows whose step satisfies `pred`.
+fn rows_where(steps: &[RowStep], pred: impl Fn(&RowStep) -> bool) -> Vec<u32> {
+    (0..steps.len() as u32).filter(|&i| pred(&steps[i as usize])).collect()
 }

@@ -1,6 +1,7 @@
 //! The SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
 
 use super::linear::Linear;
+use super::ops::Ops;
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -15,9 +16,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+    /// `x: [rows, hidden]` → `[rows, hidden]`.
+    pub fn forward(&self, ops: &dyn Ops, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&ops.linear(x, &self.gate_proj)?)?;
+        let up = ops.linear(x, &self.up_proj)?;
+        ops.linear(&(gate * up)?, &self.down_proj)
     }
 }

@@ -1,27 +1,37 @@
 //! The decoder stack (Llama, Qwen2, Qwen3), with a struct tree that mirrors the HF checkpoint's key tree:
 //! `model.layers.{i}.self_attn.q_proj.weight` is `Model::layers[i].self_attn.q_proj`.
 
+pub mod adapter;
 pub mod attention;
 pub mod embedding;
+pub mod keys;
 pub mod layer;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod ops;
+pub mod plan;
 pub mod rope;
+pub mod router;
 
 use crate::cache::KvCache;
 use crate::config::{Arch, ModelConfig};
-use crate::depth::{Adapter, DepthSettings, Router};
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
+pub use adapter::Adapter;
 use attention::Attention;
 use candle_core::{DType, Device, Tensor};
 use embedding::Embedding;
-use layer::{DecoderLayer, LayerRouting};
+use keys::LayerKey;
+use layer::DecoderLayer;
 use linear::Linear;
 use mlp::Mlp;
 use norm::RmsNorm;
+use ops::{Fused, Ops};
+use plan::{DepthPolicy, ExecutedPlan, FullDepth, LayerBytes, LayerInput, LayerPlan, LayerRecord, RecordKind};
 use rope::Rope;
+pub use router::Router;
+use std::ops::Range;
 
 /// How weights are held and computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +48,7 @@ impl std::str::FromStr for WeightFormat {
         match s {
             "f32" => Ok(WeightFormat::F32),
             "q" | "quantized" => Ok(WeightFormat::Quantized),
-            other => Err(Error::Input(format!("unknown --dtype '{other}' (use f32 or q)"))),
+            other => Err(Error::Input(format!("unknown weight format '{other}' (use f32 or q)"))),
         }
     }
 }
@@ -52,16 +62,70 @@ pub struct ForwardCtx<'a> {
     pub rope: &'a Rope,
     /// `[seq_len, pos + seq_len]`, `None` for a single token.
     pub mask: Option<Tensor>,
-    /// How routed layers decide (ignored by unrouted ones).
-    pub depth: DepthSettings,
 }
 
-/// Logits plus what the routed layers decided.
+impl<'a> ForwardCtx<'a> {
+    /// The context of `seq_len` rows starting at `pos`, with its causal mask.
+    pub fn new(model: &'a Model, pos: usize, seq_len: usize) -> Result<Self> {
+        let mask = if seq_len > 1 {
+            Some(attention::causal_mask(seq_len, pos, &model.device, DType::F32)?)
+        } else {
+            None
+        };
+        Ok(ForwardCtx {
+            pos,
+            seq_len,
+            rope: &model.rope,
+            mask,
+        })
+    }
+}
+
+/// Logits plus what each layer did.
 #[derive(Debug)]
 pub struct ForwardOutput {
     pub logits: Tensor,
-    /// One entry per routed layer, in layer order; empty for a model without routers.
-    pub routing: Vec<LayerRouting>,
+    /// The executed plan of every layer reached (costs: [`ExecutedPlan::layers_used`]).
+    pub plan: ExecutedPlan,
+    /// The routers' gate tensors `[rows]`, one per routed layer in layer order (in the graph when training).
+    pub gates: Vec<Tensor>,
+}
+
+/// What a routed layer decided for each row of a forward pass (the routed records of [`ForwardOutput::plan`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRouting {
+    pub layer_idx: usize,
+    pub gates: Vec<f32>,
+    /// Whether the row ran the whole layer.
+    pub run: Vec<bool>,
+}
+
+impl ForwardOutput {
+    /// Gates and run/skip per routed layer, in layer order; empty for a pass without routers.
+    pub fn routing(&self) -> Vec<LayerRouting> {
+        self.plan
+            .routed()
+            .map(|r| LayerRouting {
+                layer_idx: r.layer_idx,
+                gates: r.gates.clone().unwrap_or_default(),
+                run: (0..self.plan.rows)
+                    .map(|row| r.step(row).is_some_and(|s| s.is_full()))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Hidden states after a range of layers ([`Model::run_layers`]).
+#[derive(Debug)]
+pub struct LayersOutput {
+    /// `[rows, hidden]`
+    pub hidden: Tensor,
+    pub plan: ExecutedPlan,
+    /// Gate tensors of the routed layers run, in layer order.
+    pub gates: Vec<Tensor>,
+    /// The policy exited before the end of the range.
+    pub exited: bool,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -81,10 +145,6 @@ pub struct Model {
     pub norm: RmsNorm,
     /// `[vocab, hidden]`; the embedding itself when tied.
     pub lm_head: Linear,
-    /// Settings used by [`Model::forward`]; [`Model::forward_with`] takes its own.
-    pub depth_settings: DepthSettings,
-    /// Layers removed outright (static pruning, ShortGPT/LaCo-style baselines): never run, no K/V.
-    pub pruned_layers: Vec<usize>,
     /// How the weights are held; attached FlexiDepth parts follow it.
     pub format: WeightFormat,
     rope: Rope,
@@ -115,7 +175,7 @@ impl Model {
             ))
         };
 
-        let embed_stored = weights.stored("model.embed_tokens.weight", &[c.vocab_size, h], device)?;
+        let embed_stored = weights.stored(keys::EMBED_TOKENS, &[c.vocab_size, h], device)?;
         // The quantized path keeps the table in blocks (rows dequantized on lookup), shared with a tied lm_head.
         let embed_tokens = match embed_stored {
             crate::weights::StoredTensor::Blocks(raw) if quant && device.is_cpu() => match raw.into_matrix()? {
@@ -126,34 +186,33 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for layer_idx in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{layer_idx}");
             let (q_norm, k_norm) = if c.arch == Arch::Qwen3 {
                 (
-                    Some(norm(&format!("{p}.self_attn.q_norm"), hd)?),
-                    Some(norm(&format!("{p}.self_attn.k_norm"), hd)?),
+                    Some(norm(&LayerKey::QNorm.module(layer_idx), hd)?),
+                    Some(norm(&LayerKey::KNorm.module(layer_idx), hd)?),
                 )
             } else {
                 (None, None)
             };
             layers.push(DecoderLayer {
                 layer_idx,
-                input_layernorm: norm(&format!("{p}.input_layernorm"), h)?,
+                input_layernorm: norm(&LayerKey::InputLayernorm.module(layer_idx), h)?,
                 self_attn: Attention {
-                    q_proj: linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                    q_proj: linear(&LayerKey::QProj.module(layer_idx), q_out, h, c.attention_bias)?,
+                    k_proj: linear(&LayerKey::KProj.module(layer_idx), kv_out, h, c.attention_bias)?,
+                    v_proj: linear(&LayerKey::VProj.module(layer_idx), kv_out, h, c.attention_bias)?,
+                    o_proj: linear(&LayerKey::OProj.module(layer_idx), h, q_out, false)?,
                     q_norm,
                     k_norm,
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"), h)?,
+                post_attention_layernorm: norm(&LayerKey::PostAttentionLayernorm.module(layer_idx), h)?,
                 mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                    gate_proj: linear(&LayerKey::GateProj.module(layer_idx), c.intermediate_size, h, false)?,
+                    up_proj: linear(&LayerKey::UpProj.module(layer_idx), c.intermediate_size, h, false)?,
+                    down_proj: linear(&LayerKey::DownProj.module(layer_idx), h, c.intermediate_size, false)?,
                 },
                 router: None,
                 router_proj: None,
@@ -164,16 +223,14 @@ impl Model {
         let lm_head = match (&embed_tokens, c.tie_word_embeddings) {
             (Embedding::Dense(t), true) => Linear::dense(t.clone(), None),
             (Embedding::Packed(m), true) => Linear::packed(m.clone(), None),
-            (_, false) => linear("lm_head", c.vocab_size, h, false)?,
+            (_, false) => linear(keys::LM_HEAD.trim_end_matches(".weight"), c.vocab_size, h, false)?,
         };
         Ok(Model {
             config: c.clone(),
             embed_tokens,
             layers,
-            norm: norm("model.norm", h)?,
+            norm: norm(keys::NORM.trim_end_matches(".weight"), h)?,
             lm_head,
-            depth_settings: DepthSettings::default(),
-            pruned_layers: Vec::new(),
             format,
             rope: Rope::new(hd, c.rope_theta, c.max_position_embeddings, dt, device)?,
             device: device.clone(),
@@ -188,51 +245,86 @@ impl Model {
         &self.rope
     }
 
-    /// Hidden states `[seq, hidden]` of a fresh prefill of `ids` after the layers before `end`, routers off.
-    /// Training runs the frozen layers below the first routed one through here: no variables, so no graph.
-    pub fn hidden_after(&self, ids: &[u32], end: usize) -> Result<Tensor> {
+    /// Embeddings `[rows, hidden]` of `ids`, refusing ids outside the vocabulary.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::Input("cannot run the model on zero tokens".into()));
+        }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(Error::Input(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 self.config.vocab_size
             )));
         }
-        let x = self.embed_tokens.forward(ids, &self.device)?;
-        self.run_plain(x, 0..end)
+        self.embed_tokens.forward(ids, &self.device)
     }
 
-    /// Logits `[seq, vocab]` of hidden states `x` (positions `0..seq`) continued through layers `start..` at full
-    /// depth, routers off: the frozen teacher of distillation.
-    pub fn logits_from(&self, x: Tensor, start: usize) -> Result<Tensor> {
-        let x = self.run_plain(x, start..self.layers.len())?;
-        self.lm_head.forward(&self.norm.forward(&x)?)
+    /// Final norm and output head: logits `[rows, vocab]` of hidden states `[rows, hidden]`.
+    pub fn head(&self, ops: &dyn Ops, x: &Tensor) -> Result<Tensor> {
+        ops.linear(&ops.rms_norm(x, &self.norm)?, &self.lm_head)
     }
 
-    fn run_plain(&self, mut x: Tensor, layers: std::ops::Range<usize>) -> Result<Tensor> {
-        let seq_len = x.dim(0)?;
-        let mut cache = self.new_cache(seq_len);
-        cache.reserve(seq_len)?;
-        let mask = if seq_len > 1 {
-            Some(attention::causal_mask(seq_len, 0, &self.device, DType::F32)?)
-        } else {
-            None
-        };
-        let ctx = ForwardCtx {
-            pos: 0,
-            seq_len,
-            rope: &self.rope,
-            mask,
-            depth: DepthSettings {
-                mode: crate::depth::DepthMode::Off,
-                ..DepthSettings::default()
-            },
-        };
-        for layer in &self.layers[layers] {
-            if !self.pruned_layers.contains(&layer.layer_idx) {
-                x = layer.forward(&x, &ctx, &mut cache)?.0;
-            }
+    /// Run `layers` on hidden states `x: [rows, hidden]` (rows at `ctx.pos..`) under `policy`: the layer-range
+    /// execution that self-speculative decoding, DMTD and layer-wise calibration build on. With a cache, every
+    /// non-absent layer writes its K/V at `ctx.pos..` (the caller sets the cache length afterwards); without one,
+    /// the rows attend over themselves (`ctx.pos` must be 0). Stops early when the policy exits.
+    pub fn run_layers(
+        &self,
+        ops: &dyn Ops,
+        mut x: Tensor,
+        layers: Range<usize>,
+        ctx: &ForwardCtx,
+        mut cache: Option<&mut KvCache>,
+        policy: &dyn DepthPolicy,
+    ) -> Result<LayersOutput> {
+        if layers.end > self.layers.len() {
+            return Err(Error::Input(format!(
+                "layers {}..{} of a model with {} layers",
+                layers.start,
+                layers.end,
+                self.layers.len()
+            )));
         }
-        Ok(x)
+        let rows = x.dim(0)?;
+        let mut plan = ExecutedPlan {
+            rows,
+            layers: Vec::new(),
+        };
+        let mut gates = Vec::new();
+        let mut exited = false;
+        for layer in &self.layers[layers] {
+            let input = LayerInput::new(layer, &x, ctx.pos, ops);
+            let layer_plan = policy.plan(layer, &input)?;
+            let normed = input.take_normed();
+            let (kind, gate_values) = match &layer_plan {
+                LayerPlan::Exit => {
+                    exited = true;
+                    break;
+                }
+                LayerPlan::Absent => (RecordKind::Absent, None),
+                LayerPlan::Full => (RecordKind::Full, None),
+                LayerPlan::Rows { steps, gates: g, .. } => {
+                    if let Some(g) = g {
+                        gates.push(g.tensor.clone());
+                    }
+                    (RecordKind::Rows(steps.clone()), g.as_ref().map(|g| g.values.clone()))
+                }
+            };
+            if !matches!(layer_plan, LayerPlan::Absent) {
+                x = layer.forward(ops, &x, normed, ctx, cache.as_deref_mut(), &layer_plan)?;
+            }
+            plan.layers.push(LayerRecord {
+                layer_idx: layer.layer_idx,
+                kind,
+                gates: gate_values,
+            });
+        }
+        Ok(LayersOutput {
+            hidden: x,
+            plan,
+            gates,
+            exited,
+        })
     }
 
     /// A KV cache for this model holding up to `max_len` positions (at most the context window).
@@ -245,10 +337,22 @@ impl Model {
         )
     }
 
-    /// Give routed layers their router and adapter (FlexiDepth). Layers not listed stay plain. In the quantized
-    /// path the adapter and the router's input projection are stored as Q8_0, so that a skipped layer reads few
-    /// bytes (an f32 adapter would cost a third of a Q4_1 layer).
-    pub fn attach_depth(&mut self, parts: Vec<(usize, Router, Adapter)>) -> Result<()> {
+    /// Give routed layers their router and adapter (FlexiDepth), trained at `skip_threshold` (kept on each router:
+    /// the default of routing policies). Layers not listed stay plain. In the quantized path the adapter and the
+    /// router's input projection are stored as Q8_0, so that a skipped layer reads few bytes (an f32 adapter would
+    /// cost a third of a Q4_1 layer).
+    pub fn attach_depth(&mut self, parts: Vec<(usize, Router, Adapter)>, skip_threshold: f32) -> Result<()> {
+        if !skip_threshold.is_finite() {
+            return Err(Error::Input(format!(
+                "skip_threshold {skip_threshold} is not a finite number"
+            )));
+        }
+        let n = self.layers.len();
+        if let Some((bad, _, _)) = parts.iter().find(|(l, _, _)| *l >= n) {
+            return Err(Error::Input(format!(
+                "routed layer {bad} does not exist (the model has {n} layers)"
+            )));
+        }
         for (layer_idx, mut router, mut adapter) in parts {
             if self.format == WeightFormat::Quantized {
                 router.router_enc = router.router_enc.into_q8()?;
@@ -256,12 +360,8 @@ impl Model {
                 adapter.down_proj = adapter.down_proj.into_q8()?;
                 adapter.up_proj = adapter.up_proj.into_q8()?;
             }
-            let n = self.layers.len();
-            let layer = self.layers.get_mut(layer_idx).ok_or_else(|| {
-                Error::Input(format!(
-                    "routed layer {layer_idx} does not exist (the model has {n} layers)"
-                ))
-            })?;
+            router.skip_threshold = skip_threshold;
+            let layer = &mut self.layers[layer_idx];
             layer.router = Some(router);
             layer.router_proj = Some(adapter);
         }
@@ -276,54 +376,24 @@ impl Model {
         }
     }
 
-    /// ShortGPT's block influence of every layer on `ids`: `1 − mean cos(x_in, x_out)` over the tokens. Layers that
-    /// barely change the hidden state score low and are the first candidates for removal.
-    pub fn block_influence(&self, ids: &[u32]) -> Result<Vec<f64>> {
-        let mut cache = self.new_cache(ids.len());
-        cache.reserve(ids.len())?;
-        let mut x = self.embed_tokens.forward(ids, &self.device)?;
-        let ctx = ForwardCtx {
-            pos: 0,
-            seq_len: ids.len(),
-            rope: &self.rope,
-            mask: (ids.len() > 1)
-                .then(|| attention::causal_mask(ids.len(), 0, &self.device, DType::F32))
-                .transpose()?,
-            depth: DepthSettings {
-                mode: crate::depth::DepthMode::Run,
-                ..DepthSettings::default()
-            },
-        };
-        let mut out = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (y, _) = layer.forward(&x, &ctx, &mut cache)?;
-            let dot = (&x * &y)?.sum(1)?;
-            let norms = (x.sqr()?.sum(1)?.sqrt()? * y.sqr()?.sum(1)?.sqrt()?)?;
-            let cos = (dot / norms)?.mean_all()?.to_scalar::<f32>()?;
-            out.push(1.0 - cos as f64);
-            x = y;
-        }
-        Ok(out)
-    }
-
-    /// Bytes of weights a token reads in each layer: `(full path, skip path)`; the skip path (K/V, router,
-    /// adapter) only exists on routed layers. Decode is memory-bound, so these bound what skipping can save.
-    pub fn layer_weight_bytes(&self) -> Vec<(usize, Option<usize>)> {
+    /// Weight bytes of each layer's parts, indexed by `layer_idx` (see [`ExecutedPlan::weight_bytes`]).
+    pub fn layer_bytes(&self) -> Vec<LayerBytes> {
         self.layers
             .iter()
             .map(|l| {
                 let a = &l.self_attn;
-                let kv = a.k_proj.weight_bytes() + a.v_proj.weight_bytes();
                 let m = &l.mlp;
-                let mlp = m.gate_proj.weight_bytes() + m.up_proj.weight_bytes() + m.down_proj.weight_bytes();
-                let router = l.router.as_ref().map_or(0, |r| {
-                    r.router_enc.weight_bytes() + r.router_dec.weight_bytes() + r.router_head.weight_bytes()
-                });
-                let full = kv + a.q_proj.weight_bytes() + a.o_proj.weight_bytes() + mlp + router;
-                let skip = l.router_proj.as_ref().map(|ad| {
-                    kv + router + ad.gate_proj.weight_bytes() + ad.down_proj.weight_bytes() + ad.up_proj.weight_bytes()
-                });
-                (full, skip)
+                LayerBytes {
+                    kv: a.k_proj.weight_bytes() + a.v_proj.weight_bytes(),
+                    q_o: a.q_proj.weight_bytes() + a.o_proj.weight_bytes(),
+                    mlp: m.gate_proj.weight_bytes() + m.up_proj.weight_bytes() + m.down_proj.weight_bytes(),
+                    router: l.router.as_ref().map_or(0, |r| {
+                        r.router_enc.weight_bytes() + r.router_dec.weight_bytes() + r.router_head.weight_bytes()
+                    }),
+                    adapter: l.router_proj.as_ref().map_or(0, |ad| {
+                        ad.gate_proj.weight_bytes() + ad.down_proj.weight_bytes() + ad.up_proj.weight_bytes()
+                    }),
+                }
             })
             .collect()
     }
@@ -331,6 +401,13 @@ impl Model {
     /// Bytes read per token outside the layers: the output head (and one embedding row).
     pub fn head_weight_bytes(&self) -> usize {
         self.lm_head.weight_bytes() + self.embed_tokens.storage_bytes() / self.config.vocab_size.max(1)
+    }
+
+    /// The threshold the attached routers were trained with (`None` without routers).
+    pub fn skip_threshold(&self) -> Option<f32> {
+        self.layers
+            .iter()
+            .find_map(|l| l.router.as_ref().map(|r| r.skip_threshold))
     }
 
     /// Indices of the layers that have a router.
@@ -342,62 +419,52 @@ impl Model {
             .collect()
     }
 
-    /// Embed `ids`, run them through every layer at the cache's next position, and return their logits
-    /// (routed layers decide with [`Model::depth_settings`]).
+    /// Embed `ids`, run them through every layer at full depth at the cache's next position, and return their
+    /// logits: the base model (routers, if attached, are ignored).
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        Ok(self.forward_with(ids, cache, logits, &self.depth_settings)?.logits)
+        Ok(self.forward_with(ids, cache, logits, &FullDepth)?.logits)
     }
 
-    /// [`Model::forward`] with explicit depth settings, returning the routing decisions too.
+    /// [`Model::forward`] under a depth policy, returning what each layer did too.
     pub fn forward_with(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
         logits: Logits,
-        depth: &DepthSettings,
+        policy: &dyn DepthPolicy,
     ) -> Result<ForwardOutput> {
-        if ids.is_empty() {
-            return Err(Error::Input("cannot run the model on zero tokens".into()));
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.config.vocab_size
-            )));
-        }
-        let pos = cache.len();
+        self.forward_ops(&Fused, ids, Some(cache), logits, policy)
+    }
+
+    /// The general forward pass: `ops` (fused for inference, differentiable for training), an optional cache
+    /// (without one, a fresh pass from position 0 whose rows attend over themselves), a policy.
+    pub fn forward_ops(
+        &self,
+        ops: &dyn Ops,
+        ids: &[u32],
+        mut cache: Option<&mut KvCache>,
+        logits: Logits,
+        policy: &dyn DepthPolicy,
+    ) -> Result<ForwardOutput> {
+        let x = self.embed(ids)?;
+        let pos = cache.as_ref().map_or(0, |c| c.len());
         let seq_len = ids.len();
-        cache.reserve(pos + seq_len)?;
-        let mut x = self.embed_tokens.forward(ids, &self.device)?;
-        let mask = if seq_len > 1 {
-            Some(attention::causal_mask(seq_len, pos, &self.device, DType::F32)?)
-        } else {
-            None
-        };
-        let ctx = ForwardCtx {
-            pos,
-            seq_len,
-            rope: &self.rope,
-            mask,
-            depth: *depth,
-        };
-        let mut routing = Vec::new();
-        for layer in &self.layers {
-            if self.pruned_layers.contains(&layer.layer_idx) {
-                continue;
-            }
-            let (y, decided) = layer.forward(&x, &ctx, cache)?;
-            x = y;
-            routing.extend(decided);
+        if let Some(c) = cache.as_deref_mut() {
+            c.reserve(pos + seq_len)?;
         }
-        cache.set_len(pos + seq_len);
+        let ctx = ForwardCtx::new(self, pos, seq_len)?;
+        let out = self.run_layers(ops, x, 0..self.layers.len(), &ctx, cache.as_deref_mut(), policy)?;
+        if let Some(c) = cache {
+            c.set_len(pos + seq_len);
+        }
         let x = match logits {
-            Logits::Last => x.narrow(0, seq_len - 1, 1)?,
-            Logits::All => x,
+            Logits::Last => out.hidden.narrow(0, seq_len - 1, 1)?,
+            Logits::All => out.hidden,
         };
         Ok(ForwardOutput {
-            logits: self.lm_head.forward(&self.norm.forward(&x)?)?,
-            routing,
+            logits: self.head(ops, &x)?,
+            plan: out.plan,
+            gates: out.gates,
         })
     }
 }

@@ -50,6 +50,11 @@ impl Rope {
         Ok(y.squeeze(0)?)
     }
 
+    /// The `cos` and `sin` tables of the positions in `pos_idx` (`[rows]`, u32), each `[rows, head_dim / 2]`.
+    pub fn tables_rows(&self, pos_idx: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.index_select(pos_idx, 0)?, self.sin.index_select(pos_idx, 0)?))
+    }
+
     /// The `cos` and `sin` tables of positions `pos..pos + seq`, each `[seq, head_dim / 2]`.
     pub fn tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.narrow(0, pos, seq)?, self.sin.narrow(0, pos, seq)?))

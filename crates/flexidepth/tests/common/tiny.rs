@@ -179,6 +179,24 @@ pub struct RefDepth {
     pub skip_kv: bool,
 }
 
+/// What a skipped row leaves out in the reference (mirrors `flexidepth::depth::SkipUnit`).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefUnit {
+    #[default]
+    Layer,
+    Ffn,
+    Attention,
+}
+
+/// Depth choices beyond routing, for the reference: layers removed (static pruning), an early exit, the skip unit.
+#[derive(Clone, Default)]
+pub struct RefExtra {
+    pub removed: Vec<usize>,
+    /// Run layers `0..exit_after` only.
+    pub exit_after: Option<usize>,
+    pub unit: RefUnit,
+}
+
 /// What the reference computed.
 pub struct RefOutput {
     /// `[pos][vocab]`
@@ -191,6 +209,17 @@ pub struct RefOutput {
 
 /// The model of `w` on `ids`, all positions at once, every layer routed that has router weights in `w`.
 pub fn reference(c: &ModelConfig, w: &Weights, ids: &[u32], depth: Option<RefDepth>) -> RefOutput {
+    reference_with(c, w, ids, depth, &RefExtra::default())
+}
+
+/// [`reference`] with layers removed, an early exit or another skip unit.
+pub fn reference_with(
+    c: &ModelConfig,
+    w: &Weights,
+    ids: &[u32],
+    depth: Option<RefDepth>,
+    extra: &RefExtra,
+) -> RefOutput {
     let get = |n: &str| w.iter().find(|(name, _, _)| name == n).map(|(_, _, v)| v.as_slice());
     let t = |n: String| get(&n).unwrap_or_else(|| panic!("{n}"));
     let (h, hd) = (c.hidden_size, c.head_dim);
@@ -203,6 +232,20 @@ pub fn reference(c: &ModelConfig, w: &Weights, ids: &[u32], depth: Option<RefDep
     let mut keys = Vec::new();
     let mut decisions = Vec::new();
     for l in 0..c.num_hidden_layers {
+        if extra.exit_after == Some(l) {
+            break;
+        }
+        if extra.removed.contains(&l) {
+            keys.push(Vec::new());
+            continue;
+        }
+        if extra.exit_after == Some(l) {
+            break;
+        }
+        if extra.removed.contains(&l) {
+            keys.push(Vec::new());
+            continue;
+        }
         let p = format!("model.layers.{l}");
         let bias = |n: &str| get(&format!("{p}.self_attn.{n}.bias"));
         let eps = c.rms_norm_eps;
@@ -254,7 +297,7 @@ pub fn reference(c: &ModelConfig, w: &Weights, ids: &[u32], depth: Option<RefDep
         let mut out = Vec::new();
         for pos in 0..xs.len() {
             let (g, run) = gates[pos];
-            if !run {
+            if !run && extra.unit == RefUnit::Layer {
                 // Skipped: no attention; (1 - w) · adapter(post_norm(x)); official names: down_proj is the branch.
                 let v = rmsnorm(&xs[pos], t(format!("{p}.post_attention_layernorm.weight")), eps);
                 let m = t(format!("{p}.router_proj.gate_proj.weight")).len() / h;
@@ -265,9 +308,13 @@ pub fn reference(c: &ModelConfig, w: &Weights, ids: &[u32], depth: Option<RefDep
                 out.push(xs[pos].iter().zip(&y).map(|(x, y)| x + (1.0 - g) * y).collect());
                 continue;
             }
+            let attends = run || extra.unit == RefUnit::Ffn;
             let mut q = heads(&us[pos], "q_proj", nh, Some("q_norm"));
             q.iter_mut().for_each(|v| rope(v, pos, c.rope_theta));
-            let visible: Vec<usize> = (0..=pos).filter(|&j| j == pos || skip_kv || gates[j].1).collect();
+            // With the FFN as the skip unit every row attends, so every key stays visible.
+            let visible: Vec<usize> = (0..=pos)
+                .filter(|&j| j == pos || skip_kv || gates[j].1 || extra.unit == RefUnit::Ffn)
+                .collect();
             let mut attn = vec![0f32; nh * hd];
             for (head, qh) in q.iter().enumerate() {
                 let kvh = head / (nh / nkv);
@@ -285,16 +332,27 @@ pub fn reference(c: &ModelConfig, w: &Weights, ids: &[u32], depth: Option<RefDep
                 }
             }
             let o = matvec(t(format!("{p}.self_attn.o_proj.weight")), None, h, &attn);
-            let hres = add(&xs[pos], &o);
+            let hres = if attends { add(&xs[pos], &o) } else { xs[pos].clone() };
             let n2 = rmsnorm(&hres, t(format!("{p}.post_attention_layernorm.weight")), eps);
+            if !run && extra.unit == RefUnit::Ffn {
+                // The adapter stands in for the MLP, scaled by 1 − w.
+                let m = t(format!("{p}.router_proj.gate_proj.weight")).len() / h;
+                let a = matvec(t(format!("{p}.router_proj.gate_proj.weight")), None, m, &n2);
+                let b = matvec(t(format!("{p}.router_proj.down_proj.weight")), None, m, &n2);
+                let act: Vec<f32> = a.iter().zip(&b).map(|(a, b)| silu(*a) * b).collect();
+                let y = matvec(t(format!("{p}.router_proj.up_proj.weight")), None, h, &act);
+                out.push(hres.iter().zip(&y).map(|(x, y)| x + (1.0 - g) * y).collect());
+                continue;
+            }
             let i = c.intermediate_size;
             let gp = matvec(t(format!("{p}.mlp.gate_proj.weight")), None, i, &n2);
             let up = matvec(t(format!("{p}.mlp.up_proj.weight")), None, i, &n2);
             let act: Vec<f32> = gp.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
             let d = matvec(t(format!("{p}.mlp.down_proj.weight")), None, h, &act);
             // The FFN is scaled by w on routed layers (dynamic and skip modes); forced run is the plain layer.
+            // Attention-only skipping leaves the MLP unscaled.
             let scale = match routed {
-                Some(dd) if dd.force != Some(true) => g,
+                Some(dd) if dd.force != Some(true) && extra.unit != RefUnit::Attention => g,
                 _ => 1.0,
             };
             out.push(hres.iter().zip(&d).map(|(a, b)| a + scale * b).collect());

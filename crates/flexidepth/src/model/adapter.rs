@@ -5,8 +5,9 @@
 //! `[narrow, hidden]` branch multiplied with `silu(gate_proj)`, `up_proj` the `[hidden, narrow]` output. We keep the
 //! official names (so files interoperate) and the loader tells the two apart by shape, never by name.
 
+use super::linear::Linear;
+use super::ops::Ops;
 use crate::error::Result;
-use crate::model::linear::Linear;
 use candle_core::Tensor;
 
 #[derive(Debug)]
@@ -21,8 +22,8 @@ pub struct Adapter {
 
 impl Adapter {
     /// `up_proj(silu(gate_proj(v)) · down_proj(v))` on `v: [rows, hidden]`.
-    pub fn forward(&self, v: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(v)?)?;
-        self.up_proj.forward(&(gate * self.down_proj.forward(v)?)?)
+    pub fn forward(&self, ops: &dyn Ops, v: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&ops.linear(v, &self.gate_proj)?)?;
+        ops.linear(&(gate * ops.linear(v, &self.down_proj)?)?, &self.up_proj)
     }
 }

@@ -2,9 +2,10 @@
 //! `logit = W_head · W_dec · tanh(RMSNorm_r(W_enc · u))` with `u = input_layernorm(x)` (spec A3; the paper's
 //! formula puts tanh before the norm, but the released checkpoint was trained with this order).
 
+use super::linear::Linear;
+use super::norm::RmsNorm;
+use super::ops::Ops;
 use crate::error::Result;
-use crate::model::linear::Linear;
-use crate::model::norm::RmsNorm;
 use candle_core::Tensor;
 
 #[derive(Debug)]
@@ -17,17 +18,24 @@ pub struct Router {
     pub router_dec: Linear,
     /// `[1, hidden]` (W_r)
     pub router_head: Linear,
+    /// The threshold this router was trained with (from its depth file; [`super::plan::DEFAULT_SKIP_THRESHOLD`] otherwise): a row
+    /// runs the layer iff its gate is above it, unless a policy overrides it.
+    pub skip_threshold: f32,
 }
 
 impl Router {
     /// Router logits of `u: [rows, hidden]`, `[rows]`.
-    pub fn logits(&self, u: &Tensor) -> Result<Tensor> {
-        let z = self.router_norm.forward(&self.router_enc.forward(u)?)?.tanh()?;
-        Ok(self.router_head.forward(&self.router_dec.forward(&z)?)?.squeeze(1)?)
+    pub fn logits(&self, ops: &dyn Ops, u: &Tensor) -> Result<Tensor> {
+        let z = ops
+            .rms_norm(&ops.linear(u, &self.router_enc)?, &self.router_norm)?
+            .tanh()?;
+        Ok(ops
+            .linear(&ops.linear(&z, &self.router_dec)?, &self.router_head)?
+            .squeeze(1)?)
     }
 
     /// Gates `w = sigmoid(logit)`, `[rows]`.
-    pub fn gates(&self, u: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::sigmoid(&self.logits(u)?)?)
+    pub fn gates(&self, ops: &dyn Ops, u: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::sigmoid(&self.logits(ops, u)?)?)
     }
 }

@@ -1,0 +1,165 @@
+//! Depth policies by name, as command lines and result tables write them:
+//!
+//! | spec | policy |
+//! |---|---|
+//! | `full` | [`FullDepth`]: the base model |
+//! | `flexi`, `flexi:T` | [`FlexiDepth`] at the depth file's threshold, or at `T` |
+//! | `flexi-ffn[:T]`, `flexi-attn[:T]` | FlexiDepth skipping only the FFN, or only the attention |
+//! | `skip` | every routed layer skipped |
+//! | `prune:K` | [`StaticPrune`]: ShortGPT's `K` layers of lowest block influence removed |
+//! | `exit:L` | [`EarlyExit`] after `L` layers |
+
+use super::early_exit::EarlyExit;
+use super::flexidepth::{DepthMode, FlexiDepth, SkipUnit};
+use super::shortgpt::StaticPrune;
+use crate::error::{Error, Result};
+use crate::model::plan::{DepthPolicy, FullDepth};
+use crate::model::Model;
+
+/// A depth policy named by its parameters (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PolicySpec {
+    Full,
+    Flexi {
+        unit: SkipUnit,
+        skip_threshold: Option<f32>,
+    },
+    Skip,
+    Prune(usize),
+    Exit(usize),
+}
+
+impl std::str::FromStr for PolicySpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Input(format!(
+                "unknown depth policy '{s}' (full, flexi[:THRESHOLD], flexi-ffn[:THRESHOLD], \
+                 flexi-attn[:THRESHOLD], skip, prune:K, exit:L)"
+            ))
+        };
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let threshold = |a: Option<&str>| -> Result<Option<f32>> {
+            a.map(|t| match t.parse::<f32>() {
+                Ok(t) if t.is_finite() && (0.0..=1.0).contains(&t) => Ok(t),
+                _ => Err(Error::Input(format!(
+                    "depth policy '{s}': the threshold must be a number in [0, 1]"
+                ))),
+            })
+            .transpose()
+        };
+        let count = |a: Option<&str>| -> Result<usize> { a.and_then(|k| k.parse().ok()).ok_or_else(bad) };
+        let flexi = |unit| -> Result<PolicySpec> {
+            Ok(PolicySpec::Flexi {
+                unit,
+                skip_threshold: threshold(arg)?,
+            })
+        };
+        match (name, arg) {
+            ("full", None) => Ok(PolicySpec::Full),
+            ("skip", None) => Ok(PolicySpec::Skip),
+            ("flexi", _) => flexi(SkipUnit::Layer),
+            ("flexi-ffn", _) => flexi(SkipUnit::Ffn),
+            ("flexi-attn", _) => flexi(SkipUnit::Attention),
+            ("prune", _) => Ok(PolicySpec::Prune(count(arg)?)),
+            ("exit", _) => Ok(PolicySpec::Exit(count(arg)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicySpec::Full => write!(f, "full"),
+            PolicySpec::Skip => write!(f, "skip"),
+            PolicySpec::Flexi { unit, skip_threshold } => {
+                let name = match unit {
+                    SkipUnit::Layer => "flexi",
+                    SkipUnit::Ffn => "flexi-ffn",
+                    SkipUnit::Attention => "flexi-attn",
+                };
+                match skip_threshold {
+                    Some(t) => write!(f, "{name}:{t}"),
+                    None => write!(f, "{name}"),
+                }
+            }
+            PolicySpec::Prune(k) => write!(f, "prune:{k}"),
+            PolicySpec::Exit(l) => write!(f, "exit:{l}"),
+        }
+    }
+}
+
+impl PolicySpec {
+    /// Whether the policy needs routers on the model.
+    pub fn needs_routers(&self) -> bool {
+        matches!(self, PolicySpec::Flexi { .. } | PolicySpec::Skip)
+    }
+
+    /// The policy for `model`; ShortGPT's choice of layers is measured on the calibration tokens `calibration`; a
+    /// FlexiDepth policy without a threshold gets the one its routers were trained with.
+    ///
+    /// Errors: a routing policy on a model without routers, an exit or pruning beyond the model's layers.
+    pub fn build(&self, model: &Model, calibration: &[u32]) -> Result<Box<dyn DepthPolicy>> {
+        if self.needs_routers() && model.routed_layers().is_empty() {
+            return Err(Error::Input(format!(
+                "depth policy '{self}' needs a model with routers (attach a depth file)"
+            )));
+        }
+        let n = model.layers.len();
+        Ok(match *self {
+            PolicySpec::Full => Box::new(FullDepth),
+            PolicySpec::Skip => Box::new(FlexiDepth::with_mode(DepthMode::Skip)),
+            // The threshold is resolved here (the depth file's unless given), so that labels say which was used.
+            PolicySpec::Flexi { unit, skip_threshold } => Box::new(FlexiDepth {
+                unit,
+                skip_threshold: skip_threshold.or(model.skip_threshold()),
+                ..FlexiDepth::default()
+            }),
+            PolicySpec::Prune(k) => Box::new(StaticPrune::shortgpt(model, calibration, k)?),
+            PolicySpec::Exit(l) if l == 0 || l > n => {
+                return Err(Error::Input(format!(
+                    "cannot exit after {l} layers: the model has {n} (use 1..={n})"
+                )))
+            }
+            PolicySpec::Exit(l) => Box::new(EarlyExit { exit_after: l }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for s in [
+            "full",
+            "skip",
+            "flexi",
+            "flexi:0.55",
+            "flexi-ffn",
+            "flexi-attn:0.3",
+            "prune:4",
+            "exit:12",
+        ] {
+            assert_eq!(s.parse::<PolicySpec>().unwrap().to_string(), s);
+        }
+        for bad in [
+            "",
+            "flexi:x",
+            "flexi:NaN",
+            "flexi:2",
+            "prune",
+            "prune:-1",
+            "exit:a",
+            "ful",
+            "full:1",
+        ] {
+            assert!(bad.parse::<PolicySpec>().is_err(), "{bad}");
+        }
+    }
+}
