@@ -96,7 +96,10 @@ pub fn run(args: Args) -> Result<()> {
         let q = eval::depth_quality(&model, &windows, &depth)?;
         println!(
             "windows: {} of up to {} tokens  positions scored: {}  policy: {}",
-            q.windows, args.ctx, q.n_predicted, q.policy
+            q.windows,
+            args.ctx,
+            q.n_predicted,
+            q.policy_label()
         );
         println!(
             "full ppl: {:.4}  flexi ppl: {:.4}  ratio: {:.4}  KL(full‖flexi): {:.5} nats/token  top-1 agreement: \

@@ -106,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
     md.push_str(&format!(
         "\nHeld-out text: {} windows, {} predicted positions (Persuasion from chapter 13, never in the training data); \
          policy {}; ppl ratio limit {}.\n",
-        held.windows, held.n_predicted, held.policy, args.max_ppl_ratio
+        held.windows, held.n_predicted, held.policy_label(), args.max_ppl_ratio
     ));
     match chosen {
         Some(i) => md.push_str(&format!(

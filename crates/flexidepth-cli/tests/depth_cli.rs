@@ -72,7 +72,7 @@ fn depth_init_generate_trace_and_maps() {
         let routed = l["routed"].as_array().unwrap();
         assert_eq!(routed.len(), 15);
         let runs = routed.iter().filter(|r| r["run"] == true).count() as u64;
-        assert_eq!(l["layers_used"].as_u64().unwrap(), 15 + runs);
+        assert_eq!(l["layers_used"].as_f64().unwrap(), (15 + runs) as f64);
         for r in routed {
             let g = r["gate"].as_f64().unwrap();
             assert_eq!(r["run"] == true, g > 0.5, "threshold is strict 0.5: {r}");
@@ -242,7 +242,10 @@ fn perplexity_compare_full_writes_json() {
     assert_eq!(q["windows"], 3, "60 tokens in windows of 24: 24 + 24 + 12");
     assert_eq!(q["n_predicted"], 57);
     assert_eq!(q["num_layers"], 30);
-    assert_eq!(q["depth_mode"], "dynamic");
+    assert_eq!(
+        q["policy"], "flexi:0.5",
+        "the depth file's threshold, resolved in the label"
+    );
     assert!(q["mean_kl"].as_f64().unwrap() > 0.0);
     let layers = q["mean_layers"].as_f64().unwrap();
     assert!(layers > 15.0 && layers < 30.0, "{layers}");

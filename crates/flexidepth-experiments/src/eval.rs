@@ -256,8 +256,32 @@ pub struct DepthQuality {
     /// Mean layers used per position under the compared policy, of `num_layers`.
     pub mean_layers: f64,
     pub num_layers: usize,
-    /// The compared policy's label (`flexi:0.5`, `prune:4`, ...).
+    /// The compared policy's label (`flexi:0.5`, `prune:4`, ...); empty in reports written before policies
+    /// (see [`DepthQuality::policy_label`]).
+    #[serde(default)]
     pub policy: String,
+    /// Reports written before policies had the FlexiDepth settings instead (read, never written).
+    #[serde(default, skip_serializing)]
+    pub depth_mode: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub skip_threshold: Option<f32>,
+}
+
+impl DepthQuality {
+    /// The compared policy, also for reports written before policies (`depth_mode` dynamic at a threshold is
+    /// `flexi:T`).
+    pub fn policy_label(&self) -> String {
+        if !self.policy.is_empty() {
+            return self.policy.clone();
+        }
+        match (self.depth_mode.as_deref(), self.skip_threshold) {
+            (Some("dynamic"), Some(t)) => format!("flexi:{t}"),
+            (Some("run"), _) => "flexi:run".into(),
+            (Some("skip"), _) => "skip".into(),
+            (Some(m), _) => m.to_string(),
+            (None, _) => "unknown".into(),
+        }
+    }
 }
 
 /// Compare `policy` with full depth (exactly the base model) on `windows`: both perplexities, their ratio,
@@ -311,6 +335,8 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPoli
         mean_layers: layers / n,
         num_layers: model.config.num_hidden_layers,
         policy: policy.label(),
+        depth_mode: None,
+        skip_threshold: None,
     })
 }
 
