@@ -111,6 +111,14 @@ pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Ob
         out.skip += l.skip_sum;
         out.layers += l.layers_sum;
     }
+    // A tensor outside this step's graph (the adapter of a layer no token skipped) gets a zero gradient, as the
+    // official dense implementation (adapter computed for every row, masked) gives it: AdamW's moments then decay
+    // exactly as there.
+    for (name, var) in &params.vars {
+        if !out.grads.contains_key(name) {
+            out.grads.insert(name.clone(), var.as_tensor().zeros_like()?);
+        }
+    }
     let n = step_tokens as f64;
     out.lm /= n;
     out.kl /= n;
