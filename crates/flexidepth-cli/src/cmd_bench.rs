@@ -2,7 +2,7 @@
 //! configuration (full depth, FlexiDepth thresholds, all-skip, static removal of k layers), with the layers used
 //! and the weights-read bound beside the measured speed-up. Comma lists sweep parameters.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use flexidepth::depth::PolicySpec;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
@@ -62,23 +62,16 @@ where
         .collect()
 }
 
-/// Threads: one value runs here; a list re-runs this command once per value (each process sizes its thread
-/// pools once) and merges the rows.
+/// Threads: a comma list measures each count in this process, one after the other, and merges the rows.
 pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
     let thread_list: Vec<usize> = match threads {
         Some(t) => list(t, "thread count")?,
-        None => vec![],
+        None => vec![candle_core::utils::get_num_threads()],
     };
-    let rows = if thread_list.len() > 1 {
-        let mut rows = Vec::new();
-        for t in thread_list {
-            rows.extend(run_child(t)?);
-        }
-        rows
-    } else {
-        measure(&args, thread_list.first().copied())?
-    };
-    let mut rows = rows;
+    let mut rows = Vec::new();
+    for t in thread_list {
+        rows.extend(bench::with_threads(t, || measure(&args, t))?);
+    }
     bench::fill_speedups(&mut rows);
     let text = match args.output {
         OutputFormat::Csv => bench::to_csv(&rows),
@@ -87,34 +80,6 @@ pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
     };
     println!("{text}");
     Ok(())
-}
-
-/// Re-run this command with one thread count and JSON output.
-fn run_child(threads: usize) -> Result<Vec<BenchRow>> {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    // Drop the thread list and the output format, then add ours.
-    let mut i = 0;
-    while i < argv.len() {
-        let a = &argv[i];
-        if ["-t", "--threads", "-o", "--output", "--output-format"].contains(&a.as_str()) {
-            argv.drain(i..(i + 2).min(argv.len()));
-        } else if a.starts_with("--threads=") || a.starts_with("--output=") || a.starts_with("--output-format=") {
-            argv.remove(i);
-        } else {
-            i += 1;
-        }
-    }
-    argv.extend(["-t".into(), threads.to_string(), "-o".into(), "json".into()]);
-    let exe = std::env::current_exe().context("cannot find this program")?;
-    let out = std::process::Command::new(exe)
-        .args(&argv)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("cannot run the benchmark for one thread count")?;
-    if !out.status.success() {
-        bail!("the benchmark with {threads} threads failed");
-    }
-    serde_json::from_slice(&out.stdout).context("the benchmark's rows are not valid JSON")
 }
 
 /// The tests of one configuration: (label, prompt tokens, generated tokens, context depth).
@@ -136,10 +101,9 @@ fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
     Ok(out)
 }
 
-fn measure(args: &Args, threads: Option<usize>) -> Result<Vec<BenchRow>> {
+fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     let configs: Vec<PolicySpec> = list(&args.configs, "policy")?;
     let tests = tests(args)?;
-    let threads = threads.unwrap_or_else(candle_core::utils::get_num_threads);
     let reps = args.repetitions.max(1);
     let total = args.model.split(',').count() * args.dtype.len() * configs.len() * tests.len();
     let bar = indicatif::ProgressBar::new(total as u64);

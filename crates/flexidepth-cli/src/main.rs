@@ -249,16 +249,19 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
     }
 }
 
+/// More threads than any machine this runs on has cores (a larger value is a typo, and would start that many).
+const MAX_THREADS: usize = 1024;
+
 /// Size the thread pools. candle's and ours read `RAYON_NUM_THREADS`; when it is unset, candle re-counts the
 /// physical cores (by reading /proc/cpuinfo) on every matmul, so it is always set here, once.
 fn set_threads(threads: Option<&str>, is_bench: bool) -> anyhow::Result<()> {
     let n = match threads {
-        Some(t) if is_bench && t.contains(',') => return Ok(()), // bench runs one process per value
+        Some(t) if is_bench && t.contains(',') => return Ok(()), // bench sizes a pool per value
         Some(t) => t
             .parse()
             .ok()
-            .filter(|&n: &usize| n > 0)
-            .ok_or_else(|| anyhow::anyhow!("-t takes a positive number of threads, not '{t}'"))?,
+            .filter(|&n: &usize| (1..=MAX_THREADS).contains(&n))
+            .ok_or_else(|| anyhow::anyhow!("-t takes a number of threads in 1..={MAX_THREADS}, not '{t}'"))?,
         None => candle_core::utils::get_num_threads(),
     };
     // Nothing has started a thread pool yet: this is the first thing main does.

@@ -12,6 +12,33 @@ use flexidepth::model::{Logits, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
+/// Run `f` with `threads` threads: a rayon pool of that size for our kernels (and candle's gemm, which runs in the
+/// current pool), and `RAYON_NUM_THREADS` for candle's own thread count (read on every call). So one process
+/// measures several thread counts, as `llama-bench -t 1,2` does; the previous setting is restored afterwards.
+///
+/// Errors: 0 threads, or a pool that cannot be built.
+pub fn with_threads<T: Send, E: Send + From<Error>>(
+    threads: usize,
+    f: impl FnOnce() -> std::result::Result<T, E> + Send,
+) -> std::result::Result<T, E> {
+    if threads == 0 {
+        return Err(Error::Input("a benchmark needs at least one thread".into()).into());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Input(format!("cannot start {threads} threads: {e}")))
+        .map_err(E::from)?;
+    let before = std::env::var("RAYON_NUM_THREADS").ok();
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let out = pool.install(f);
+    match before {
+        Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
+        None => std::env::remove_var("RAYON_NUM_THREADS"),
+    }
+    out
+}
+
 /// Mean and sample standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stats {
