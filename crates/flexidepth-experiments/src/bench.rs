@@ -165,42 +165,88 @@ pub fn to_markdown(rows: &[BenchRow]) -> String {
 
 /// CSV with a header line; samples joined by `;`.
 pub fn to_csv(rows: &[BenchRow]) -> String {
-    let mut out = String::from(
-        "engine,model,dtype,threads,config,test,n_prompt,n_gen,n_depth,reps,mean_tps,std_tps,samples_tps,\
-         layers_per_token,weight_bytes_per_token,speedup,bound_speedup\n",
-    );
-    let quote = |s: &str| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
+    let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
-        let samples: Vec<String> = r.samples_tps.iter().map(|s| format!("{s:.4}")).collect();
-        let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.4}"));
-        out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{},{:.4},{:.0},{},{}\n",
-            quote(&r.engine),
-            quote(&r.model),
-            quote(&r.dtype),
-            r.threads,
-            quote(&r.config),
-            quote(&r.test),
-            r.n_prompt,
-            r.n_gen,
-            r.n_depth,
-            r.reps,
-            r.mean_tps,
-            r.std_tps,
-            samples.join(";"),
-            r.layers_per_token,
-            r.weight_bytes_per_token,
-            o(r.speedup),
-            o(r.bound_speedup)
-        );
+        w.serialize(CsvRow::from(r))
+            .expect("rows of text and numbers always serialise");
     }
-    out
+    // A header even for no rows: the writer only writes one with the first row.
+    if rows.is_empty() {
+        w.write_record(CSV_HEADER).expect("a header always serialises");
+    }
+    let bytes = w.into_inner().expect("writing to memory cannot fail");
+    String::from_utf8(bytes).expect("the fields are UTF-8")
+}
+
+/// The CSV columns, in order (the fields of [`CsvRow`]).
+const CSV_HEADER: [&str; 17] = [
+    "engine",
+    "model",
+    "dtype",
+    "threads",
+    "config",
+    "test",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "reps",
+    "mean_tps",
+    "std_tps",
+    "samples_tps",
+    "layers_per_token",
+    "weight_bytes_per_token",
+    "speedup",
+    "bound_speedup",
+];
+
+/// One CSV line of a [`BenchRow`]: rates and ratios with four decimals, bytes whole, the samples joined by `;`,
+/// a missing ratio empty.
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    engine: &'a str,
+    model: &'a str,
+    dtype: &'a str,
+    threads: usize,
+    config: &'a str,
+    test: &'a str,
+    n_prompt: usize,
+    n_gen: usize,
+    n_depth: usize,
+    reps: usize,
+    mean_tps: String,
+    std_tps: String,
+    samples_tps: String,
+    layers_per_token: String,
+    weight_bytes_per_token: String,
+    speedup: String,
+    bound_speedup: String,
+}
+
+impl<'a> From<&'a BenchRow> for CsvRow<'a> {
+    fn from(r: &'a BenchRow) -> Self {
+        let f4 = |x: f64| format!("{x:.4}");
+        let opt = |x: Option<f64>| x.map_or(String::new(), f4);
+        let samples: Vec<String> = r.samples_tps.iter().map(|&s| f4(s)).collect();
+        CsvRow {
+            engine: &r.engine,
+            model: &r.model,
+            dtype: &r.dtype,
+            threads: r.threads,
+            config: &r.config,
+            test: &r.test,
+            n_prompt: r.n_prompt,
+            n_gen: r.n_gen,
+            n_depth: r.n_depth,
+            reps: r.reps,
+            mean_tps: f4(r.mean_tps),
+            std_tps: f4(r.std_tps),
+            samples_tps: samples.join(";"),
+            layers_per_token: f4(r.layers_per_token),
+            weight_bytes_per_token: format!("{:.0}", r.weight_bytes_per_token),
+            speedup: opt(r.speedup),
+            bound_speedup: opt(r.bound_speedup),
+        }
+    }
 }
 
 /// A JSON array of the rows.
@@ -370,5 +416,12 @@ mod tests {
         let mut odd = row("full", "tg128", 1.0, 1.0);
         odd.model = "a,\"b\"".into();
         assert!(to_csv(&[odd]).contains("\"a,\"\"b\"\"\""));
+        assert_eq!(lines[0], CSV_HEADER.join(","));
+        assert_eq!(to_csv(&[]), format!("{}\n", CSV_HEADER.join(",")));
+        assert_eq!(
+            lines[1].split(',').nth(16),
+            Some("1.0000"),
+            "bound_speedup of the full row"
+        );
     }
 }

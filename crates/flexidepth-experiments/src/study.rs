@@ -10,9 +10,10 @@
 //! Prompt forms: a paragraph task reads `"{instruction}:\n\n{paragraph}"` (e.g. `Please copy this paragraph:`,
 //! a blank line, the paragraph); a list task reads `"{instruction}: [12, 45, 78]"`.
 //!
-//! Instances are drawn with splitmix64 from the seed, not `rand`'s `StdRng`, whose stream may change between
-//! `rand` versions: the same seed must give the same paragraphs and lists for as long as the study is compared.
-//! Paragraphs and lists have their own streams, so picking a subset of tasks does not change any instance.
+//! Instances are drawn with [`flexidepth::rng`] (ChaCha8, keyed by the seed), not `rand`'s `StdRng`, whose stream
+//! may change between `rand` versions: the same seed must give the same paragraphs and lists for as long as the
+//! study is compared. Paragraphs and lists have their own streams, so picking a subset of tasks does not change any
+//! instance. (Studies committed before this generator, at commit 422e5e2 and earlier, drew with a SplitMix64.)
 
 use crate::corpus::{paragraphs, read_novel, HELDOUT_NOVEL};
 use flexidepth::chat::{ChatTemplate, Message};
@@ -20,6 +21,7 @@ use flexidepth::depth::{DepthMode, FlexiDepth, DEFAULT_SKIP_THRESHOLD};
 use flexidepth::error::{Error, Result};
 use flexidepth::generate::{generate, GenerateOptions};
 use flexidepth::model::Model;
+use flexidepth::rng::Draw;
 use flexidepth::tokenizer::Tokenizer;
 use flexidepth::trace::DepthTrace;
 use serde::{Deserialize, Serialize};
@@ -122,35 +124,6 @@ pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
     Ok(TASKS.iter().filter(|t| wanted.contains(&t.name)).copied().collect())
 }
 
-/// splitmix64: a tiny generator with a fixed, documented stream (see the module docs for why not `rand`).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64, stream: u64) -> Self {
-        SplitMix64(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0), by rejection so that no value is favoured.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-    fn in_range(&mut self, lo: u64, hi_inclusive: u64) -> u64 {
-        lo + self.below(hi_inclusive - lo + 1)
-    }
-}
-
 const PARAGRAPH_STREAM: u64 = 1;
 const LIST_STREAM: u64 = 2;
 
@@ -171,9 +144,9 @@ pub fn select_paragraphs(candidates: &[String], n: usize, seed: u64) -> Result<V
         )));
     }
     // A partial Fisher–Yates shuffle: the first n places are a uniform sample.
-    let mut rng = SplitMix64::new(seed, PARAGRAPH_STREAM);
+    let mut rng = flexidepth::rng::seeded_stream(seed, PARAGRAPH_STREAM);
     for i in 0..n {
-        let j = i + rng.below((eligible.len() - i) as u64) as usize;
+        let j = i + rng.below(eligible.len() - i);
         eligible.swap(i, j);
     }
     let mut chosen = eligible[..n].to_vec();
@@ -194,12 +167,12 @@ pub fn study_paragraphs(n: usize, seed: u64) -> Result<Vec<String>> {
 
 /// `n` lists of `LIST_LEN` integers in `LIST_VALUES`, drawn with `seed`.
 pub fn random_lists(n: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = SplitMix64::new(seed, LIST_STREAM);
+    let mut rng = flexidepth::rng::seeded_stream(seed, LIST_STREAM);
     (0..n)
         .map(|_| {
-            let len = rng.in_range(*LIST_LEN.start() as u64, *LIST_LEN.end() as u64) as usize;
+            let len = rng.range(*LIST_LEN.start(), *LIST_LEN.end());
             (0..len)
-                .map(|_| rng.in_range(*LIST_VALUES.start() as u64, *LIST_VALUES.end() as u64) as u32)
+                .map(|_| rng.range(*LIST_VALUES.start() as usize, *LIST_VALUES.end() as usize) as u32)
                 .collect()
         })
         .collect()

@@ -8,11 +8,11 @@ use flexidepth::depth::default_routed_layers;
 use flexidepth::depth::file::init_tensors;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::WeightFormat;
+use flexidepth::rng::Draw;
 use flexidepth_train::loss::{LossKind, Objective};
 use flexidepth_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use flexidepth_train::params::DepthParams;
 use flexidepth_train::step_grads;
-use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
 fn main() {
@@ -35,7 +35,7 @@ fn main() {
         skip_threshold: 0.5,
         unit: flexidepth::depth::SkipUnit::Layer,
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut rng = flexidepth::rng::seeded(42);
     let vocab = model.config.vocab_size as u32;
     let mut samples = Vec::new();
     println!(
@@ -44,7 +44,7 @@ fn main() {
     );
     for step in 0..=steps {
         let seqs: Vec<Vec<u32>> = (0..batch)
-            .map(|_| (0..seq_len).map(|_| rng.random_range(0..vocab)).collect())
+            .map(|_| (0..seq_len).map(|_| rng.below(vocab as usize) as u32).collect())
             .collect();
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let t0 = Instant::now();

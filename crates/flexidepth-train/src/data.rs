@@ -110,13 +110,13 @@ pub fn tokenize(samples: &[Sample], tokenizer: &Tokenizer, max_len: usize) -> Re
 }
 
 /// The order of the sequences in epoch `epoch` of stage `stage`: a seeded shuffle, so that a resumed run sees the
-/// same order without storing it.
+/// same order without storing it. Each (stage, epoch) has its own stream of [`flexidepth::rng`] under `seed`
+/// (stream 0, which initialises fresh adapters, is never used here).
 pub fn epoch_order(n: usize, seed: u64, stage: usize, epoch: usize) -> Vec<usize> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
+    use flexidepth::rng::Draw;
     let mut order: Vec<usize> = (0..n).collect();
-    let mix = seed ^ ((stage as u64 + 1) << 32) ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(mix));
+    let stream = ((stage as u64 + 1) << 32) | (epoch as u64 + 1);
+    flexidepth::rng::seeded_stream(seed, stream).shuffle(&mut order);
     order
 }
 

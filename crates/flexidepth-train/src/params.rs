@@ -54,13 +54,13 @@ impl DepthParams {
             }
             let lp = layer_params_of(&vars, l)?;
             let (narrow, hidden) = lp.gate_proj.dims2()?;
-            for (name, t, want) in [
-                ("router_proj.down_proj", lp.down_proj, [narrow, hidden]),
-                ("router_proj.up_proj", lp.up_proj, [hidden, narrow]),
+            for (key, t, want) in [
+                (LayerKey::AdapterDownProj, lp.down_proj, [narrow, hidden]),
+                (LayerKey::AdapterUpProj, lp.up_proj, [hidden, narrow]),
             ] {
                 if t.dims() != want {
                     return Err(Error::Shape {
-                        name: format!("model.layers.{l}.{name}.weight"),
+                        name: key.weight(l),
                         expected: want.to_vec(),
                         found: t.dims().to_vec(),
                     });

@@ -4,6 +4,7 @@
 //! so the model code never has to branch on them.
 
 use crate::error::{Error, Result};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The decoder families we run. All are pre-norm RMSNorm + RoPE + SwiGLU decoders; they differ in small ways.
@@ -75,24 +76,84 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
-fn get<'a>(cfg: &'a Value, key: &str) -> Result<&'a Value> {
-    cfg.get(key)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| Error::Config(format!("config.json is missing the key '{key}'")))
+/// The fields of an HF `config.json` that we read, with the defaults transformers applies when a key is absent
+/// (or `null`). Unknown keys are ignored. A key of the wrong type is an error naming the key (see
+/// [`HfConfig::from_json`]), never a silent default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HfConfig {
+    /// The model class names; the first one picks the [`Arch`].
+    pub architectures: Vec<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (no grouped-query attention).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Defaults to `hidden_size / num_attention_heads` (Qwen3 gives it explicitly).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Only `silu` is implemented.
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    pub rms_norm_eps: f64,
+    /// Defaults to 10 000.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Only absent, `null` or `rope_type: default` is implemented.
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    pub max_position_embeddings: usize,
+    /// Defaults to `false`.
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    /// Defaults to `false` (Qwen2 has the biases whatever this says).
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    /// The routed layers of the official FlexiDepth layout (`DDLlamaForCausalLM`, `model_type: ddllama`).
+    #[serde(default)]
+    pub routing_layers: Option<Vec<usize>>,
 }
 
-fn get_usize(cfg: &Value, key: &str) -> Result<usize> {
-    get(cfg, key)?
-        .as_u64()
-        .filter(|&v| v > 0)
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::Config(format!("'{key}' must be a positive integer")))
+/// One token id or a list of them (`eos_token_id` takes both forms).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
 }
 
-fn get_f64(cfg: &Value, key: &str) -> Result<f64> {
-    get(cfg, key)?
-        .as_f64()
-        .ok_or_else(|| Error::Config(format!("'{key}' must be a number")))
+impl TokenIds {
+    /// The ids as a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+impl HfConfig {
+    /// Read a parsed `config.json` document. Errors name the key: `'rope_theta': invalid type: string "x",
+    /// expected f64`, `missing field 'hidden_size'`.
+    pub fn from_json(cfg: &Value) -> Result<Self> {
+        serde_path_to_error::deserialize(cfg).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string().replace('`', "'");
+            if key == "." {
+                Error::Config(inner)
+            } else {
+                Error::Config(format!("'{key}': {inner}"))
+            }
+        })
+    }
 }
 
 /// `eos_token_id` may be one id or a list of ids.
@@ -104,21 +165,33 @@ pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// `value`, refused when zero, with the key named.
+fn positive(key: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        return Err(Error::Config(format!("'{key}' must be a positive integer")));
+    }
+    Ok(value)
+}
+
 impl ModelConfig {
-    /// Parse an HF `config.json` document.
+    /// Parse an HF `config.json` document (see [`HfConfig`]).
     pub fn from_hf_json(cfg: &Value) -> Result<Self> {
-        let arch_name = get(cfg, "architectures")?
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
+        Self::from_hf(&HfConfig::from_json(cfg)?)
+    }
+
+    /// Resolve the fields of an HF `config.json`: architecture, defaults, refusal of what we do not implement.
+    pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
+        let arch_name = cfg
+            .architectures
+            .first()
             .ok_or_else(|| Error::Config("'architectures' must be a non-empty list of names".into()))?;
         let arch = Arch::from_hf(arch_name)?;
-        if let Some(act) = cfg.get("hidden_act").and_then(|v| v.as_str()) {
+        if let Some(act) = &cfg.hidden_act {
             if act != "silu" {
                 return Err(Error::Unsupported(format!("hidden_act '{act}' (only 'silu')")));
             }
         }
-        if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
+        if let Some(rs) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str());
             if kind != Some("default") {
                 return Err(Error::Unsupported(format!(
@@ -126,42 +199,39 @@ impl ModelConfig {
                 )));
             }
         }
-        if cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+        if cfg.use_sliding_window == Some(true) {
             return Err(Error::Unsupported("use_sliding_window = true".into()));
         }
-        let hidden_size = get_usize(cfg, "hidden_size")?;
-        let num_attention_heads = get_usize(cfg, "num_attention_heads")?;
-        let num_key_value_heads = match cfg.get("num_key_value_heads").filter(|v| !v.is_null()) {
-            Some(_) => get_usize(cfg, "num_key_value_heads")?,
+        let hidden_size = positive("hidden_size", cfg.hidden_size)?;
+        let num_attention_heads = positive("num_attention_heads", cfg.num_attention_heads)?;
+        let num_key_value_heads = match cfg.num_key_value_heads {
+            Some(n) => positive("num_key_value_heads", n)?,
             None => num_attention_heads,
         };
-        let head_dim = match cfg.get("head_dim").filter(|v| !v.is_null()) {
-            Some(_) => get_usize(cfg, "head_dim")?,
+        let head_dim = match cfg.head_dim {
+            Some(d) => positive("head_dim", d)?,
             None => hidden_size / num_attention_heads,
         };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            _ => cfg.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            _ => cfg.attention_bias.unwrap_or(false),
         };
         let config = ModelConfig {
             arch,
-            vocab_size: get_usize(cfg, "vocab_size")?,
+            vocab_size: positive("vocab_size", cfg.vocab_size)?,
             hidden_size,
-            intermediate_size: get_usize(cfg, "intermediate_size")?,
-            num_hidden_layers: get_usize(cfg, "num_hidden_layers")?,
+            intermediate_size: positive("intermediate_size", cfg.intermediate_size)?,
+            num_hidden_layers: positive("num_hidden_layers", cfg.num_hidden_layers)?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: get_f64(cfg, "rms_norm_eps")?,
-            rope_theta: cfg.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
-            max_position_embeddings: get_usize(cfg, "max_position_embeddings")?,
-            tie_word_embeddings: cfg
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+            rms_norm_eps: cfg.rms_norm_eps,
+            rope_theta: cfg.rope_theta.unwrap_or(10_000.0),
+            max_position_embeddings: positive("max_position_embeddings", cfg.max_position_embeddings)?,
+            tie_word_embeddings: cfg.tie_word_embeddings.unwrap_or(false),
             attention_bias,
-            bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
-            eos_token_ids: token_ids(cfg.get("eos_token_id")),
+            bos_token_id: cfg.bos_token_id,
+            eos_token_ids: cfg.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -279,6 +349,59 @@ mod tests {
         j.as_object_mut().unwrap().remove("hidden_size");
         let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_named_not_defaulted() {
+        for (key, bad) in [
+            ("rope_theta", json!("x")),
+            ("tie_word_embeddings", json!("yes")),
+            ("hidden_size", json!(-3)),
+            ("num_key_value_heads", json!(1.5)),
+            ("eos_token_id", json!("</s>")),
+            ("hidden_act", json!(1)),
+            ("routing_layers", json!([1, "two"])),
+        ] {
+            let mut j = llama_json();
+            j[key] = bad;
+            let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{key}")), "{key}: {e}");
+        }
+        let mut j = llama_json();
+        j["hidden_size"] = json!(0);
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("'hidden_size' must be a positive integer"), "{e}");
+    }
+
+    #[test]
+    fn hf_defaults_and_optional_keys() {
+        let mut j = llama_json();
+        for k in ["rope_theta", "num_key_value_heads", "eos_token_id"] {
+            j.as_object_mut().unwrap().remove(k);
+        }
+        j["bos_token_id"] = Value::Null;
+        j["rope_scaling"] = Value::Null;
+        j["some_future_key"] = json!({"anything": 1});
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        assert_eq!(c.rope_theta, 10_000.0);
+        assert_eq!(c.num_key_value_heads, 4);
+        assert!(!c.tie_word_embeddings && !c.attention_bias);
+        assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (None, vec![]));
+        j["eos_token_id"] = json!(7);
+        j["head_dim"] = json!(32);
+        j["architectures"] = json!(["Qwen3ForCausalLM", "Other"]);
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        assert_eq!((c.arch, c.head_dim, c.eos_token_ids), (Arch::Qwen3, 32, vec![7]));
+        j["architectures"] = json!(["Qwen2ForCausalLM"]);
+        assert!(ModelConfig::from_hf_json(&j).unwrap().attention_bias);
+        j["architectures"] = json!(["DDLlamaForCausalLM"]);
+        j["routing_layers"] = json!([16, 17]);
+        let hf = HfConfig::from_json(&j).unwrap();
+        assert_eq!(hf.routing_layers, Some(vec![16, 17]));
+        assert_eq!(ModelConfig::from_hf(&hf).unwrap().arch, Arch::Llama);
+        j["architectures"] = json!([]);
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("architectures"), "{e}");
     }
 
     #[test]

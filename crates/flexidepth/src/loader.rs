@@ -1,6 +1,6 @@
 //! Finding and opening a model: a GGUF file, an HF folder, or a short name of a default model in the cache.
 
-use crate::config::ModelConfig;
+use crate::config::{HfConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::generate::SamplingParams;
 use crate::model::{Model, WeightFormat};
@@ -167,27 +167,12 @@ impl ModelFiles {
             ModelPath::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
                 let cfg_json = read_json(&cfg_path)?;
-                let config = ModelConfig::from_hf_json(&cfg_json).map_err(|e| match e {
+                let hf =
+                    HfConfig::from_json(&cfg_json).and_then(|hf| Ok((ModelConfig::from_hf(&hf)?, hf.routing_layers)));
+                let (config, routing_layers) = hf.map_err(|e| match e {
                     Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
                     other => other,
                 })?;
-                let routing_layers = match cfg_json.get("routing_layers") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(
-                        v.as_array()
-                            .and_then(|a| {
-                                a.iter()
-                                    .map(|x| x.as_u64().map(|x| x as usize))
-                                    .collect::<Option<Vec<_>>>()
-                            })
-                            .ok_or_else(|| {
-                                Error::Config(format!(
-                                    "{}: 'routing_layers' must be a list of layer indices",
-                                    cfg_path.display()
-                                ))
-                            })?,
-                    ),
-                };
                 let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 let gen_path = dir.join("generation_config.json");

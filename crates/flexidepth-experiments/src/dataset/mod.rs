@@ -15,6 +15,7 @@ use flexidepth::error::{Error, Result};
 use flexidepth::generate::{generate, GenerateOptions};
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::Model;
+use flexidepth::rng::Draw;
 use flexidepth::tokenizer::Tokenizer;
 use select::{Corpus, Passage, Rng};
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ const STREAM_TEXTS: u64 = 2;
 const STREAM_ORDER: u64 = 3;
 
 fn stream(seed: u64, k: u64) -> Rng {
-    Rng::new(seed ^ k.wrapping_mul(0xA076_1D64_78BD_642F))
+    flexidepth::rng::seeded_stream(seed, k)
 }
 
 /// Pick the passages and tasks. Two thirds of the instructions ask about Austen (the study's domain), a third

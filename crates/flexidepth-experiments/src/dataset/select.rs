@@ -1,46 +1,16 @@
 //! Seeded choice of passages from the corpora, with the held-out rule applied at every pick.
 //!
-//! The generator is an in-file SplitMix64 rather than `rand`'s `StdRng`, whose algorithm may change between
-//! releases: a data set must come out byte-identical from the same seed for as long as this code is unchanged.
+//! The generator is [`flexidepth::rng`]'s seeded ChaCha8 (not `rand`'s `StdRng`, whose algorithm may change between
+//! releases): a data set must come out byte-identical from the same seed for as long as this code is unchanged.
+//! Data sets built at commit 422e5e2 or earlier drew from a SplitMix64: this code draws a different selection.
 
 use crate::corpus::{self, BibleChapter, Paragraph};
 use flexidepth::error::{Error, Result};
+use flexidepth::rng::Draw;
 use std::collections::HashSet;
 
-/// SplitMix64: tiny, fast, and fully determined by its seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is below 2^-40 for the sizes used here). `n` must be > 0.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// Fisher–Yates.
-    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            xs.swap(i, self.below(i + 1));
-        }
-    }
-}
+/// The generator every pick draws from ([`flexidepth::rng`]: ChaCha8, a stream fixed by its algorithm).
+pub type Rng = flexidepth::rng::SeededRng;
 
 /// A novel's paragraphs, all of them: the held-out rule is applied when picking, so that it cannot be bypassed by
 /// building a corpus differently.
@@ -248,24 +218,6 @@ pub fn kjv_texts(corpus: &Corpus, n: usize, target: usize, rng: &mut Rng) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rng_is_seeded_and_uniform_enough() {
-        let a: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let c: Vec<u64> = (0..5).scan(Rng::new(8), |r, _| Some(r.next_u64())).collect();
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let mut r = Rng::new(1);
-        let mut counts = [0usize; 6];
-        for _ in 0..6000 {
-            counts[r.below(6)] += 1;
-        }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
-        for _ in 0..100 {
-            assert!((3..=8).contains(&r.range(3, 8)));
-        }
-    }
 
     #[test]
     fn cut_stops_near_the_target_at_unit_boundaries() {

@@ -1,6 +1,6 @@
 //! Tests of the data builder on synthetic corpora (no data files, no model).
 
-use super::select::{self, Corpus, Novel, Rng};
+use super::select::{self, Corpus, Novel};
 use super::*;
 use crate::corpus::{BibleChapter, Paragraph};
 
@@ -106,7 +106,7 @@ fn held_out_text_never_appears() {
 #[test]
 fn passages_respect_length_limits() {
     let c = corpus();
-    let mut rng = Rng::new(5);
+    let mut rng = flexidepth::rng::seeded(5);
     for p in select::austen_passages(&c, 50, &mut rng).unwrap() {
         let w = select::words(&p.text);
         assert!((40..=220).contains(&w), "{w} words from {}", p.source);

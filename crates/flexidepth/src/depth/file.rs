@@ -15,31 +15,84 @@ use crate::model::norm::RmsNorm;
 use crate::model::Model;
 use crate::weights::{SafetensorsFiles, WeightSource};
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The `format` metadata value of a depth-adapter file.
 pub const FORMAT: &str = "flexidepth.depth-adapter.v1";
 
 /// What a depth-adapter file says about itself.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serde reads and writes it as the file's safetensors metadata, a map of strings: numbers in their shortest
+/// round-trip text, `routed_layers` as `15,16,17`, the reduction factors under their official names
+/// (`router_reduction_factor`, `proj_reduction_factor`). Unknown keys are ignored, so later versions may add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DepthMeta {
+    /// `architectures[0]` of the base, e.g. `LlamaForCausalLM`.
     pub base_architecture: String,
+    #[serde(with = "as_text")]
     pub hidden_size: usize,
+    #[serde(with = "as_text")]
     pub intermediate_size: usize,
+    #[serde(with = "as_text")]
     pub num_hidden_layers: usize,
+    #[serde(with = "as_text")]
     pub vocab_size: usize,
     /// Hash of the base's shape (see [`base_fingerprint`]).
     pub base_fingerprint: String,
     /// Mean |embedding| of the base: tells two same-shaped bases apart, tolerant to quantization.
+    #[serde(with = "as_text")]
     pub embed_abs_mean: f64,
+    /// The layers that have a router and an adapter.
+    #[serde(with = "layer_list")]
     pub routed_layers: Vec<usize>,
     /// hidden / router bottleneck.
+    #[serde(rename = "router_reduction_factor", with = "as_text")]
     pub router_reduction: usize,
     /// intermediate / adapter width.
+    #[serde(rename = "proj_reduction_factor", with = "as_text")]
     pub proj_reduction: usize,
+    /// Gate threshold the adapter was trained at.
+    #[serde(with = "as_text")]
     pub skip_threshold: f32,
+}
+
+/// A value kept as its `Display` text and read back with `FromStr` (safetensors metadata holds only strings).
+mod as_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T: FromStr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|_| D::Error::custom(format!("'{text}' is not a {}", std::any::type_name::<T>())))
+    }
+}
+
+/// Layer indices kept as `15,16,17`.
+mod layer_list {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(layers: &[usize], s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = layers.iter().map(usize::to_string).collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| D::Error::custom(format!("'{text}' is not a list of layer indices")))
+    }
 }
 
 impl DepthMeta {
@@ -66,62 +119,45 @@ impl DepthMeta {
         })
     }
 
-    fn to_map(&self) -> HashMap<String, String> {
-        let layers: Vec<String> = self.routed_layers.iter().map(|l| l.to_string()).collect();
-        HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("base_architecture".to_string(), self.base_architecture.clone()),
-            ("hidden_size".to_string(), self.hidden_size.to_string()),
-            ("intermediate_size".to_string(), self.intermediate_size.to_string()),
-            ("num_hidden_layers".to_string(), self.num_hidden_layers.to_string()),
-            ("vocab_size".to_string(), self.vocab_size.to_string()),
-            ("base_fingerprint".to_string(), self.base_fingerprint.clone()),
-            ("embed_abs_mean".to_string(), format!("{:.6}", self.embed_abs_mean)),
-            ("routed_layers".to_string(), layers.join(",")),
-            ("router_reduction_factor".to_string(), self.router_reduction.to_string()),
-            ("proj_reduction_factor".to_string(), self.proj_reduction.to_string()),
-            ("skip_threshold".to_string(), self.skip_threshold.to_string()),
-        ])
+    /// The safetensors metadata of this adapter: [`FORMAT`] under `format`, then every field as text.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::from([("format".to_string(), FORMAT.to_string())]);
+        if let Ok(Value::Object(fields)) = serde_json::to_value(self) {
+            for (k, v) in fields {
+                if let Value::String(text) = v {
+                    map.insert(k, text);
+                }
+            }
+        }
+        map
     }
 
-    fn from_map(path: &Path, m: &HashMap<String, String>) -> Result<Self> {
-        let get = |k: &str| {
-            m.get(k)
-                .ok_or_else(|| Error::bad_file(path, format!("depth file metadata has no '{k}'")))
-        };
-        let num = |k: &str| -> Result<usize> {
-            get(k)?
-                .parse()
-                .map_err(|_| Error::bad_file(path, format!("depth file metadata '{k}' is not a number")))
-        };
-        if get("format")? != FORMAT {
-            return Err(Error::bad_file(
-                path,
-                format!("not a depth-adapter file (format '{}')", get("format")?),
-            ));
+    /// Read the safetensors metadata of the depth-adapter file `path`; errors name the key.
+    pub fn from_map<'a>(path: &Path, m: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<Self> {
+        let fields: serde_json::Map<String, Value> = m
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        match fields.get("format") {
+            Some(Value::String(f)) if f == FORMAT => {}
+            Some(other) => {
+                let f = other.as_str().unwrap_or_default();
+                return Err(Error::bad_file(
+                    path,
+                    format!("not a depth-adapter file (format '{f}')"),
+                ));
+            }
+            None => return Err(Error::bad_file(path, "depth file metadata has no 'format'")),
         }
-        let routed_layers = get("routed_layers")?
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<usize>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| Error::bad_file(path, "depth file metadata 'routed_layers' is not a list of numbers"))?;
-        Ok(DepthMeta {
-            base_architecture: get("base_architecture")?.clone(),
-            hidden_size: num("hidden_size")?,
-            intermediate_size: num("intermediate_size")?,
-            num_hidden_layers: num("num_hidden_layers")?,
-            vocab_size: num("vocab_size")?,
-            base_fingerprint: get("base_fingerprint")?.clone(),
-            embed_abs_mean: get("embed_abs_mean")?
-                .parse()
-                .map_err(|_| Error::bad_file(path, "bad 'embed_abs_mean'"))?,
-            routed_layers,
-            router_reduction: num("router_reduction_factor")?,
-            proj_reduction: num("proj_reduction_factor")?,
-            skip_threshold: get("skip_threshold")?
-                .parse()
-                .map_err(|_| Error::bad_file(path, "bad 'skip_threshold'"))?,
+        serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string().replace('`', "'");
+            let msg = if key == "." {
+                format!("depth file metadata: {inner}")
+            } else {
+                format!("depth file metadata '{key}': {inner}")
+            };
+            Error::bad_file(path, msg)
         })
     }
 
@@ -259,9 +295,9 @@ pub fn read_depth_meta(path: &Path) -> Result<DepthMeta> {
         .map_err(|e| Error::bad_file(path, format!("not a readable safetensors file: {e}")))?;
     let map = header
         .metadata()
-        .clone()
+        .as_ref()
         .ok_or_else(|| Error::bad_file(path, "not a depth-adapter file (no metadata)"))?;
-    DepthMeta::from_map(path, &map)
+    DepthMeta::from_map(path, map)
 }
 
 /// The metadata and every tensor (f32) of a depth-adapter file.
@@ -293,9 +329,41 @@ pub fn write_depth_file(path: &Path, meta: &DepthMeta, tensors: &HashMap<String,
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(converted, Some(meta.to_map()))
+    let bytes = serialize_sorted(converted, &meta.to_map())
         .map_err(|e| Error::Input(format!("cannot serialise {}: {e}", path.display())))?;
     crate::error::write_atomic(path, &bytes)
+}
+
+/// A safetensors file whose header is in a fixed order: `__metadata__` first, its keys sorted, then the tensors by
+/// name. (`safetensors::serialize` takes the metadata as a `HashMap` and writes it in that map's random order, so
+/// two identical adapters would differ in their header bytes.) Tensor offsets are relative to the data, which is
+/// kept as written, so only the header is rebuilt.
+fn serialize_sorted(
+    tensors: Vec<(String, Tensor)>,
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| e.to_string())?;
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or("no header")? as usize;
+    let (header, data) = (bytes.get(8..8 + n).ok_or("short header")?, &bytes[8 + n..]);
+    let tensors: BTreeMap<String, Value> = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    #[derive(Serialize)]
+    struct Header<'a> {
+        #[serde(rename = "__metadata__")]
+        metadata: &'a BTreeMap<String, String>,
+        #[serde(flatten)]
+        tensors: BTreeMap<String, Value>,
+    }
+    let mut header = serde_json::to_vec(&Header { metadata, tensors }).map_err(|e| e.to_string())?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    Ok(out)
 }
 
 /// Freshly initialised routers and adapters for `routed_layers` of a model shaped like `config`.
@@ -314,37 +382,162 @@ pub fn init_tensors(
     let h = config.hidden_size;
     let r = (h / router_reduction).max(1);
     let m = (config.intermediate_size / proj_reduction).max(1);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = crate::rng::seeded(seed);
     let dev = Device::Cpu;
     let mut normal = |rows: usize, cols: usize| -> Result<Tensor> {
-        let v: Vec<f32> = (0..rows * cols).map(|_| 0.02 * gaussian(&mut rng)).collect();
+        let v = crate::rng::normal_vec(&mut rng, rows * cols, 0.02);
         Ok(Tensor::from_vec(v, (rows, cols), &dev)?)
     };
     let mut out = HashMap::new();
     for &l in routed_layers {
-        let p = format!("model.layers.{l}");
-        out.insert(format!("{p}.router.router_enc.weight"), normal(r, h)?);
-        out.insert(
-            format!("{p}.router.router_norm.weight"),
-            Tensor::ones(r, DType::F32, &dev)?,
-        );
-        out.insert(format!("{p}.router.router_dec.weight"), normal(h, r)?);
-        out.insert(format!("{p}.router.router_head.weight"), normal(1, h)?);
-        out.insert(format!("{p}.router_proj.gate_proj.weight"), normal(m, h)?);
-        out.insert(format!("{p}.router_proj.down_proj.weight"), normal(m, h)?);
-        out.insert(
-            format!("{p}.router_proj.up_proj.weight"),
-            Tensor::zeros((h, m), DType::F32, &dev)?,
-        );
+        // The draw order (enc, dec, head, gate, branch) is fixed: it pins the stream of a seed.
+        let key = |k: LayerKey| k.weight(l);
+        out.insert(key(LayerKey::RouterEnc), normal(r, h)?);
+        out.insert(key(LayerKey::RouterNorm), Tensor::ones(r, DType::F32, &dev)?);
+        out.insert(key(LayerKey::RouterDec), normal(h, r)?);
+        out.insert(key(LayerKey::RouterHead), normal(1, h)?);
+        out.insert(key(LayerKey::AdapterGateProj), normal(m, h)?);
+        out.insert(key(LayerKey::AdapterDownProj), normal(m, h)?);
+        out.insert(key(LayerKey::AdapterUpProj), Tensor::zeros((h, m), DType::F32, &dev)?);
     }
     Ok(out)
 }
 
-/// A standard normal draw (Box–Muller).
-fn gaussian(rng: &mut impl rand::Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> DepthMeta {
+        DepthMeta {
+            base_architecture: "LlamaForCausalLM".into(),
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 4,
+            vocab_size: 100,
+            base_fingerprint: "0123456789abcdef".into(),
+            embed_abs_mean: 0.1 / 3.0,
+            routed_layers: vec![2, 3],
+            router_reduction: 16,
+            proj_reduction: 8,
+            skip_threshold: 0.55,
+        }
+    }
+
+    fn tiny_config() -> ModelConfig {
+        ModelConfig::from_hf_json(
+            &serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 100,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 64}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn metadata_round_trips_through_the_string_map() {
+        let m = meta();
+        let map = m.to_map();
+        assert_eq!(map["format"], FORMAT);
+        assert_eq!(map["routed_layers"], "2,3");
+        assert_eq!(map["router_reduction_factor"], "16");
+        assert_eq!(map["skip_threshold"], "0.55");
+        assert_eq!(map.len(), 12);
+        assert_eq!(DepthMeta::from_map(Path::new("a"), &map).unwrap(), m);
+    }
+
+    #[test]
+    fn bad_metadata_is_named() {
+        let p = Path::new("a.safetensors");
+        let mut map = meta().to_map();
+        map.insert("hidden_size".into(), "wide".into());
+        let e = DepthMeta::from_map(p, &map).unwrap_err().to_string();
+        assert!(e.contains("'hidden_size'") && e.contains("wide"), "{e}");
+        let mut map = meta().to_map();
+        map.insert("routed_layers".into(), "1,x".into());
+        let e = DepthMeta::from_map(p, &map).unwrap_err().to_string();
+        assert!(e.contains("'routed_layers'"), "{e}");
+        let mut map = meta().to_map();
+        map.remove("skip_threshold");
+        let e = DepthMeta::from_map(p, &map).unwrap_err().to_string();
+        assert!(e.contains("skip_threshold"), "{e}");
+        let mut map = meta().to_map();
+        map.insert("format".into(), "other".into());
+        let e = DepthMeta::from_map(p, &map).unwrap_err().to_string();
+        assert!(e.contains("not a depth-adapter file (format 'other')"), "{e}");
+    }
+
+    /// The adapter shipped in the repository (written before the metadata was a serde struct) reads unchanged.
+    #[test]
+    fn the_shipped_adapter_still_reads() {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../adapters/smollm2-135m-instruct/flexidepth.safetensors");
+        let m = read_depth_meta(&p).unwrap();
+        assert_eq!(m.base_architecture, "LlamaForCausalLM");
+        assert_eq!(
+            (m.hidden_size, m.intermediate_size, m.num_hidden_layers, m.vocab_size),
+            (576, 1536, 30, 49152)
+        );
+        assert_eq!(m.base_fingerprint, "8f577903fa5cd779");
+        assert_eq!(m.embed_abs_mean, 0.092516);
+        assert_eq!(m.routed_layers, (15..30).collect::<Vec<_>>());
+        assert_eq!((m.router_reduction, m.proj_reduction, m.skip_threshold), (16, 16, 0.5));
+    }
+
+    /// Two writes of the same adapter are the same bytes (the metadata used to follow a `HashMap`'s random order),
+    /// and the file reads back: metadata and tensors.
+    #[test]
+    fn depth_files_are_deterministic_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = init_tensors(&tiny_config(), &[2, 3], 16, 8, 1).unwrap();
+        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        write_depth_file(&a, &meta(), &tensors, DType::F32).unwrap();
+        let shuffled: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        write_depth_file(&b, &meta(), &shuffled, DType::F32).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        assert!(
+            header.starts_with("{\"__metadata__\":{\"base_architecture\":"),
+            "{header}"
+        );
+        let (m, back) = read_depth_tensors(&a).unwrap();
+        assert_eq!(m, meta());
+        assert_eq!(back.len(), tensors.len());
+        for (k, t) in &tensors {
+            let diff = (t - &back[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{k}");
+        }
+    }
+
+    #[test]
+    fn fresh_tensors_are_seeded_normal_with_a_zero_output() {
+        let c = tiny_config();
+        let a = init_tensors(&c, &[1], 16, 8, 3).unwrap();
+        let b = init_tensors(&c, &[1], 16, 8, 3).unwrap();
+        let other = init_tensors(&c, &[1], 16, 8, 4).unwrap();
+        let enc = "model.layers.1.router.router_enc.weight";
+        let v = |m: &HashMap<String, Tensor>, k: &str| m[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&a, enc), v(&b, enc));
+        assert_ne!(v(&a, enc), v(&other, enc));
+        assert_eq!(a[enc].dims(), [4, 64]);
+        let gate = v(&a, "model.layers.1.router_proj.gate_proj.weight");
+        let std = (gate.iter().map(|x| x * x).sum::<f32>() / gate.len() as f32).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "{std}");
+        assert!(v(&a, "model.layers.1.router_proj.up_proj.weight")
+            .iter()
+            .all(|&x| x == 0.0));
+        assert!(v(&a, "model.layers.1.router.router_norm.weight")
+            .iter()
+            .all(|&x| x == 1.0));
+    }
 }
 
 /// A fresh depth adapter for `model`: the recipe `depth init`, `bench` and `train` share. `routed_layers` defaults
