@@ -403,6 +403,49 @@ pub fn init_tensors(
     Ok(out)
 }
 
+/// A fresh depth adapter for `model`: the recipe `depth init`, `bench` and `train` share. `routed_layers` defaults
+/// to the later half ([`super::default_routed_layers`]); the tensors are [`init_tensors`]' with `seed`.
+///
+/// Errors: a routed layer beyond the model, no routed layers, a zero reduction factor.
+pub fn fresh_depth(
+    model: &Model,
+    routed_layers: Option<Vec<usize>>,
+    router_reduction: usize,
+    proj_reduction: usize,
+    seed: u64,
+) -> Result<(DepthMeta, HashMap<String, Tensor>)> {
+    let n = model.config.num_hidden_layers;
+    let layers = routed_layers.unwrap_or_else(|| super::default_routed_layers(n));
+    if layers.is_empty() {
+        return Err(Error::Input("no routed layers".into()));
+    }
+    if let Some(&bad) = layers.iter().find(|&&l| l >= n) {
+        return Err(Error::Input(format!(
+            "layer {bad} does not exist: the model has {n} layers"
+        )));
+    }
+    if router_reduction == 0 || proj_reduction == 0 {
+        return Err(Error::Input("reduction factors must be positive".into()));
+    }
+    let tensors = init_tensors(&model.config, &layers, router_reduction, proj_reduction, seed)?;
+    let meta = DepthMeta::for_model(model, layers, router_reduction, proj_reduction)?;
+    Ok((meta, tensors))
+}
+
+/// Attach routers and adapters given as tensors by official key name (a fresh adapter, a trainer's state) to
+/// `model`, through the same checks as a depth file (they are written to a temporary file and read back).
+pub fn attach_tensors(model: &mut Model, meta: &DepthMeta, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!(
+        "flexidepth-attach-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    write_depth_file(&tmp, meta, tensors, DType::F32)?;
+    let res = attach_depth_file(model, &tmp);
+    let _ = std::fs::remove_file(&tmp);
+    res.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,47 +581,4 @@ mod tests {
             .iter()
             .all(|&x| x == 1.0));
     }
-}
-
-/// A fresh depth adapter for `model`: the recipe `depth init`, `bench` and `train` share. `routed_layers` defaults
-/// to the later half ([`super::default_routed_layers`]); the tensors are [`init_tensors`]' with `seed`.
-///
-/// Errors: a routed layer beyond the model, no routed layers, a zero reduction factor.
-pub fn fresh_depth(
-    model: &Model,
-    routed_layers: Option<Vec<usize>>,
-    router_reduction: usize,
-    proj_reduction: usize,
-    seed: u64,
-) -> Result<(DepthMeta, HashMap<String, Tensor>)> {
-    let n = model.config.num_hidden_layers;
-    let layers = routed_layers.unwrap_or_else(|| super::default_routed_layers(n));
-    if layers.is_empty() {
-        return Err(Error::Input("no routed layers".into()));
-    }
-    if let Some(&bad) = layers.iter().find(|&&l| l >= n) {
-        return Err(Error::Input(format!(
-            "layer {bad} does not exist: the model has {n} layers"
-        )));
-    }
-    if router_reduction == 0 || proj_reduction == 0 {
-        return Err(Error::Input("reduction factors must be positive".into()));
-    }
-    let tensors = init_tensors(&model.config, &layers, router_reduction, proj_reduction, seed)?;
-    let meta = DepthMeta::for_model(model, layers, router_reduction, proj_reduction)?;
-    Ok((meta, tensors))
-}
-
-/// Attach routers and adapters given as tensors by official key name (a fresh adapter, a trainer's state) to
-/// `model`, through the same checks as a depth file (they are written to a temporary file and read back).
-pub fn attach_tensors(model: &mut Model, meta: &DepthMeta, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = std::env::temp_dir().join(format!(
-        "flexidepth-attach-{}-{:?}.safetensors",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    write_depth_file(&tmp, meta, tensors, DType::F32)?;
-    let res = attach_depth_file(model, &tmp);
-    let _ = std::fs::remove_file(&tmp);
-    res.map(|_| ())
 }
