@@ -295,6 +295,7 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
         adam: Default::default(),
         loss: LossKind::LmKl,
         skip_threshold: 0.5,
+        skip_unit: Default::default(),
         log_every: 1,
         checkpoint_every: 2,
         save_dtype: "f32".into(),
@@ -303,15 +304,15 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
                 name: "one".into(),
                 alpha: 0.05,
                 steps: Some(4),
-                epochs: 1.0,
                 lr: None,
+                ..Stage::train("", 0.0)
             },
             Stage {
                 name: "two".into(),
                 alpha: 0.01,
                 steps: Some(3),
-                epochs: 1.0,
                 lr: Some(5e-3),
+                ..Stage::train("", 0.0)
             },
         ],
     }
