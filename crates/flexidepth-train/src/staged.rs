@@ -92,15 +92,13 @@ pub fn run_local_fit(
     let mut rows = Vec::new();
     let (mut tokens, mut held_out) = (0, 0);
     for (ui, &u) in units.iter().enumerate() {
-        for &l in layers {
-            // One layer at a time keeps memory at one layer's activations.
-            let data = collect(model, seqs, &[l], u, s.max_tokens, s.holdout)?
-                .pop()
-                .ok_or_else(|| Error::Input("local fit: nothing collected".into()))?;
+        // One pass over the data for every layer (rows × hidden × 3 f32 per layer).
+        let all = collect(model, seqs, layers, u, s.max_tokens, s.holdout)?;
+        for (data, &l) in all.iter().zip(layers) {
             tokens = data.rows()?;
             held_out = tokens - data.train_rows;
             let width = params.layer(l)?.gate_proj.dim(0)?;
-            let fit = fit_adapter(&model.layers[l].mlp, &data, width, &s)?;
+            let fit = fit_adapter(&model.layers[l].mlp, data, width, &s)?;
             if ui == 0 {
                 let names = layer_param_names(l);
                 for (name, t) in [
