@@ -4,28 +4,17 @@
 
 mod common;
 
-use common::tiny::{config, depth_weights, max_diff, model_from, reference, to_tensors, weights, RefDepth, Weights};
-use flexidepth::config::{Arch, ModelConfig};
-use flexidepth::depth::file::{attach_depth_file, init_tensors, load_parts, write_depth_file, DepthMeta};
+use common::tiny::{
+    config, depth_weights, max_diff, model_from, reference, routed_model, to_tensors, weights, RefDepth, Weights,
+};
+use flexidepth::config::Arch;
+use flexidepth::depth::file::{attach_depth_file, init_tensors, write_depth_file, DepthMeta};
 use flexidepth::depth::{DepthMode, FlexiDepth, SkipUnit};
 use flexidepth::model::{Logits, Model};
-use flexidepth::weights::{SafetensorsFiles, WeightSource};
 use std::path::Path;
 
 const IDS: [u32; 11] = [3, 17, 5, 39, 0, 22, 8, 11, 30, 2, 19];
 const ROUTED: [usize; 2] = [1, 2];
-
-/// A tiny model with routers on layers 1 and 2, attached from its own (official-named) tensors.
-fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights) -> Model {
-    let mut m = model_from(c, base);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("depth.safetensors");
-    candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
-    let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, c, &ROUTED, &candle_core::Device::Cpu).unwrap(), 0.5)
-        .unwrap();
-    m
-}
 
 fn settings(mode: DepthMode, skip_kv: bool) -> FlexiDepth {
     FlexiDepth {
@@ -64,7 +53,7 @@ fn check_mode(arch: Arch, mode: DepthMode, skip_kv: bool) {
     let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 0));
     let mut all = base.clone();
     all.extend(depth.clone());
-    let m = routed_model(&c, &base, &depth);
+    let m = routed_model(&c, &base, &depth, &ROUTED);
     let force = match mode {
         DepthMode::Dynamic => None,
         DepthMode::Run => Some(true),
@@ -218,7 +207,7 @@ fn work(m: &Model, layer_idx: usize) -> [u64; 6] {
 #[test]
 fn skipped_layers_are_not_paid_for() {
     let c = config(Arch::Llama);
-    let m = routed_model(&c, &weights(&c), &depth_weights(&c, &ROUTED, 0));
+    let m = routed_model(&c, &weights(&c), &depth_weights(&c, &ROUTED, 0), &ROUTED);
     let mut cache = m.new_cache(IDS.len());
     let before: Vec<[u64; 6]> = ROUTED.iter().map(|&l| work(&m, l)).collect();
     let out = m
@@ -258,7 +247,7 @@ fn depth_file_round_trips_and_bad_files_are_refused() {
     let c = config(Arch::Qwen2);
     let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 3));
     let dir = tempfile::tempdir().unwrap();
-    let want = run_engine(&routed_model(&c, &base, &depth), &FlexiDepth::default()).0;
+    let want = run_engine(&routed_model(&c, &base, &depth, &ROUTED), &FlexiDepth::default()).0;
     let mut m = model_from(&c, &base);
     let path = write_depth(&m, &depth, dir.path());
     let meta = attach_depth_file(&mut m, &path).unwrap();

@@ -5,31 +5,19 @@
 mod common;
 
 use common::tiny::{
-    config, depth_weights, max_diff, model_from, reference, reference_with, to_tensors, weights, RefDepth, RefExtra,
-    RefUnit, Weights,
+    config, depth_weights, max_diff, model_from, reference, reference_with, routed_model, to_tensors, weights,
+    RefDepth, RefExtra, RefUnit,
 };
-use flexidepth::config::{Arch, ModelConfig};
+use flexidepth::config::Arch;
 use flexidepth::depth::early_exit::EarlyExit;
-use flexidepth::depth::file::{attach_depth_file, load_parts, write_depth_file, DepthMeta};
+use flexidepth::depth::file::{attach_depth_file, write_depth_file, DepthMeta};
 use flexidepth::depth::shortgpt::{block_influence, StaticPrune};
 use flexidepth::depth::{DepthPolicy, FlexiDepth, FullDepth, PolicySpec, SkipUnit};
 use flexidepth::model::{Logits, Model};
-use flexidepth::weights::{SafetensorsFiles, WeightSource};
 
 const IDS: [u32; 11] = [3, 17, 5, 39, 0, 22, 8, 11, 30, 2, 19];
 const ROUTED: [usize; 2] = [1, 2];
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
-
-fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights) -> Model {
-    let mut m = model_from(c, base);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("depth.safetensors");
-    candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
-    let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, c, &ROUTED, &candle_core::Device::Cpu).unwrap(), 0.5)
-        .unwrap();
-    m
-}
 
 /// Prefill 6 tokens, decode the rest one at a time: the logits of every position, and the layers each used.
 fn run(m: &Model, policy: &dyn DepthPolicy) -> (Vec<Vec<f32>>, Vec<f64>, flexidepth::cache::KvCache) {
@@ -119,7 +107,7 @@ fn ffn_only_and_attention_only_skipping_match_the_reference() {
         let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 0));
         let mut all = base.clone();
         all.extend(depth.clone());
-        let m = routed_model(&c, &base, &depth);
+        let m = routed_model(&c, &base, &depth, &ROUTED);
         let bytes = m.layer_bytes();
         for (unit, ref_unit) in [(SkipUnit::Ffn, RefUnit::Ffn), (SkipUnit::Attention, RefUnit::Attention)] {
             let depth_ref = RefDepth {

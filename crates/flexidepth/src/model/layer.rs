@@ -156,16 +156,7 @@ impl DecoderLayer {
             }
             None => ctx.mask.clone(),
         };
-        let attn = self.self_attn.attend(
-            ops,
-            u,
-            ctx.rope,
-            QueryPos::Contiguous(ctx.pos),
-            &keys.k,
-            &keys.v,
-            mask.as_ref(),
-        )?;
-        let h = (x + attn)?;
+        let h = self.attend_all(ops, x, u, ctx, &keys, mask.as_ref())?;
         let mlp = self
             .mlp
             .forward(ops, &ops.rms_norm(&h, &self.post_attention_layernorm)?)?;
@@ -187,6 +178,21 @@ impl DecoderLayer {
         let keys = self.keys(ops, u, ctx, cache, &hide)?;
         let h = self.attend_rows(ops, x, u, ctx, &keys, steps)?;
         self.ffn_rows(ops, &h, steps, scale)
+    }
+
+    /// `h = x + attn(u)` with every row a query (rows at `ctx.pos..`).
+    fn attend_all(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        u: &Tensor,
+        ctx: &ForwardCtx,
+        keys: &Keys,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q_pos = QueryPos::Contiguous(ctx.pos);
+        let attn = self.self_attn.attend(ops, u, ctx.rope, q_pos, &keys.k, &keys.v, mask)?;
+        Ok((x + attn)?)
     }
 
     /// `h = x + attn(u)` on the rows whose attention runs, `h = x` on the others.
@@ -212,16 +218,7 @@ impl DecoderLayer {
             Some(mask_for_rows(&positions, keys.kv_len, hidden, device, DType::F32)?)
         };
         if run_rows.len() == steps.len() {
-            let attn = self.self_attn.attend(
-                ops,
-                u,
-                ctx.rope,
-                QueryPos::Contiguous(ctx.pos),
-                &keys.k,
-                &keys.v,
-                mask.as_ref(),
-            )?;
-            return Ok((x + attn)?);
+            return self.attend_all(ops, x, u, ctx, keys, mask.as_ref());
         }
         let idx = Tensor::new(run_rows.as_slice(), device)?;
         let pos_idx = Tensor::new(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), device)?;

@@ -390,3 +390,16 @@ pub fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
         .fold(0f32, f32::max)
 }
+
+/// A tiny model with routers on `routed`, attached (threshold 0.5) from `depth`'s official-named tensors through a
+/// depth-weights file, as a user's file would be read.
+pub fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights, routed: &[usize]) -> Model {
+    let mut m = model_from(c, base);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("depth.safetensors");
+    candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
+    let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
+    let parts = flexidepth::depth::file::load_parts(&src, c, routed, &Device::Cpu).unwrap();
+    m.attach_depth(parts, 0.5).unwrap();
+    m
+}
