@@ -447,9 +447,7 @@ fn cholesky(mut a: Vec<Vec<f64>>) -> Result<Vec<Vec<f64>>> {
             let s = a[i][j] - (0..j).map(|k| a[i][k] * a[j][k]).sum::<f64>();
             a[i][j] = s / d;
         }
-        for k in j + 1..n {
-            a[j][k] = 0.0;
-        }
+        a[j][j + 1..].iter_mut().for_each(|x| *x = 0.0);
     }
     Ok(a)
 }

@@ -137,6 +137,7 @@ pub fn skip_kl_labels(
     let (xs, full_logits, mut cache) = full_depth_states(model, ids)?;
     let mut kl = vec![vec![0f32; ids.len()]; layers.len()];
     let first = layers.iter().copied().min().unwrap_or(0);
+    #[allow(clippy::needless_range_loop)] // t is a position as much as an index
     for t in 0..ids.len() {
         let ctx = ForwardCtx::new(model, t, 1)?;
         let p = full_logits.narrow(0, t, 1)?;

@@ -488,7 +488,13 @@ fn the_staged_recipe_runs_and_resumes_exactly() {
     assert_ne!(before[adapter], after[adapter], "the local fit changed the adapter");
     assert_ne!(before[router], after[router], "the router start changed the router");
     let out = dir.path().join("a/run");
-    for f in ["fit.replaceability.md", "fit.replaceability.csv", "routers.routers.md", "fit.safetensors", "depth.safetensors"] {
+    for f in [
+        "fit.replaceability.md",
+        "fit.replaceability.csv",
+        "routers.routers.md",
+        "fit.safetensors",
+        "depth.safetensors",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     assert_eq!(a.state().global_step, 2);
