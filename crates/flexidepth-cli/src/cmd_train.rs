@@ -315,6 +315,25 @@ pub fn run(args: Args) -> Result<()> {
             bar.set_message(msg);
         }
         Event::Checkpoint { .. } => {}
+        Event::Note(line) if bar.is_hidden() => eprintln!("{line}"),
+        Event::Note(line) => bar.println(line),
+        Event::LocalFit { name, report } => {
+            let path = curves_path.with_file_name(format!("{name}.replaceability.svg"));
+            if let Err(e) = flexidepth_experiments::replaceability::write_figure(&path, name, report) {
+                curves_error = Some(e);
+            }
+            let line = format!(
+                "local fit '{name}': {} layers in {:.1} s; table and figure in {}",
+                report.rows.len(),
+                report.seconds,
+                path.with_extension("md").display()
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
         Event::Log(rows) => {
             // Redrawn with every log write, so an interrupted run has its curves too.
             if let Err(e) = flexidepth_experiments::curves::write_training_curves(&curves_path, rows) {

@@ -12,4 +12,5 @@ pub mod dataset;
 pub mod depthmap;
 pub mod eval;
 pub mod plot;
+pub mod replaceability;
 pub mod study;

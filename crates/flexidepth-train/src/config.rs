@@ -7,14 +7,85 @@ use flexidepth::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What a stage does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum StageKind {
+    /// End-to-end training (`L_lm`/KL + α·`L_skip`) with AdamW: the paper's stages.
+    #[default]
+    #[serde(rename = "train")]
+    Train,
+    /// Layer-local adapter fitting on full-depth activations ([`crate::local_fit`]).
+    #[serde(rename = "local_fit")]
+    LocalFit,
+    /// Supervised router pre-training on skip-cost labels ([`crate::router_start`]).
+    #[serde(rename = "router_start")]
+    RouterStart,
+}
+
+/// The skip-cost label of a router-start stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LabelKind {
+    /// KL at the token's output when only that layer is skipped for that token ([`crate::router_labels`]).
+    #[default]
+    #[serde(rename = "kl")]
+    Kl,
+    /// The row's local replacement error `‖(1 − w*)·adapter(v) − T‖²`, relative to the layer's mean `‖T‖²`.
+    #[serde(rename = "local")]
+    Local,
+}
+
+/// What a skipped row leaves out, as written in a config (`skip_unit = "layer" | "ffn"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SkipUnitName {
+    #[default]
+    #[serde(rename = "layer")]
+    Layer,
+    #[serde(rename = "ffn")]
+    Ffn,
+}
+
+impl SkipUnitName {
+    pub fn unit(self) -> flexidepth::depth::SkipUnit {
+        match self {
+            SkipUnitName::Layer => flexidepth::depth::SkipUnit::Layer,
+            SkipUnitName::Ffn => flexidepth::depth::SkipUnit::Ffn,
+        }
+    }
+    fn is_layer(&self) -> bool {
+        *self == SkipUnitName::Layer
+    }
+}
+
 /// One stage: its own α, length, learning rate, and a fresh optimizer and schedule (the official recipe runs its
-/// two stages as two separate trainings).
+/// two stages as two separate trainings). A `local_fit` or `router_start` stage runs as one unit (resumed from its
+/// start if interrupted); the fields marked as theirs are ignored by `train` stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub name: String,
-    /// Weight of `L_skip`.
+    #[serde(default, skip_serializing_if = "is_train")]
+    pub kind: StageKind,
+    /// Weight of `L_skip` (train stages).
+    #[serde(default)]
     pub alpha: f64,
+    /// local_fit / router_start: tokens collected (default 8192 for a local fit, 512 for KL labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    /// local_fit / router_start: epochs of local Adam (default 20 / 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_epochs: Option<usize>,
+    /// local_fit / router_start: the gate `w*` adapters are fitted for and labels are computed at (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_gate: Option<f64>,
+    /// local_fit: also fit the other skip unit, for the replaceability table (its adapters are not kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compare_units: bool,
+    /// router_start: the label (default kl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<LabelKind>,
+    /// router_start: share of (token, layer) pairs labelled as skips (default 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_share: Option<f64>,
     /// Optimizer steps; when absent, `epochs` passes over the data.
     pub steps: Option<usize>,
     #[serde(default = "one")]
@@ -25,6 +96,30 @@ pub struct Stage {
 
 fn one() -> f64 {
     1.0
+}
+
+impl Stage {
+    /// An end-to-end stage of one epoch with weight `alpha` of `L_skip`, every other field at its default.
+    pub fn train(name: &str, alpha: f64) -> Self {
+        Stage {
+            name: name.into(),
+            kind: StageKind::Train,
+            alpha,
+            tokens: None,
+            fit_epochs: None,
+            target_gate: None,
+            compare_units: false,
+            label: None,
+            skip_share: None,
+            steps: None,
+            epochs: 1.0,
+            lr: None,
+        }
+    }
+}
+
+fn is_train(k: &StageKind) -> bool {
+    *k == StageKind::Train
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +165,9 @@ pub struct TrainConfig {
     /// the run writes (their default at inference). Older configs name it `threshold`.
     #[serde(default = "default_skip_threshold", alias = "threshold")]
     pub skip_threshold: f32,
+    /// What a skipped row leaves out: `layer` (the paper) or `ffn` (attention kept, the adapter replaces the MLP).
+    #[serde(default, skip_serializing_if = "SkipUnitName::is_layer")]
+    pub skip_unit: SkipUnitName,
     #[serde(default = "one_usize")]
     pub log_every: usize,
     /// Checkpoint every this many optimizer steps (0: only at stage ends and on interruption).
@@ -201,6 +299,19 @@ impl TrainConfig {
             if !(s.alpha >= 0.0 && s.alpha.is_finite()) {
                 return bad(format!("stage '{}': alpha must be ≥ 0", s.name));
             }
+            if let Some(g) = s.target_gate {
+                if !(0.0..1.0).contains(&g) {
+                    return bad(format!("stage '{}': target_gate must be in [0, 1)", s.name));
+                }
+            }
+            if let Some(share) = s.skip_share {
+                if !(share > 0.0 && share < 1.0) {
+                    return bad(format!("stage '{}': skip_share must be in (0, 1)", s.name));
+                }
+            }
+            if s.tokens == Some(0) || (s.tokens == Some(1) && s.kind == StageKind::LocalFit) {
+                return bad(format!("stage '{}': needs at least 2 tokens", s.name));
+            }
             if s.steps == Some(0) || s.epochs <= 0.0 {
                 return bad(format!(
                     "stage '{}': needs a positive number of steps or epochs",
@@ -262,11 +373,62 @@ lr = 5e-4
         assert_eq!(c.stage_steps(1, 41), 10);
         let again = TrainConfig::from_toml(Path::new("c.toml"), &c.to_toml().unwrap()).unwrap();
         assert_eq!(again, c);
+        // Defaults of the new fields are not written, so older runs' config hashes (resume) are unchanged.
+        let toml = c.to_toml().unwrap();
+        assert!(!toml.contains("kind") && !toml.contains("skip_unit"), "{toml}");
         let e = TrainConfig::from_toml(
             Path::new("c.toml"),
             "data='x'\nout='y'\nbogus=1\n[[stage]]\nname='a'\nalpha=0",
         )
         .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn parses_the_staged_recipe() {
+        let text = r#"
+data = "d.jsonl"
+out = "runs/x"
+skip_unit = "ffn"
+[[stage]]
+name = "fit"
+kind = "local_fit"
+tokens = 4096
+fit_epochs = 5
+target_gate = 0.1
+compare_units = true
+[[stage]]
+name = "routers"
+kind = "router_start"
+label = "local"
+skip_share = 0.3
+[[stage]]
+name = "align"
+alpha = 1e-4
+"#;
+        let c = TrainConfig::from_toml(Path::new("c.toml"), text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.skip_unit, SkipUnitName::Ffn);
+        assert_eq!(c.skip_unit.unit(), flexidepth::depth::SkipUnit::Ffn);
+        let kinds: Vec<StageKind> = c.stages.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [StageKind::LocalFit, StageKind::RouterStart, StageKind::Train]);
+        assert_eq!(c.stages[0].tokens, Some(4096));
+        assert_eq!(c.stages[0].fit_epochs, Some(5));
+        assert_eq!(c.stages[0].target_gate, Some(0.1));
+        assert!(c.stages[0].compare_units);
+        assert_eq!(c.stages[1].label, Some(LabelKind::Local));
+        assert_eq!(c.stages[1].skip_share, Some(0.3));
+        assert_eq!(c.stages[0].alpha, 0.0);
+        let again = TrainConfig::from_toml(Path::new("c.toml"), &c.to_toml().unwrap()).unwrap();
+        assert_eq!(again, c);
+        for bad in [
+            text.replace("skip_unit = \"ffn\"", "skip_unit = \"attention\""),
+            text.replace("kind = \"local_fit\"", "kind = \"magic\""),
+            text.replace("target_gate = 0.1", "target_gate = 1.0"),
+            text.replace("skip_share = 0.3", "skip_share = 0.0"),
+        ] {
+            let r = TrainConfig::from_toml(Path::new("c.toml"), &bad).and_then(|c| c.validate());
+            assert!(r.is_err(), "accepted: {bad}");
+        }
     }
 }

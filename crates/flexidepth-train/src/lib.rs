@@ -11,11 +11,15 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod forward;
+pub mod local_fit;
 pub mod log;
 pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod router_labels;
+pub mod router_start;
+pub mod staged;
 
 use candle_core::{DType, Tensor};
 use checkpoint::RunState;
@@ -47,6 +51,13 @@ pub enum Event<'a> {
     Checkpoint { path: &'a std::path::Path, step: usize },
     /// `log.csv` was rewritten with these rows (a reporter may redraw its curves from them).
     Log(&'a [LogRow]),
+    /// A progress line of a local-fit or router-start stage.
+    Note(&'a str),
+    /// A local-fit stage finished (its tables are written; a reporter may draw the figure).
+    LocalFit {
+        name: &'a str,
+        report: &'a staged::LocalFitReport,
+    },
 }
 
 /// How [`Trainer::run`] ended.
@@ -241,11 +252,17 @@ impl<'a> Trainer<'a> {
                 steps: total,
                 done: self.state.stage_step,
             });
+            if stage.kind != config::StageKind::Train {
+                if self.run_local_stage(si, &stage, stop, on)? == Outcome::Interrupted {
+                    return Ok(Outcome::Interrupted);
+                }
+                continue;
+            }
             let obj = Objective {
                 kind: self.config.loss,
                 alpha: stage.alpha,
                 skip_threshold: self.config.skip_threshold,
-                unit: flexidepth::depth::SkipUnit::Layer,
+                unit: self.config.skip_unit.unit(),
             };
             while self.state.stage_step < total {
                 let step = self.state.stage_step;
@@ -319,6 +336,78 @@ impl<'a> Trainer<'a> {
         self.write_log()?;
         on(Event::Log(&self.log));
         Ok(Outcome::Finished)
+    }
+
+    /// Run a `local_fit` or `router_start` stage as one unit over the stage's seeded order of the data, then write
+    /// its depth file and reports and checkpoint past it (an interrupted one restarts from its beginning).
+    fn run_local_stage(
+        &mut self,
+        si: usize,
+        stage: &config::Stage,
+        stop: &AtomicBool,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
+        on(Event::Stage {
+            index: si,
+            name: &stage.name,
+            steps: 1,
+            done: 0,
+        });
+        let t0 = Instant::now();
+        let order = data::epoch_order(self.sequences.len(), self.config.seed, si, 0);
+        let seqs: Vec<&[u32]> = order.iter().map(|&i| self.sequences[i].as_slice()).collect();
+        let unit = self.config.skip_unit.unit();
+        let out = self.config.out.clone();
+        let mut note = |m: &str| on(Event::Note(m));
+        match stage.kind {
+            config::StageKind::LocalFit => {
+                let r = staged::run_local_fit(
+                    self.model,
+                    &self.params,
+                    &seqs,
+                    unit,
+                    stage,
+                    self.config.seed,
+                    &mut note,
+                )?;
+                staged::write_local_fit(&out, &stage.name, &r)?;
+                on(Event::LocalFit {
+                    name: &stage.name,
+                    report: &r,
+                });
+            }
+            config::StageKind::RouterStart => {
+                let r = staged::run_router_start(
+                    self.model,
+                    &self.params,
+                    &seqs,
+                    unit,
+                    stage,
+                    self.config.skip_threshold,
+                    self.config.seed,
+                    &mut note,
+                )?;
+                staged::write_router_start(&out, &stage.name, &r)?;
+            }
+            config::StageKind::Train => {
+                return Err(Error::Input("a train stage is not a local stage".into()));
+            }
+        }
+        self.state.elapsed_s += t0.elapsed().as_secs_f64();
+        self.write_depth(&out.join(format!("{}.safetensors", stage.name)))?;
+        self.state.stage += 1;
+        self.state.stage_step = 0;
+        let path = self.checkpoint_path();
+        checkpoint::save(&path, &self.params, &self.opt, &self.state)?;
+        on(Event::Checkpoint {
+            path: &path,
+            step: self.state.global_step,
+        });
+        Ok(if stop.load(Ordering::SeqCst) {
+            Outcome::Interrupted
+        } else {
+            Outcome::Finished
+        })
     }
 
     /// Write the current routers and adapters as a depth-adapter file in the configured dtype.

@@ -295,6 +295,7 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
         adam: Default::default(),
         loss: LossKind::LmKl,
         skip_threshold: 0.5,
+        skip_unit: Default::default(),
         log_every: 1,
         checkpoint_every: 2,
         save_dtype: "f32".into(),
@@ -303,15 +304,15 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
                 name: "one".into(),
                 alpha: 0.05,
                 steps: Some(4),
-                epochs: 1.0,
                 lr: None,
+                ..Stage::train("", 0.0)
             },
             Stage {
                 name: "two".into(),
                 alpha: 0.01,
                 steps: Some(3),
-                epochs: 1.0,
                 lr: Some(5e-3),
+                ..Stage::train("", 0.0)
             },
         ],
     }
@@ -434,4 +435,86 @@ fn forced_full_depth_matches_the_teacher() {
     let run = FlexiDepth::with_mode(DepthMode::Run);
     let base = m.forward_with(&IDS, &mut cache, Logits::All, &run).unwrap();
     assert!(max_abs_diff(&teacher, &base.logits) < 1e-5);
+}
+
+/// The staged recipe (local fit → router start → end-to-end) runs from one config, writes its reports, and a run
+/// stopped after the local fit resumes to exactly the unbroken run's result.
+#[test]
+fn the_staged_recipe_runs_and_resumes_exactly() {
+    use flexidepth_train::config::{LabelKind, StageKind};
+    let staged = |dir: &std::path::Path| {
+        let mut cfg = tiny_config(dir, 2, 1);
+        cfg.stages = vec![
+            Stage {
+                kind: StageKind::LocalFit,
+                tokens: Some(40),
+                fit_epochs: Some(2),
+                compare_units: true,
+                ..Stage::train("fit", 0.0)
+            },
+            Stage {
+                kind: StageKind::RouterStart,
+                label: Some(LabelKind::Local),
+                tokens: Some(40),
+                fit_epochs: Some(3),
+                ..Stage::train("routers", 0.0)
+            },
+            Stage {
+                steps: Some(2),
+                ..Stage::train("e2e", 0.01)
+            },
+        ];
+        cfg
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, mut ma, _) = setup(Arch::Llama);
+    let mut a = trainer(&mut ma, &c, staged(&dir.path().join("a")));
+    let before = values(&a);
+    let stop = AtomicBool::new(false);
+    let mut fits = 0;
+    assert_eq!(
+        a.run(&stop, &mut |e| {
+            if let Event::LocalFit { report, .. } = e {
+                fits += report.rows.len();
+            }
+        })
+        .unwrap(),
+        Outcome::Finished
+    );
+    assert_eq!(fits, 2 * ROUTED.len(), "both units reported");
+    let after = values(&a);
+    let adapter = "model.layers.1.router_proj.up_proj.weight";
+    let router = "model.layers.1.router.router_head.weight";
+    assert_ne!(before[adapter], after[adapter], "the local fit changed the adapter");
+    assert_ne!(before[router], after[router], "the router start changed the router");
+    let out = dir.path().join("a/run");
+    for f in [
+        "fit.replaceability.md",
+        "fit.replaceability.csv",
+        "routers.routers.md",
+        "fit.safetensors",
+        "depth.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(a.state().global_step, 2);
+
+    let (_, mut mb, _) = setup(Arch::Llama);
+    let mut b = trainer(&mut mb, &c, staged(&dir.path().join("b")));
+    let stop = AtomicBool::new(false);
+    let outcome = b
+        .run(&stop, &mut |e| {
+            if let Event::Checkpoint { .. } = e {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Interrupted);
+    assert_eq!(b.state().stage, 1, "stopped after the local fit");
+    let (_, mut mc, _) = setup(Arch::Llama);
+    let mut resumed = trainer(&mut mc, &c, staged(&dir.path().join("b")));
+    resumed.resume().unwrap();
+    let stop = AtomicBool::new(false);
+    assert_eq!(resumed.run(&stop, &mut |_| {}).unwrap(), Outcome::Finished);
+    assert_eq!(values(&resumed), after, "resumed run equals the unbroken one");
 }
