@@ -37,8 +37,7 @@ use flexidepth::model::mlp::Mlp;
 use flexidepth::model::ops::{Fused, Ops};
 use flexidepth::model::plan::{AttnStep, FfnStep, LayerPlan, RowStep};
 use flexidepth::model::{Adapter, ForwardCtx, Model};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use flexidepth::rng::Draw;
 
 /// Settings of a local fit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -327,10 +326,10 @@ pub fn fit_adapter(mlp: &Mlp, data: &LayerData, width: usize, s: &FitSettings) -
             down_proj: Linear::dense(vars[1].as_tensor().clone(), None),
             up_proj: Linear::dense(vars[2].as_tensor().clone(), None),
         };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed ^ data.layer_idx as u64);
+        let mut rng = flexidepth::rng::seeded_stream(s.seed, data.layer_idx as u64);
         let mut perm: Vec<u32> = (0..ntr as u32).collect();
         for epoch in 1..=s.epochs {
-            perm.shuffle(&mut rng);
+            rng.shuffle(&mut perm);
             for chunk in perm.chunks(s.batch) {
                 let bi = Tensor::new(chunk, &Device::Cpu)?;
                 let pred = adapter.forward(&Differentiable, &v_tr.index_select(&bi, 0)?)?;

@@ -15,8 +15,7 @@ use flexidepth::error::{Error, Result};
 use flexidepth::model::linear::Linear;
 use flexidepth::model::norm::RmsNorm;
 use flexidepth::model::Router;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use flexidepth::rng::Draw;
 
 /// `τ` such that a share `skip_share` of `costs` is `≤ τ` (the `skip_share` quantile), floored at a tiny positive
 /// value so that `y` is defined.
@@ -125,10 +124,10 @@ pub fn fit_router(
             ..Default::default()
         },
     )?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed ^ (layer_idx as u64).wrapping_mul(0x9e37_79b9));
+    let mut rng = flexidepth::rng::seeded_stream(s.seed, layer_idx as u64);
     let mut perm: Vec<u32> = (0..rows as u32).collect();
     for _ in 0..s.epochs {
-        perm.shuffle(&mut rng);
+        rng.shuffle(&mut perm);
         for chunk in perm.chunks(s.batch) {
             let idx = Tensor::new(chunk, &Device::Cpu)?;
             let z = router.logits(&Differentiable, &u.index_select(&idx, 0)?)?;
