@@ -2,7 +2,7 @@
 //! then a seeded draw. Temperature 0 is greedy (argmax, first index on ties).
 
 use crate::error::{Error, Result};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 /// Sampling settings; the neutral value of each filter switches it off.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,13 +89,13 @@ fn check(name: &'static str, value: f64, domain: &'static str, ok: impl Fn(f64) 
 /// A seeded sampler over [`SamplingParams`].
 pub struct Sampler {
     params: SamplingParams,
-    rng: rand::rngs::StdRng,
+    rng: crate::rng::SeededRng,
 }
 
 impl Sampler {
     /// A sampler seeded with `params.seed`; it does not check the values (see [`SamplingParams::validate`]).
     pub fn new(params: SamplingParams) -> Self {
-        let rng = rand::rngs::StdRng::seed_from_u64(params.seed);
+        let rng = crate::rng::seeded(params.seed);
         Sampler { params, rng }
     }
 
