@@ -134,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let passes = if args.compare_full { 2 } else { 1 };
     eprintln!(
-        "scored {} tokens{} in {:.3} s, {:.1} tokens/s",
+        "ran the model over {} tokens{} in {:.3} s, {:.1} tokens/s",
         n_tokens,
         if passes == 2 {
             " twice (full depth and routed)"

@@ -267,7 +267,9 @@ pub fn run(args: Args) -> Result<()> {
     if !args.resume {
         flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())?;
     }
+    // Optimizer steps: the local stages (adapter fit, router start) run as one block each and take none.
     let total_steps: usize = (0..config.stages.len())
+        .filter(|&i| config.stages[i].kind == flexidepth_train::config::StageKind::Train)
         .map(|i| config.stage_steps(i, data.sequences.len()))
         .sum();
     let mut trainer = Trainer::new(config, &mut model, params, meta, data.sequences)?;
@@ -361,11 +363,15 @@ pub fn run(args: Args) -> Result<()> {
             out.join("log.csv").display(),
             out.join("curves.svg").display()
         ),
-        Outcome::Interrupted => eprintln!(
-            "checkpoint written at step {}; continue with: flexidepth train --resume --out {}",
-            s.global_step,
-            out.display()
-        ),
+        Outcome::Interrupted => {
+            eprintln!(
+                "checkpoint written at step {}; continue with: flexidepth train --resume --out {}",
+                s.global_step,
+                out.display()
+            );
+            // Like a shell's Ctrl-C (128 + SIGINT), so that scripts see the run did not finish.
+            std::process::exit(130);
+        }
     }
     Ok(())
 }

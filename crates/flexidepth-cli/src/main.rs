@@ -195,14 +195,36 @@ pub struct DepthArgs {
     /// released). Higher skips more.
     #[arg(long)]
     pub skip_threshold: Option<f32>,
+    /// What a skipped token leaves out: the whole layer (the paper), only the FFN, or only the attention;
+    /// default: the unit stored in the depth file.
+    #[arg(long, value_enum)]
+    pub skip_unit: Option<SkipUnitArg>,
     /// Skipped tokens write no K/V (the paper's "no KV cache" ablation).
     #[arg(long)]
     pub no_skip_kv: bool,
 }
 
+/// `--skip-unit` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipUnitArg {
+    Layer,
+    Ffn,
+    Attention,
+}
+
+impl From<SkipUnitArg> for flexidepth::depth::SkipUnit {
+    fn from(u: SkipUnitArg) -> Self {
+        match u {
+            SkipUnitArg::Layer => flexidepth::depth::SkipUnit::Layer,
+            SkipUnitArg::Ffn => flexidepth::depth::SkipUnit::Ffn,
+            SkipUnitArg::Attention => flexidepth::depth::SkipUnit::Attention,
+        }
+    }
+}
+
 impl DepthArgs {
-    /// Attach the depth file (if any) and return the policy to run with, its threshold resolved (the flag, else
-    /// the depth file's).
+    /// Attach the depth file (if any) and return the policy to run with, its threshold and skip unit resolved (the
+    /// flag, else the depth file's).
     pub fn apply(&self, model: &mut flexidepth::model::Model) -> anyhow::Result<flexidepth::depth::FlexiDepth> {
         use anyhow::Context;
         if let Some(t) = self.skip_threshold {
@@ -228,10 +250,24 @@ impl DepthArgs {
             mode: self.depth_mode.into(),
             skip_threshold: Some(threshold),
             skip_kv: !self.no_skip_kv,
-            unit: flexidepth::depth::SkipUnit::Layer,
+            unit: Some(self.skip_unit.map(Into::into).or(model.skip_unit()).unwrap_or_default()),
         };
-        if model.routed_layers().is_empty() && (self.depth_mode != DepthModeArg::Dynamic || self.no_skip_kv) {
-            anyhow::bail!("--depth-mode and --no-skip-kv need a model with routers: give --depth FILE");
+        if model.routed_layers().is_empty() {
+            let given: Vec<&str> = [
+                (self.depth_mode != DepthModeArg::Dynamic, "--depth-mode"),
+                (self.skip_threshold.is_some(), "--skip-threshold"),
+                (self.skip_unit.is_some(), "--skip-unit"),
+                (self.no_skip_kv, "--no-skip-kv"),
+            ]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect();
+            if !given.is_empty() {
+                anyhow::bail!(
+                    "{} need(s) a model with routers: give --depth FILE",
+                    given.join(" and ")
+                );
+            }
         }
         Ok(policy)
     }

@@ -135,7 +135,20 @@ fn depth_init_generate_trace_and_maps() {
 fn depth_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let out = flexidepth(&["generate", "-p", "hi", "-n", "2", "--depth-mode", "skip"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("need a model with routers"));
+    let e = text(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("--depth-mode need(s) a model with routers"),
+        "{e}"
+    );
+    assert!(!e.contains("--no-skip-kv"), "only the flags given are named: {e}");
+    for flag in [["--skip-threshold", "0.6"], ["--skip-unit", "ffn"]] {
+        let out = flexidepth(&["generate", "-p", "hi", "-n", "2", flag[0], flag[1]]);
+        let e = text(&out.stderr);
+        assert!(
+            !out.status.success() && e.contains(&format!("{} need(s) a model with routers", flag[0])),
+            "{e}"
+        );
+    }
     let out = flexidepth(&["generate", "-p", "hi", "-n", "2", "--trace", "x.jsonl"]);
     assert!(!out.status.success() && text(&out.stderr).contains("--depth FILE"));
     let out = flexidepth(&["depth", "init", "-o", "x.safetensors", "--routed-layers", "25..40"]);

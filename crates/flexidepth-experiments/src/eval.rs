@@ -144,7 +144,7 @@ impl Scoring {
 pub struct ScoredPerplexity {
     /// Forward passes (windows) run.
     pub windows: usize,
-    /// Tokens of the text used.
+    /// Tokens of the text the scored windows cover.
     pub n_tokens: usize,
     /// Tokens whose NLL is in the mean.
     pub n_scored: usize,
@@ -220,15 +220,16 @@ pub fn perplexity_scored(
     }
     if scored == 0 {
         return Err(Error::Input(format!(
-            "the text has {} tokens: too few to score any with {}",
-            ids.len(),
-            scoring.describe(window)
+            "no token to score: {} over the {} tokens used (a longer window or more tokens would score some)",
+            scoring.describe(window),
+            ids.len()
         )));
     }
     let mean_nll = nll / scored as f64;
     Ok(ScoredPerplexity {
         windows: spans.len(),
-        n_tokens: ids.len(),
+        // The tokens the windows covered (a last window too short to score anything is not run).
+        n_tokens: spans.iter().map(|s| s.1).max().unwrap_or(0),
         n_scored: scored,
         mean_nll,
         ppl: mean_nll.exp(),

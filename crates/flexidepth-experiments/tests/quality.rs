@@ -26,8 +26,12 @@ fn routed_model(arch: Arch) -> Model {
     let path = dir.path().join("depth.safetensors");
     candle_core::safetensors::save(&to_tensors(&depth_weights(&c, &ROUTED, 0)), &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, &c, &ROUTED, &candle_core::Device::Cpu).unwrap(), 0.5)
-        .unwrap();
+    m.attach_depth(
+        load_parts(&src, &c, &ROUTED, &candle_core::Device::Cpu).unwrap(),
+        0.5,
+        flexidepth::depth::SkipUnit::Layer,
+    )
+    .unwrap();
     m
 }
 
@@ -36,7 +40,7 @@ fn settings(mode: DepthMode) -> FlexiDepth {
         mode,
         skip_threshold: Some(0.5),
         skip_kv: true,
-        unit: SkipUnit::Layer,
+        unit: Some(SkipUnit::Layer),
     }
 }
 

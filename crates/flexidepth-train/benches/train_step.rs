@@ -27,7 +27,9 @@ fn main() {
     let layers = default_routed_layers(model.config.num_hidden_layers);
     let tensors = init_tensors(&model.config, &layers, 16, 16, 42).unwrap();
     let params = DepthParams::from_tensors(&layers, &tensors).unwrap();
-    params.attach(&mut model, 0.5).unwrap();
+    params
+        .attach(&mut model, 0.5, flexidepth::depth::SkipUnit::Layer)
+        .unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let obj = Objective {
         kind: LossKind::Lm,

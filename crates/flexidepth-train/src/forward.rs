@@ -98,7 +98,7 @@ pub fn forward(model: &Model, ids: &[u32], skip_threshold: f32, unit: SkipUnit) 
         .hidden;
     let policy = FlexiDepth {
         skip_threshold: Some(skip_threshold),
-        unit,
+        unit: Some(unit),
         ..FlexiDepth::default()
     };
     let out = model.run_layers(&Differentiable, prefix.clone(), first..n, &ctx, None, &policy)?;

@@ -161,7 +161,7 @@ impl<'a> Trainer<'a> {
         sequences: Vec<Vec<u32>>,
     ) -> Result<Self> {
         config.validate()?;
-        params.attach(model, config.skip_threshold)?;
+        params.attach(model, config.skip_threshold, config.skip_unit.unit())?;
         let model: &'a Model = model;
         if sequences.is_empty() {
             return Err(Error::Input("the training data set is empty".into()));
@@ -419,6 +419,7 @@ impl<'a> Trainer<'a> {
         };
         let mut meta = self.meta.clone();
         meta.skip_threshold = self.config.skip_threshold;
+        meta.skip_unit = self.config.skip_unit.unit();
         write_depth_file(path, &meta, &self.params.tensors(), dtype)
     }
 

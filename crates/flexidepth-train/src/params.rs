@@ -3,6 +3,7 @@
 //! so that they are written to and read from depth-adapter files without renaming.
 
 use candle_core::{Tensor, Var};
+use flexidepth::depth::SkipUnit;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::keys::LayerKey;
 use flexidepth::model::linear::Linear;
@@ -91,9 +92,9 @@ impl DepthParams {
     }
 
     /// Make these variables `model`'s routers and adapters (replacing any attached ones), trained at
-    /// `skip_threshold`: the inference layer code then computes with them, the optimizer's in-place updates are
+    /// `skip_threshold` for `skip_unit`: the inference layer code then computes with them, the optimizer's in-place updates are
     /// seen by the model, and gradients reach them. The model must hold its weights densely (f32).
-    pub fn attach(&self, model: &mut Model, skip_threshold: f32) -> Result<()> {
+    pub fn attach(&self, model: &mut Model, skip_threshold: f32, skip_unit: SkipUnit) -> Result<()> {
         let eps = model.config.rms_norm_eps;
         let dense = |t: &Tensor| Linear::dense(t.clone(), None);
         let mut parts = Vec::with_capacity(self.routed_layers.len());
@@ -107,6 +108,7 @@ impl DepthParams {
                     router_dec: dense(p.router_dec),
                     router_head: dense(p.router_head),
                     skip_threshold,
+                    skip_unit,
                 },
                 Adapter {
                     gate_proj: dense(p.gate_proj),
@@ -121,7 +123,7 @@ impl DepthParams {
             ));
         }
         model.detach_depth();
-        model.attach_depth(parts, skip_threshold)
+        model.attach_depth(parts, skip_threshold, skip_unit)
     }
 
     /// Whether `model`'s routers and adapters are exactly these variables (see [`DepthParams::attach`]).

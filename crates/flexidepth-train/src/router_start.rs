@@ -101,6 +101,8 @@ pub fn fit_router(
         router_dec: Linear::dense(vars[2].as_tensor().clone(), None),
         router_head: Linear::dense(vars[3].as_tensor().clone(), None),
         skip_threshold: s.skip_threshold,
+        // Only its logits are used here.
+        skip_unit: flexidepth::depth::SkipUnit::Layer,
     };
     let y_all = Tensor::new(y, &Device::Cpu)?;
     let eval = |router: &Router| -> Result<(f64, f64, f64)> {

@@ -28,7 +28,7 @@ fn setup(arch: Arch) -> (ModelConfig, Model, DepthParams) {
     let mut m = model_from(&c, &weights(&c));
     let depth = to_tensors(&depth_weights(&c, &ROUTED, 0));
     let params = DepthParams::from_tensors(&ROUTED, &depth).unwrap();
-    params.attach(&mut m, 0.5).unwrap();
+    params.attach(&mut m, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
     (c, m, params)
 }
 
@@ -41,8 +41,12 @@ fn inference_model(arch: Arch) -> Model {
     let path = dir.path().join("depth.safetensors");
     candle_core::safetensors::save(&depth, &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
-    m.attach_depth(load_parts(&src, &c, &ROUTED, &Device::Cpu).unwrap(), 0.5)
-        .unwrap();
+    m.attach_depth(
+        load_parts(&src, &c, &ROUTED, &Device::Cpu).unwrap(),
+        0.5,
+        flexidepth::depth::SkipUnit::Layer,
+    )
+    .unwrap();
     m
 }
 
@@ -72,7 +76,7 @@ fn training_forward_equals_the_inference_forward() {
             assert!(!params.is_attached_to(&inf_model));
             let mut cache = inf_model.new_cache(IDS.len());
             let policy = FlexiDepth {
-                unit,
+                unit: Some(unit),
                 ..FlexiDepth::default()
             };
             let inf = inf_model.forward_with(&IDS, &mut cache, Logits::All, &policy).unwrap();

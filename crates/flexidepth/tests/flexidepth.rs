@@ -21,7 +21,7 @@ fn settings(mode: DepthMode, skip_kv: bool) -> FlexiDepth {
         mode,
         skip_threshold: Some(0.5),
         skip_kv,
-        unit: SkipUnit::Layer,
+        unit: Some(SkipUnit::Layer),
     }
 }
 

@@ -126,7 +126,7 @@ fn ffn_only_and_attention_only_skipping_match_the_reference() {
                 },
             );
             let policy = FlexiDepth {
-                unit,
+                unit: Some(unit),
                 skip_threshold: Some(0.5),
                 ..FlexiDepth::default()
             };
@@ -278,4 +278,41 @@ fn the_depth_files_threshold_is_the_default() {
         let d = max_diff(&out.logits.to_vec2::<f32>().unwrap(), &want.logits);
         assert!(d < 1e-4, "threshold {want_threshold}: logits differ by {d}");
     }
+}
+
+/// A depth file's stored skip unit is the default at inference too; files written before it existed (the shipped
+/// adapter) were trained for whole layers.
+#[test]
+fn the_depth_files_skip_unit_is_the_default() {
+    let c = config(Arch::Qwen2);
+    let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 0));
+    let mut m = model_from(&c, &base);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ffn.safetensors");
+    let mut meta = DepthMeta::for_model(&m, ROUTED.to_vec(), 4, 4).unwrap();
+    meta.skip_unit = SkipUnit::Ffn;
+    write_depth_file(&path, &meta, &to_tensors(&depth), candle_core::DType::F32).unwrap();
+    assert_eq!(attach_depth_file(&mut m, &path).unwrap().skip_unit, SkipUnit::Ffn);
+    assert_eq!(m.skip_unit(), Some(SkipUnit::Ffn));
+    let logits = |p: &FlexiDepth| {
+        let mut cache = m.new_cache(IDS.len());
+        m.forward_with(&IDS, &mut cache, Logits::All, p)
+            .unwrap()
+            .logits
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let with = |unit| FlexiDepth {
+        unit: Some(unit),
+        ..FlexiDepth::default()
+    };
+    assert_eq!(logits(&FlexiDepth::default()), logits(&with(SkipUnit::Ffn)));
+    assert_ne!(logits(&FlexiDepth::default()), logits(&with(SkipUnit::Layer)));
+    let built = "flexi".parse::<PolicySpec>().unwrap().build(&m, &IDS).unwrap();
+    assert_eq!(built.label(), "flexi-ffn:0.5");
+
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../adapters/smollm2-135m-instruct/flexidepth.safetensors");
+    let meta = flexidepth::depth::file::read_depth_meta(&shipped).unwrap();
+    assert_eq!(meta.skip_unit, SkipUnit::Layer);
 }

@@ -6,7 +6,7 @@
 //! - The **official combined layout** (`model_type: ddllama`, `routing_layers` in `config.json`, router tensors
 //!   inside the model's safetensors) is read by the same [`load_parts`], from the model's own weights.
 
-use super::{Adapter, Router, DEFAULT_SKIP_THRESHOLD};
+use super::{Adapter, Router, SkipUnit, DEFAULT_SKIP_THRESHOLD};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::keys::LayerKey;
@@ -57,6 +57,10 @@ pub struct DepthMeta {
     /// Gate threshold the adapter was trained at.
     #[serde(with = "as_text")]
     pub skip_threshold: f32,
+    /// What a skipped row leaves out, as trained (`layer`, `ffn` or `attention`); files written before it existed
+    /// were trained for whole layers.
+    #[serde(default, with = "as_text")]
+    pub skip_unit: SkipUnit,
 }
 
 /// A value kept as its `Display` text and read back with `FromStr` (safetensors metadata holds only strings).
@@ -116,6 +120,7 @@ impl DepthMeta {
             router_reduction,
             proj_reduction,
             skip_threshold: DEFAULT_SKIP_THRESHOLD,
+            skip_unit: SkipUnit::Layer,
         })
     }
 
@@ -259,6 +264,7 @@ pub fn load_parts(
             router_dec: linear(weights, &key(LayerKey::RouterDec), &[h, r], device)?,
             router_head: linear(weights, &key(LayerKey::RouterHead), &[1, h], device)?,
             skip_threshold: DEFAULT_SKIP_THRESHOLD,
+            skip_unit: SkipUnit::Layer,
         };
         let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
@@ -319,7 +325,7 @@ pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())
         .map_err(|e| Error::bad_file(path, e))?;
     // The threshold the routers were trained with is the default from now on (policies may override it).
-    model.attach_depth(parts, meta.skip_threshold)?;
+    model.attach_depth(parts, meta.skip_threshold, meta.skip_unit)?;
     Ok(meta)
 }
 
@@ -463,6 +469,7 @@ mod tests {
             router_reduction: 16,
             proj_reduction: 8,
             skip_threshold: 0.55,
+            skip_unit: SkipUnit::Ffn,
         }
     }
 
@@ -483,7 +490,18 @@ mod tests {
         assert_eq!(map["routed_layers"], "2,3");
         assert_eq!(map["router_reduction_factor"], "16");
         assert_eq!(map["skip_threshold"], "0.55");
-        assert_eq!(map.len(), 12);
+        assert_eq!(map["skip_unit"], "ffn");
+        assert_eq!(map.len(), 13);
+        // A file from before the skip unit existed was trained for whole layers.
+        let mut old = map.clone();
+        old.remove("skip_unit");
+        assert_eq!(
+            DepthMeta::from_map(Path::new("a"), &old).unwrap().skip_unit,
+            SkipUnit::Layer
+        );
+        let mut bad = map.clone();
+        bad.insert("skip_unit".into(), "half".into());
+        assert!(DepthMeta::from_map(Path::new("a"), &bad).is_err());
         assert_eq!(DepthMeta::from_map(Path::new("a"), &map).unwrap(), m);
     }
 

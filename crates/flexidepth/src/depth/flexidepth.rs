@@ -8,7 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::layer::DecoderLayer;
-use crate::model::plan::{AttnStep, DepthPolicy, FfnStep, Gates, LayerInput, LayerPlan, RowStep};
+pub use crate::model::plan::SkipUnit;
+use crate::model::plan::{DepthPolicy, Gates, LayerInput, LayerPlan, RowStep};
 
 /// How routed layers decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,39 +36,6 @@ impl std::str::FromStr for DepthMode {
     }
 }
 
-/// What a skipped row leaves out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SkipUnit {
-    /// Attention and FFN (the paper; the adapter stands in for the FFN).
-    #[default]
-    Layer,
-    /// The FFN only: attention runs, the adapter stands in for the MLP.
-    Ffn,
-    /// The attention only: K/V written, no query, attention or `o_proj`; the MLP runs unscaled.
-    Attention,
-}
-
-impl SkipUnit {
-    /// A skipped row's step.
-    fn skip_step(self, skip_kv: bool) -> RowStep {
-        let kv = if skip_kv { AttnStep::KvOnly } else { AttnStep::KvHidden };
-        match self {
-            SkipUnit::Layer => RowStep {
-                attn: kv,
-                ffn: FfnStep::Adapter,
-            },
-            SkipUnit::Ffn => RowStep {
-                attn: AttnStep::Run,
-                ffn: FfnStep::Adapter,
-            },
-            SkipUnit::Attention => RowStep {
-                attn: kv,
-                ffn: FfnStep::Mlp,
-            },
-        }
-    }
-}
-
 /// The FlexiDepth policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FlexiDepth {
@@ -78,7 +46,8 @@ pub struct FlexiDepth {
     /// Skipped tokens write their K/V (released behaviour). `false` reproduces the paper's "no KV cache" ablation:
     /// later tokens cannot attend to a skipped token at that layer.
     pub skip_kv: bool,
-    pub unit: SkipUnit,
+    /// What a skipped row leaves out. `None`: the unit the attached routers were trained for (from the depth file).
+    pub unit: Option<SkipUnit>,
 }
 
 impl Default for FlexiDepth {
@@ -88,7 +57,7 @@ impl Default for FlexiDepth {
             mode: DepthMode::Dynamic,
             skip_threshold: None,
             skip_kv: true,
-            unit: SkipUnit::Layer,
+            unit: None,
         }
     }
 }
@@ -118,7 +87,8 @@ impl DepthPolicy for FlexiDepth {
         let tensor = router.gates(ops, input.normed()?)?;
         let values: Vec<f32> = tensor.to_vec1()?;
         let threshold = self.threshold_or(router.skip_threshold);
-        let skip = self.unit.skip_step(self.skip_kv);
+        let unit = self.unit.unwrap_or(router.skip_unit);
+        let skip = unit.skip_step(self.skip_kv);
         let steps: Vec<RowStep> = values
             .iter()
             .map(|&w| {
@@ -138,15 +108,16 @@ impl DepthPolicy for FlexiDepth {
             steps,
             gates: Some(Gates { tensor, values }),
             // Forced run is the base model (unscaled); attention-only skipping keeps the MLP as it is.
-            scale_by_gate: self.mode != DepthMode::Run && self.unit != SkipUnit::Attention,
+            scale_by_gate: self.mode != DepthMode::Run && unit != SkipUnit::Attention,
         })
     }
 
     fn label(&self) -> String {
+        // The paper's whole-layer skipping is plain `flexi`.
         let unit = match self.unit {
-            SkipUnit::Layer => "",
-            SkipUnit::Ffn => "-ffn",
-            SkipUnit::Attention => "-attn",
+            None | Some(SkipUnit::Layer) => "",
+            Some(SkipUnit::Ffn) => "-ffn",
+            Some(SkipUnit::Attention) => "-attn",
         };
         match (self.mode, self.skip_threshold) {
             (DepthMode::Dynamic, Some(t)) => format!("flexi{unit}:{t}"),

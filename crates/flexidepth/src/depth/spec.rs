@@ -3,8 +3,8 @@
 //! | spec | policy |
 //! |---|---|
 //! | `full` | [`FullDepth`]: the base model |
-//! | `flexi`, `flexi:T` | [`FlexiDepth`] at the depth file's threshold, or at `T` |
-//! | `flexi-ffn[:T]`, `flexi-attn[:T]` | FlexiDepth skipping only the FFN, or only the attention |
+//! | `flexi`, `flexi:T` | [`FlexiDepth`] at the depth file's threshold (or `T`) and skip unit |
+//! | `flexi-layer[:T]`, `flexi-ffn[:T]`, `flexi-attn[:T]` | FlexiDepth skipping the whole layer, only the FFN, or only the attention |
 //! | `skip` | every routed layer skipped |
 //! | `prune:K` | [`StaticPrune`]: ShortGPT's `K` layers of lowest block influence removed |
 //! | `exit:L` | [`EarlyExit`] after `L` layers |
@@ -20,8 +20,9 @@ use crate::model::Model;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PolicySpec {
     Full,
+    /// `unit` and `skip_threshold` default to the depth file's.
     Flexi {
-        unit: SkipUnit,
+        unit: Option<SkipUnit>,
         skip_threshold: Option<f32>,
     },
     Skip,
@@ -34,8 +35,8 @@ impl std::str::FromStr for PolicySpec {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Input(format!(
-                "unknown depth policy '{s}' (full, flexi[:THRESHOLD], flexi-ffn[:THRESHOLD], \
-                 flexi-attn[:THRESHOLD], skip, prune:K, exit:L)"
+                "unknown depth policy '{s}' (full, flexi[:THRESHOLD], flexi-layer[:THRESHOLD], \
+                 flexi-ffn[:THRESHOLD], flexi-attn[:THRESHOLD], skip, prune:K, exit:L)"
             ))
         };
         let (name, arg) = match s.split_once(':') {
@@ -52,7 +53,7 @@ impl std::str::FromStr for PolicySpec {
             .transpose()
         };
         let count = |a: Option<&str>| -> Result<usize> { a.and_then(|k| k.parse().ok()).ok_or_else(bad) };
-        let flexi = |unit| -> Result<PolicySpec> {
+        let flexi = |unit: Option<SkipUnit>| -> Result<PolicySpec> {
             Ok(PolicySpec::Flexi {
                 unit,
                 skip_threshold: threshold(arg)?,
@@ -61,9 +62,10 @@ impl std::str::FromStr for PolicySpec {
         match (name, arg) {
             ("full", None) => Ok(PolicySpec::Full),
             ("skip", None) => Ok(PolicySpec::Skip),
-            ("flexi", _) => flexi(SkipUnit::Layer),
-            ("flexi-ffn", _) => flexi(SkipUnit::Ffn),
-            ("flexi-attn", _) => flexi(SkipUnit::Attention),
+            ("flexi", _) => flexi(None),
+            ("flexi-layer", _) => flexi(Some(SkipUnit::Layer)),
+            ("flexi-ffn", _) => flexi(Some(SkipUnit::Ffn)),
+            ("flexi-attn", _) => flexi(Some(SkipUnit::Attention)),
             ("prune", _) => Ok(PolicySpec::Prune(count(arg)?)),
             ("exit", _) => Ok(PolicySpec::Exit(count(arg)?)),
             _ => Err(bad()),
@@ -78,9 +80,10 @@ impl std::fmt::Display for PolicySpec {
             PolicySpec::Skip => write!(f, "skip"),
             PolicySpec::Flexi { unit, skip_threshold } => {
                 let name = match unit {
-                    SkipUnit::Layer => "flexi",
-                    SkipUnit::Ffn => "flexi-ffn",
-                    SkipUnit::Attention => "flexi-attn",
+                    None => "flexi",
+                    Some(SkipUnit::Layer) => "flexi-layer",
+                    Some(SkipUnit::Ffn) => "flexi-ffn",
+                    Some(SkipUnit::Attention) => "flexi-attn",
                 };
                 match skip_threshold {
                     Some(t) => write!(f, "{name}:{t}"),
@@ -113,9 +116,9 @@ impl PolicySpec {
         Ok(match *self {
             PolicySpec::Full => Box::new(FullDepth),
             PolicySpec::Skip => Box::new(FlexiDepth::with_mode(DepthMode::Skip)),
-            // The threshold is resolved here (the depth file's unless given), so that labels say which was used.
+            // Threshold and unit are resolved here (the depth file's unless given), so that labels say which ran.
             PolicySpec::Flexi { unit, skip_threshold } => Box::new(FlexiDepth {
-                unit,
+                unit: unit.or(model.skip_unit()),
                 skip_threshold: skip_threshold.or(model.skip_threshold()),
                 ..FlexiDepth::default()
             }),

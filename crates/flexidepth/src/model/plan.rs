@@ -67,6 +67,64 @@ impl RowStep {
     }
 }
 
+/// What a skipped row leaves out (FlexiDepth's unit of skipping; stored in depth files as `layer`, `ffn` or
+/// `attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SkipUnit {
+    /// Attention and FFN (the paper; the adapter stands in for the FFN).
+    #[default]
+    Layer,
+    /// The FFN only: attention runs, the adapter stands in for the MLP.
+    Ffn,
+    /// The attention only: K/V written, no query, attention or `o_proj`; the MLP runs unscaled.
+    Attention,
+}
+
+impl SkipUnit {
+    /// A skipped row's step.
+    pub fn skip_step(self, skip_kv: bool) -> RowStep {
+        let kv = if skip_kv { AttnStep::KvOnly } else { AttnStep::KvHidden };
+        match self {
+            SkipUnit::Layer => RowStep {
+                attn: kv,
+                ffn: FfnStep::Adapter,
+            },
+            SkipUnit::Ffn => RowStep {
+                attn: AttnStep::Run,
+                ffn: FfnStep::Adapter,
+            },
+            SkipUnit::Attention => RowStep {
+                attn: kv,
+                ffn: FfnStep::Mlp,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SkipUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SkipUnit::Layer => "layer",
+            SkipUnit::Ffn => "ffn",
+            SkipUnit::Attention => "attention",
+        })
+    }
+}
+
+impl std::str::FromStr for SkipUnit {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "layer" => Ok(SkipUnit::Layer),
+            "ffn" => Ok(SkipUnit::Ffn),
+            "attention" => Ok(SkipUnit::Attention),
+            other => Err(crate::Error::Input(format!(
+                "unknown skip unit '{other}' (layer, ffn or attention)"
+            ))),
+        }
+    }
+}
+
 /// A router's continuous gates for the rows of one layer.
 #[derive(Debug, Clone)]
 pub struct Gates {

@@ -21,6 +21,8 @@ pub struct Router {
     /// The threshold this router was trained with (from its depth file; [`super::plan::DEFAULT_SKIP_THRESHOLD`] otherwise): a row
     /// runs the layer iff its gate is above it, unless a policy overrides it.
     pub skip_threshold: f32,
+    /// What a row this router skips leaves out (from its depth file; [`super::plan::SkipUnit::Layer`] otherwise).
+    pub skip_unit: super::plan::SkipUnit,
 }
 
 impl Router {

@@ -400,6 +400,6 @@ pub fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights, routed: &[
     candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
     let parts = flexidepth::depth::file::load_parts(&src, c, routed, &Device::Cpu).unwrap();
-    m.attach_depth(parts, 0.5).unwrap();
+    m.attach_depth(parts, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
     m
 }
