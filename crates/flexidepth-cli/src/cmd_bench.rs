@@ -184,6 +184,7 @@ fn attach_routers(model: &mut Model, depth: Option<&std::path::Path>) -> Result<
     }
     let (meta, tensors) = file::fresh_depth(model, None, 16, 16, 42)?;
     file::attach_tensors(model, &meta, &tensors)?;
-    eprintln!("bench: no --depth given; using freshly initialised routers (seed 42)");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| eprintln!("bench: no --depth given; using freshly initialised routers (seed 42)"));
     Ok(())
 }

@@ -71,6 +71,7 @@ pub struct Args {
     /// Recent tokens the repeat penalty considers.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
+    /// Seed of the sampler (sampling with the same seed repeats exactly; greedy decoding ignores it).
     #[arg(short = 's', long, default_value_t = 42)]
     pub seed: u64,
     /// Stop when the text contains this string (repeatable; backslash escapes such as \n are processed, as
