@@ -1,7 +1,8 @@
 //! Tokens/s of one FlexiDepth training step on the default model, the same step as `bench/torch_train_step.py`
 //! measures in PyTorch: seeded random ids `[batch, seq_len]`, routers and adapters on layers 15..29, L_lm + α·L_skip
-//! (α 1e-3), backward, clipping at 1.0, one AdamW step. Our trainer runs the sequences of a step one at a time.
-//! Run: `RAYON_NUM_THREADS=2 cargo bench -p flexidepth-train --bench train_step [-- BATCH SEQ_LEN STEPS]`.
+//! (α 1e-3), backward, clipping at 1.0, one AdamW step. The step packs the batch's sequences into one pass, as the
+//! trainer does (`--per-sequence`: one sequence at a time, as it did before).
+//! Run: `RAYON_NUM_THREADS=2 cargo bench -p flexidepth-train --bench train_step [-- BATCH SEQ_LEN STEPS] [--per-sequence]`.
 
 use candle_core::Device;
 use flexidepth::depth::default_routed_layers;
@@ -12,11 +13,12 @@ use flexidepth::rng::Draw;
 use flexidepth_train::loss::{LossKind, Objective};
 use flexidepth_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use flexidepth_train::params::DepthParams;
-use flexidepth_train::step_grads;
+use flexidepth_train::step_grads_packed;
 use std::time::Instant;
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let per_sequence = std::env::args().any(|a| a == "--per-sequence");
     let (batch, seq_len, steps) = (
         *args.first().unwrap_or(&4),
         *args.get(1).unwrap_or(&256),
@@ -40,8 +42,9 @@ fn main() {
     let vocab = model.config.vocab_size as u32;
     let mut samples = Vec::new();
     println!(
-        "threads {} batch {batch} seq_len {seq_len}",
-        rayon::current_num_threads()
+        "threads {} batch {batch} seq_len {seq_len} {}",
+        rayon::current_num_threads(),
+        if per_sequence { "per-sequence" } else { "packed" }
     );
     for step in 0..=steps {
         let seqs: Vec<Vec<u32>> = (0..batch)
@@ -49,7 +52,8 @@ fn main() {
             .collect();
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let t0 = Instant::now();
-        let mut g = step_grads(&model, &params, &refs, &obj).unwrap();
+        let pack = if per_sequence { 1 } else { batch };
+        let mut g = step_grads_packed(&model, &params, &refs, &obj, pack).unwrap();
         clip_grad_norm(&mut g.grads, 1.0).unwrap();
         opt.step(&params, &g.grads, 1e-3).unwrap();
         let tps = (batch * seq_len) as f64 / t0.elapsed().as_secs_f64();

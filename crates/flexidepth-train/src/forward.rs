@@ -63,9 +63,9 @@ impl Ops for Differentiable {
 /// What the training forward returns.
 #[derive(Debug)]
 pub struct TrainForward {
-    /// `[seq, vocab]`
+    /// `[rows, vocab]`: the sequences' rows one after another.
     pub logits: Tensor,
-    /// Continuous gates `[seq]`, one per routed layer in layer order (in the graph: `L_skip` is built on them).
+    /// Continuous gates `[rows]`, one per routed layer in layer order (in the graph: `L_skip` is built on them).
     pub gates: Vec<Tensor>,
     /// Rows that ran each routed layer in full (hard decisions), for the layers-used statistic.
     pub rows_run: Vec<usize>,
@@ -75,6 +75,8 @@ pub struct TrainForward {
     pub prefix: Tensor,
     /// The first routed layer.
     pub first_routed: usize,
+    /// Rows of each sequence, in order.
+    pub lens: Vec<usize>,
 }
 
 /// The first routed layer of `model`.
@@ -91,11 +93,20 @@ pub fn first_routed(model: &Model) -> Result<usize> {
 /// LM loss reaches the routers through the gates; hard: only `L_skip` does), with the trainable routers and
 /// adapters the model holds.
 pub fn forward(model: &Model, ids: &[u32], routing: Routing) -> Result<TrainForward> {
+    forward_packed(model, &[ids], routing)
+}
+
+/// [`forward`] of several sequences in one pass: their rows packed one after another, each sequence from position
+/// 0 and attending only over itself ([`ForwardCtx::packed`]), so that every projection, MLP and the head see all
+/// the rows at once. Equals one [`forward`] per sequence, rows concatenated.
+pub fn forward_packed(model: &Model, seqs: &[&[u32]], routing: Routing) -> Result<TrainForward> {
     let first = first_routed(model)?;
     let n = model.layers.len();
-    let ctx = ForwardCtx::new(model, 0, ids.len())?;
+    let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+    let ids = seqs.concat();
+    let ctx = ForwardCtx::packed(model, &lens)?;
     let prefix = model
-        .run_layers(&Fused, model.embed(ids)?, 0..first, &ctx, None, &FullDepth)?
+        .run_layers(&Fused, model.embed(&ids)?, 0..first, &ctx, None, &FullDepth)?
         .hidden;
     let policy = FlexiDepth {
         skip_threshold: Some(routing.skip_threshold),
@@ -125,13 +136,15 @@ pub fn forward(model: &Model, ids: &[u32], routing: Routing) -> Result<TrainForw
         layers_sum,
         prefix,
         first_routed: first,
+        lens,
     })
 }
 
-/// Logits `[seq, vocab]` of the frozen full-depth model continued from `prefix` (the hidden states entering layer
-/// `start`, positions `0..seq`): the teacher of distillation. No graph.
-pub fn teacher_logits(model: &Model, prefix: Tensor, start: usize) -> Result<Tensor> {
-    let ctx = ForwardCtx::new(model, 0, prefix.dim(0)?)?;
+/// Logits `[rows, vocab]` of the frozen full-depth model continued from `prefix` (the hidden states entering layer
+/// `start` of sequences of `lens` rows packed one after another, each from position 0): the teacher of
+/// distillation. No graph.
+pub fn teacher_logits(model: &Model, prefix: Tensor, start: usize, lens: &[usize]) -> Result<Tensor> {
+    let ctx = ForwardCtx::packed(model, lens)?;
     let x = model
         .run_layers(&Fused, prefix, start..model.layers.len(), &ctx, None, &FullDepth)?
         .hidden;

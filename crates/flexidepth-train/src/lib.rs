@@ -28,7 +28,7 @@ use flexidepth::depth::file::{write_depth_file, DepthMeta};
 use flexidepth::error::{Error, Result};
 use flexidepth::model::Model;
 use log::LogRow;
-use loss::{sequence_loss, Objective};
+use loss::{batch_loss, Objective};
 use optim::{clip_grad_norm, cosine_lr, warmup_steps, AdamW};
 use params::DepthParams;
 use std::collections::BTreeMap;
@@ -82,10 +82,27 @@ pub struct StepGrads {
     pub tokens: usize,
 }
 
+/// Rows (tokens) one packed pass holds at most: bounds a pass's memory (its logits alone are `rows × vocab` floats,
+/// 200 MB for 1,024 rows of SmolLM2). A longer sequence runs alone.
+pub const MAX_PACKED_ROWS: usize = 2048;
+
 /// Forward and backward every sequence of one optimizer step, one at a time, summing their gradients. Each
 /// sequence's objective is already divided by the tokens of the whole step, so the sum is the gradient of the
 /// step's objective however the sequences are split into micro-batches.
 pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Objective) -> Result<StepGrads> {
+    step_grads_packed(model, params, seqs, obj, 1)
+}
+
+/// [`step_grads`] with the sequences packed `batch` at a time into one forward and backward pass
+/// ([`forward::forward_packed`]; at most [`MAX_PACKED_ROWS`] rows a pass): the same gradients (within float
+/// rounding), with every matmul over the rows of a whole batch.
+pub fn step_grads_packed(
+    model: &Model,
+    params: &DepthParams,
+    seqs: &[&[u32]],
+    obj: &Objective,
+    batch: usize,
+) -> Result<StepGrads> {
     let step_tokens: usize = seqs.iter().map(|s| s.len().saturating_sub(1)).sum();
     if step_tokens == 0 {
         return Err(Error::Input("a training step without tokens".into()));
@@ -104,8 +121,8 @@ pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Ob
         layers: 0.0,
         tokens: step_tokens,
     };
-    for ids in seqs {
-        let l = sequence_loss(model, ids, obj, step_tokens)?;
+    for pass in packed_passes(seqs, batch.max(1), MAX_PACKED_ROWS) {
+        let l = batch_loss(model, pass, obj, step_tokens)?;
         let store = l.objective.backward()?;
         for (name, var) in &params.vars {
             if let Some(g) = store.get(var.as_tensor()) {
@@ -136,6 +153,24 @@ pub fn step_grads(model: &Model, params: &DepthParams, seqs: &[&[u32]], obj: &Ob
     out.skip /= n;
     out.layers /= n;
     Ok(out)
+}
+
+/// The passes of a step: consecutive runs of at most `batch` sequences and (unless one sequence alone is longer)
+/// `max_rows` rows.
+fn packed_passes<'s>(seqs: &'s [&'s [u32]], batch: usize, max_rows: usize) -> Vec<&'s [&'s [u32]]> {
+    let mut passes = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, s) in seqs.iter().enumerate() {
+        if i > start && (i - start == batch || rows + s.len() > max_rows) {
+            passes.push(&seqs[start..i]);
+            (start, rows) = (i, 0);
+        }
+        rows += s.len();
+    }
+    if start < seqs.len() {
+        passes.push(&seqs[start..]);
+    }
+    passes
 }
 
 /// A training run over tokenized data.
@@ -274,7 +309,7 @@ impl<'a> Trainer<'a> {
                     .collect();
                 let t0 = Instant::now();
                 let lr = cosine_lr(base_lr, step, total, warmup);
-                let mut g = step_grads(self.model, &self.params, &seqs, &obj)?;
+                let mut g = step_grads_packed(self.model, &self.params, &seqs, &obj, self.config.batch_size)?;
                 let grad_norm = clip_grad_norm(&mut g.grads, self.config.max_grad_norm)?;
                 self.opt.step(&self.params, &g.grads, lr)?;
                 let secs = t0.elapsed().as_secs_f64();

@@ -2,7 +2,7 @@
 //! full-depth model, as sums over tokens: a step divides every term by the tokens of the whole step (all its
 //! micro-batches), so gradient accumulation is exact for both terms alike.
 
-use super::forward::{forward, teacher_logits, TrainForward};
+use super::forward::{forward_packed, teacher_logits, TrainForward};
 use super::ops::{log_softmax, softmax};
 use candle_core::Tensor;
 use flexidepth::depth::Routing;
@@ -54,7 +54,7 @@ pub fn skip_sum(gates: &[Tensor]) -> Result<Tensor> {
     Ok(per_token.sqr()?.sum_all()?)
 }
 
-/// One sequence's contribution to a step.
+/// One sequence's (or one packed batch's) contribution to a step.
 #[derive(Debug)]
 pub struct SequenceLoss {
     /// `(weighted loss sums) / step_tokens`, in the graph: its gradients add up to the step's gradient.
@@ -63,7 +63,7 @@ pub struct SequenceLoss {
     pub lm_sum: f64,
     pub kl_sum: f64,
     pub skip_sum: f64,
-    /// Tokens scored (`ids.len() − 1`).
+    /// Tokens scored (`ids.len() − 1` per sequence).
     pub tokens: usize,
     /// Layers run, summed over the scored tokens (unrouted layers count fully).
     pub layers_sum: f64,
@@ -80,27 +80,34 @@ pub struct Objective {
 
 /// Forward one sequence and build its share of the step objective, normalised by `step_tokens`.
 pub fn sequence_loss(model: &Model, ids: &[u32], obj: &Objective, step_tokens: usize) -> Result<SequenceLoss> {
-    if ids.len() < 2 {
+    batch_loss(model, &[ids], obj, step_tokens)
+}
+
+/// [`sequence_loss`] of several sequences in one packed pass ([`forward_packed`]): the sum of their
+/// [`sequence_loss`]es, computed with every matmul over all their rows at once.
+pub fn batch_loss(model: &Model, seqs: &[&[u32]], obj: &Objective, step_tokens: usize) -> Result<SequenceLoss> {
+    if seqs.is_empty() || seqs.iter().any(|ids| ids.len() < 2) {
         return Err(Error::Input("a training sequence needs at least 2 tokens".into()));
     }
-    let inputs = &ids[..ids.len() - 1];
-    let targets = &ids[1..];
+    let inputs: Vec<&[u32]> = seqs.iter().map(|ids| &ids[..ids.len() - 1]).collect();
+    let targets: Vec<u32> = seqs.iter().flat_map(|ids| ids[1..].iter().copied()).collect();
     let TrainForward {
         logits,
         gates,
         layers_sum,
         prefix,
         first_routed,
+        lens,
         ..
-    } = forward(model, inputs, obj.routing)?;
+    } = forward_packed(model, &inputs, obj.routing)?;
     let tokens = targets.len();
     let zero = || Tensor::zeros((), candle_core::DType::F32, logits.device());
     let lm = match obj.kind {
-        LossKind::Lm | LossKind::LmKl => lm_sum(&logits, targets)?,
+        LossKind::Lm | LossKind::LmKl => lm_sum(&logits, &targets)?,
         LossKind::Kl => zero()?,
     };
     let kl = match obj.kind {
-        LossKind::Kl | LossKind::LmKl => kl_sum(&teacher_logits(model, prefix, first_routed)?, &logits)?,
+        LossKind::Kl | LossKind::LmKl => kl_sum(&teacher_logits(model, prefix, first_routed, &lens)?, &logits)?,
         LossKind::Lm => zero()?,
     };
     let skip = if gates.is_empty() { zero()? } else { skip_sum(&gates)? };

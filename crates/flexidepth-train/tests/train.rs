@@ -278,6 +278,109 @@ fn accumulation_normalises_both_terms_over_the_whole_step() {
     }
 }
 
+/// Three sequences of different lengths and contents (the tiny models route them with both decisions).
+const BATCH: [&[u32]; 3] = [&IDS, &[9, 4, 33, 12, 27, 6, 15], &[1, 38, 20, 14, 25]];
+
+/// Packing sequences into one pass (block-diagonal attention, positions restarting per sequence) gives each
+/// sequence the logits, gates and decisions of its own pass.
+#[test]
+fn the_packed_forward_equals_one_forward_per_sequence() {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
+            let (_, m, _) = setup(arch);
+            let routing = Routing {
+                skip_unit: unit,
+                ..Routing::default()
+            };
+            let packed = forward::forward_packed(&m, &BATCH, routing).unwrap();
+            assert_eq!(packed.lens, vec![11, 7, 5]);
+            let singles: Vec<_> = BATCH
+                .iter()
+                .map(|ids| forward::forward(&m, ids, routing).unwrap())
+                .collect();
+            let logits = Tensor::cat(&singles.iter().map(|s| s.logits.clone()).collect::<Vec<_>>(), 0).unwrap();
+            let d = max_abs_diff(&packed.logits, &logits);
+            assert!(d < 1e-5, "{arch:?} {unit:?}: logits differ by {d}");
+            for (l, g) in packed.gates.iter().enumerate() {
+                let want = Tensor::cat(&singles.iter().map(|s| s.gates[l].clone()).collect::<Vec<_>>(), 0).unwrap();
+                assert!(
+                    max_abs_diff(g, &want) < 1e-6,
+                    "{arch:?} {unit:?}: gates of routed layer {l}"
+                );
+                let run: usize = singles.iter().map(|s| s.rows_run[l]).sum();
+                assert_eq!(
+                    packed.rows_run[l], run,
+                    "{arch:?} {unit:?}: decisions of routed layer {l}"
+                );
+            }
+            let layers: f64 = singles.iter().map(|s| s.layers_sum).sum();
+            assert!((packed.layers_sum - layers).abs() < 1e-9);
+            let skipped: usize = packed.rows_run.iter().map(|r| 23 - r).sum();
+            assert!(
+                skipped > 0 && skipped < 23 * packed.rows_run.len(),
+                "{arch:?}: the test needs both decisions"
+            );
+            // The teacher continues the packed prefix as it continues each sequence's own.
+            let first = packed.first_routed;
+            let teacher = forward::teacher_logits(&m, packed.prefix.clone(), first, &packed.lens).unwrap();
+            let want: Vec<Tensor> = singles
+                .iter()
+                .map(|s| forward::teacher_logits(&m, s.prefix.clone(), first, &s.lens).unwrap())
+                .collect();
+            assert!(max_abs_diff(&teacher, &Tensor::cat(&want, 0).unwrap()) < 1e-5);
+        }
+    }
+}
+
+/// The batched training step (sequences packed into one pass, one backward) equals the per-sequence step: the
+/// same objective, logged terms and gradients, for every loss, skip unit and gate scaling.
+#[test]
+fn the_packed_step_equals_the_per_sequence_step() {
+    use flexidepth::depth::GateScaling;
+    for arch in [Arch::Llama, Arch::Qwen3] {
+        for (unit, scaling) in [
+            (SkipUnit::Layer, GateScaling::Released),
+            (SkipUnit::Ffn, GateScaling::Released),
+            (SkipUnit::Layer, GateScaling::Hard),
+        ] {
+            let (_, m, params) = setup(arch);
+            let o = Objective {
+                kind: LossKind::LmKl,
+                alpha: 0.05,
+                routing: Routing {
+                    skip_unit: unit,
+                    gate_scaling: scaling,
+                    ..Routing::default()
+                },
+            };
+            let one = step_grads(&m, &params, &BATCH, &o).unwrap();
+            for batch in [2, 3] {
+                let packed = flexidepth_train::step_grads_packed(&m, &params, &BATCH, &o, batch).unwrap();
+                let what = format!("{arch:?} {unit:?} {scaling:?} batch {batch}");
+                assert_eq!(packed.tokens, one.tokens);
+                for (a, b, term) in [
+                    (packed.loss, one.loss, "loss"),
+                    (packed.lm, one.lm, "lm"),
+                    (packed.kl, one.kl, "kl"),
+                    (packed.skip, one.skip, "skip"),
+                ] {
+                    assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "{what}: {term} {a} vs {b}");
+                }
+                assert!((packed.layers - one.layers).abs() < 1e-9, "{what}: layers");
+                assert_eq!(packed.grads.len(), one.grads.len());
+                for (name, g) in &one.grads {
+                    let scale: f32 = g.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+                    let d = max_abs_diff(&packed.grads[name], g);
+                    assert!(
+                        d <= 1e-4 * scale + 1e-7,
+                        "{what}: {name} differs by {d} (max |g| {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn write_data(dir: &std::path::Path) -> std::path::PathBuf {
     // Token strings of the tiny test tokenizer do not matter: the trainer is given token ids directly.
     std::fs::create_dir_all(dir).unwrap();
@@ -441,7 +544,7 @@ fn forced_full_depth_matches_the_teacher() {
     let (_, m, _) = setup(Arch::Qwen3);
     let first = 1;
     let prefix = forward::forward(&m, &IDS, Routing::default()).unwrap().prefix;
-    let teacher = forward::teacher_logits(&m, prefix, first).unwrap();
+    let teacher = forward::teacher_logits(&m, prefix, first, &[IDS.len()]).unwrap();
     let mut cache = m.new_cache(IDS.len());
     let run = FlexiDepth::with_mode(DepthMode::Run);
     let base = m.forward_with(&IDS, &mut cache, Logits::All, &run).unwrap();

@@ -46,16 +46,16 @@ impl Attention {
         Ok(x.transpose(0, 1)?.contiguous()?)
     }
 
-    /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
-    /// each `[kv_heads, seq, head_dim]`.
-    pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
+    /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos`, each
+    /// `[kv_heads, seq, head_dim]`.
+    pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(
             ops,
             &ops.linear(x, &self.k_proj)?,
             self.num_kv_heads,
             self.k_norm.as_ref(),
         )?;
-        let k = ops.rope(&k, rope, &QueryPos::Contiguous(pos))?;
+        let k = ops.rope(&k, rope, pos)?;
         let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
     }
@@ -74,12 +74,74 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let seq = x.dim(0)?;
-        let group = self.num_heads / self.num_kv_heads;
+        let q = self.queries(ops, x, rope, &pos)?;
+        let out = self.attend_heads(&q, k, v, mask, ops)?;
+        self.output(ops, &out)
+    }
+
+    /// Packed attention: the rows of `x: [rows, hidden]` (at `pos`) are split into `blocks`, and each block's
+    /// queries attend only over its own range of `k`, `v` — several sequences in one pass, each block one sequence.
+    /// The projections see every row at once; only the scores are computed per block. `blocks` partition
+    /// `0..rows` in order. Returns `[rows, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_blocks(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        rope: &Rope,
+        pos: QueryPos,
+        k: &Tensor,
+        v: &Tensor,
+        blocks: &[AttnBlock],
+    ) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        let mut next = 0;
+        for b in blocks {
+            if b.rows.start != next || b.rows.is_empty() || b.keys.end > k.dim(1)? {
+                return Err(crate::Error::Input(format!(
+                    "attention blocks must partition the {rows} rows in order, without empty blocks"
+                )));
+            }
+            next = b.rows.end;
+        }
+        if next != rows {
+            return Err(crate::Error::Input(format!(
+                "attention blocks cover {next} of {rows} rows"
+            )));
+        }
+        let q = self.queries(ops, x, rope, &pos)?;
+        let mut outs = blocks
+            .iter()
+            .map(|b| {
+                let q = q.narrow(1, b.rows.start, b.rows.len())?;
+                let k = k.narrow(1, b.keys.start, b.keys.len())?;
+                let v = v.narrow(1, b.keys.start, b.keys.len())?;
+                self.attend_heads(&q, &k, &v, b.mask.as_ref(), ops)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = if outs.len() == 1 {
+            outs.swap_remove(0)
+        } else {
+            Tensor::cat(&outs, 1)?
+        };
+        self.output(ops, &out)
+    }
+
+    /// Rotated queries `[heads, seq, head_dim]` of `x: [seq, hidden]` at `pos`.
+    fn queries(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
         let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
-        let q = ops.rope(&q, rope, &pos)?;
+        ops.rope(&q, rope, pos)
+    }
+
+    /// Attention of `q: [heads, seq, head_dim]` over `k`, `v: [kv_heads, kv_len, head_dim]` with an additive
+    /// `mask: [seq, kv_len]`: `[heads, seq, head_dim]`.
+    fn attend_heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, ops: &dyn Ops) -> Result<Tensor> {
+        let seq = q.dim(1)?;
+        let group = self.num_heads / self.num_kv_heads;
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
-        let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
+        let q = q
+            .contiguous()?
+            .reshape((self.num_kv_heads, group * seq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let kv_len = k.dim(1)?;
@@ -91,12 +153,24 @@ impl Attention {
         };
         let probs = ops.softmax(&scores)?;
         let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, group · seq, head_dim]
-        let out = out
-            .reshape((self.num_heads, seq, self.head_dim))?
-            .transpose(0, 1)?
-            .reshape((seq, self.num_heads * self.head_dim))?;
+        Ok(out.reshape((self.num_heads, seq, self.head_dim))?)
+    }
+
+    /// `o_proj` of the heads `[heads, seq, head_dim]`: `[seq, hidden]`.
+    fn output(&self, ops: &dyn Ops, heads: &Tensor) -> Result<Tensor> {
+        let seq = heads.dim(1)?;
+        let out = heads.transpose(0, 1)?.reshape((seq, self.num_heads * self.head_dim))?;
         ops.linear(&out, &self.o_proj)
     }
+}
+
+/// One block of a packed attention call ([`Attention::attend_blocks`]): query rows `rows` attend over the keys
+/// `keys` with the additive `mask: [rows, keys]` (`None`: every key visible).
+#[derive(Debug, Clone)]
+pub struct AttnBlock {
+    pub rows: std::ops::Range<usize>,
+    pub keys: std::ops::Range<usize>,
+    pub mask: Option<Tensor>,
 }
 
 /// The additive causal mask for `seq` new queries at `pos` over `pos + seq` keys: `-inf` where key > query.
@@ -178,7 +252,7 @@ mod tests {
         };
         let rope = Rope::new(hd, 10_000.0, 16, DType::F32, &dev).unwrap();
         let x = Tensor::rand(-1f32, 1., (seq, hidden), &dev).unwrap();
-        let (k, v) = attn.project_kv(&Fused, &x, &rope, 0).unwrap();
+        let (k, v) = attn.project_kv(&Fused, &x, &rope, &QueryPos::Contiguous(0)).unwrap();
         let mask = causal_mask(seq, 0, &dev, DType::F32).unwrap();
         let got = attn
             .attend(&Fused, &x, &rope, QueryPos::Contiguous(0), &k, &v, Some(&mask))

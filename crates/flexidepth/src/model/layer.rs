@@ -16,7 +16,7 @@
 //! one batch and scattered back, so a row never pays for a part it skips. At batch 1 there is one group and no gather.
 
 use super::adapter::Adapter;
-use super::attention::{mask_for_rows, Attention, QueryPos};
+use super::attention::{mask_for_rows, Attention, AttnBlock, QueryPos};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
 use super::ops::Ops;
@@ -114,9 +114,14 @@ impl DecoderLayer {
         cache: Option<&mut KvCache>,
         hide: &[bool],
     ) -> Result<Keys> {
-        let (k, v) = self.self_attn.project_kv(ops, u, ctx.rope, ctx.pos)?;
+        let pos = match &ctx.packed {
+            Some(p) => QueryPos::Rows(&p.row_pos),
+            None => QueryPos::Contiguous(ctx.pos),
+        };
+        let (k, v) = self.self_attn.project_kv(ops, u, ctx.rope, &pos)?;
         let kv_len = ctx.pos + ctx.seq_len;
         match cache {
+            Some(_) if ctx.packed.is_some() => Err(Error::Input("packed sequences run without a KV cache".into())),
             Some(cache) => {
                 cache.write(self.layer_idx, ctx.pos, &k, &v)?;
                 for (i, _) in hide.iter().enumerate().filter(|(_, h)| **h) {
@@ -180,7 +185,7 @@ impl DecoderLayer {
         self.ffn_rows(ops, &h, steps, scale)
     }
 
-    /// `h = x + attn(u)` with every row a query (rows at `ctx.pos..`).
+    /// `h = x + attn(u)` with every row a query (rows at `ctx.pos..`, or packed sequences).
     fn attend_all(
         &self,
         ops: &dyn Ops,
@@ -190,8 +195,28 @@ impl DecoderLayer {
         keys: &Keys,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q_pos = QueryPos::Contiguous(ctx.pos);
-        let attn = self.self_attn.attend(ops, u, ctx.rope, q_pos, &keys.k, &keys.v, mask)?;
+        let attn = match &ctx.packed {
+            None => {
+                let q_pos = QueryPos::Contiguous(ctx.pos);
+                self.self_attn.attend(ops, u, ctx.rope, q_pos, &keys.k, &keys.v, mask)?
+            }
+            Some(p) => {
+                // Each sequence's rows attend over its own keys, under its causal mask.
+                let blocks: Vec<AttnBlock> = p
+                    .seqs
+                    .iter()
+                    .zip(&p.masks)
+                    .map(|(rows, mask)| AttnBlock {
+                        rows: rows.clone(),
+                        keys: rows.clone(),
+                        mask: mask.clone(),
+                    })
+                    .collect();
+                let q_pos = QueryPos::Rows(&p.row_pos);
+                self.self_attn
+                    .attend_blocks(ops, u, ctx.rope, q_pos, &keys.k, &keys.v, &blocks)?
+            }
+        };
         Ok((x + attn)?)
     }
 
@@ -208,6 +233,9 @@ impl DecoderLayer {
         let run_rows: Vec<u32> = rows_where(steps, |s| s.attn == AttnStep::Run);
         if run_rows.is_empty() {
             return Ok(x.clone());
+        }
+        if let Some(p) = &ctx.packed {
+            return self.attend_rows_packed(ops, x, u, ctx, p, keys, &run_rows);
         }
         let device = x.device();
         let positions: Vec<usize> = run_rows.iter().map(|&i| ctx.pos + i as usize).collect();
@@ -230,6 +258,65 @@ impl DecoderLayer {
             &keys.k,
             &keys.v,
             mask.as_ref(),
+        )?;
+        Ok(x.index_add(&idx, &attn, 0)?)
+    }
+
+    /// [`Self::attend_rows`] on packed sequences: the running rows of each sequence attend over that sequence's keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows_packed(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        u: &Tensor,
+        ctx: &ForwardCtx,
+        packed: &super::Packed,
+        keys: &Keys,
+        run_rows: &[u32],
+    ) -> Result<Tensor> {
+        let all = run_rows.len() == ctx.seq_len;
+        if all && keys.hidden.is_none() {
+            return self.attend_all(ops, x, u, ctx, keys, None);
+        }
+        let device = x.device();
+        // Run rows are in row order, so each sequence's are one run of them.
+        let mut blocks = Vec::with_capacity(packed.seqs.len());
+        let mut positions: Vec<u32> = Vec::with_capacity(run_rows.len());
+        let mut next = 0;
+        for seq in &packed.seqs {
+            let first = next;
+            while next < run_rows.len() && (run_rows[next] as usize) < seq.end {
+                positions.push(run_rows[next] - seq.start as u32);
+                next += 1;
+            }
+            if next == first {
+                continue;
+            }
+            let in_seq: Vec<usize> = positions[first..next].iter().map(|&p| p as usize).collect();
+            let hidden = keys.hidden.as_deref().map(|h| &h[seq.clone()]);
+            blocks.push(AttnBlock {
+                rows: first..next,
+                keys: seq.clone(),
+                mask: Some(mask_for_rows(&in_seq, seq.len(), hidden, device, DType::F32)?),
+            });
+        }
+        let pos_idx = Tensor::new(positions, device)?;
+        let q_pos = QueryPos::Rows(&pos_idx);
+        if all {
+            let attn = self
+                .self_attn
+                .attend_blocks(ops, u, ctx.rope, q_pos, &keys.k, &keys.v, &blocks)?;
+            return Ok((x + attn)?);
+        }
+        let idx = Tensor::new(run_rows, device)?;
+        let attn = self.self_attn.attend_blocks(
+            ops,
+            &u.index_select(&idx, 0)?,
+            ctx.rope,
+            q_pos,
+            &keys.k,
+            &keys.v,
+            &blocks,
         )?;
         Ok(x.index_add(&idx, &attn, 0)?)
     }

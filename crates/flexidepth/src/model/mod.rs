@@ -57,11 +57,26 @@ impl std::str::FromStr for WeightFormat {
 pub struct ForwardCtx<'a> {
     /// Position of the first new token.
     pub pos: usize,
-    /// Number of new tokens.
+    /// Number of new tokens (all rows, packed sequences together).
     pub seq_len: usize,
     pub rope: &'a Rope,
-    /// `[seq_len, pos + seq_len]`, `None` for a single token.
+    /// `[seq_len, pos + seq_len]`, `None` for a single token (and for packed sequences, which have their own).
     pub mask: Option<Tensor>,
+    /// Several sequences packed into the rows (a training batch); `None` for one sequence.
+    pub packed: Option<Packed>,
+}
+
+/// Sequences packed one after another into the rows of one pass without a KV cache, each from position 0: a row
+/// attends only within its own sequence and is rotated at its position there, so the pass equals one pass per
+/// sequence while every projection and MLP sees all the rows at once.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// The rows of each sequence, in order, covering the rows.
+    pub seqs: Vec<Range<usize>>,
+    /// `[rows]` u32: each row's position in its sequence.
+    pub row_pos: Tensor,
+    /// Each sequence's causal mask `[len, len]` (`None` for a sequence of one row).
+    pub masks: Vec<Option<Tensor>>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -77,6 +92,57 @@ impl<'a> ForwardCtx<'a> {
             seq_len,
             rope: &model.rope,
             mask,
+            packed: None,
+        })
+    }
+
+    /// The context of sequences of `lens` rows packed one after another, each from position 0 (a pass without a
+    /// cache). One sequence is the plain context of [`ForwardCtx::new`].
+    pub fn packed(model: &'a Model, lens: &[usize]) -> Result<Self> {
+        if lens.is_empty() || lens.contains(&0) {
+            return Err(Error::Input("packed sequences must each have a row".into()));
+        }
+        let rows: usize = lens.iter().sum();
+        if lens.len() == 1 {
+            return ForwardCtx::new(model, 0, rows);
+        }
+        if let Some(&long) = lens.iter().find(|&&l| l > model.rope.max_pos()) {
+            return Err(Error::Input(format!(
+                "a sequence of {long} tokens is longer than the context window ({})",
+                model.rope.max_pos()
+            )));
+        }
+        let mut seqs = Vec::with_capacity(lens.len());
+        let mut masks: Vec<Option<Tensor>> = Vec::with_capacity(lens.len());
+        let mut by_len: std::collections::HashMap<usize, Tensor> = std::collections::HashMap::new();
+        let mut start = 0;
+        for &len in lens {
+            seqs.push(start..start + len);
+            start += len;
+            masks.push(if len > 1 {
+                Some(match by_len.get(&len) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = attention::causal_mask(len, 0, &model.device, DType::F32)?;
+                        by_len.insert(len, m.clone());
+                        m
+                    }
+                })
+            } else {
+                None
+            });
+        }
+        let row_pos: Vec<u32> = lens.iter().flat_map(|&len| 0..len as u32).collect();
+        Ok(ForwardCtx {
+            pos: 0,
+            seq_len: rows,
+            rope: &model.rope,
+            mask: None,
+            packed: Some(Packed {
+                seqs,
+                row_pos: Tensor::new(row_pos, &model.device)?,
+                masks,
+            }),
         })
     }
 }
