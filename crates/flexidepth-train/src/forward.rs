@@ -63,8 +63,9 @@ impl Ops for Differentiable {
 /// What the training forward returns.
 #[derive(Debug)]
 pub struct TrainForward {
-    /// `[rows, vocab]`: the sequences' rows one after another.
-    pub logits: Tensor,
+    /// `[rows, hidden]`: the hidden states after the last layer (before the final norm), in the graph; the
+    /// sequences' rows one after another.
+    pub hidden: Tensor,
     /// Continuous gates `[rows]`, one per routed layer in layer order (in the graph: `L_skip` is built on them).
     pub gates: Vec<Tensor>,
     /// Rows that ran each routed layer in full (hard decisions), for the layers-used statistic.
@@ -77,6 +78,14 @@ pub struct TrainForward {
     pub first_routed: usize,
     /// Rows of each sequence, in order.
     pub lens: Vec<usize>,
+}
+
+impl TrainForward {
+    /// Logits `[rows, vocab]` (in the graph). The loss does not need them: [`crate::ops::head_loss`] fuses the
+    /// head with the loss terms.
+    pub fn logits(&self, model: &Model) -> Result<Tensor> {
+        model.head(&Differentiable, &self.hidden)
+    }
 }
 
 /// The first routed layer of `model`.
@@ -130,7 +139,7 @@ pub fn forward_packed(model: &Model, seqs: &[&[u32]], routing: Routing) -> Resul
         })
         .collect();
     Ok(TrainForward {
-        logits: model.head(&Differentiable, &out.hidden)?,
+        hidden: out.hidden,
         gates: out.gates,
         rows_run,
         layers_sum,

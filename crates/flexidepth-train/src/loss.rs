@@ -2,11 +2,13 @@
 //! full-depth model, as sums over tokens: a step divides every term by the tokens of the whole step (all its
 //! micro-batches), so gradient accumulation is exact for both terms alike.
 
+use super::forward::Differentiable;
 use super::forward::{forward_packed, teacher_logits, TrainForward};
-use super::ops::{log_softmax, softmax};
+use super::ops::{head_loss, log_softmax, softmax};
 use candle_core::Tensor;
 use flexidepth::depth::Routing;
 use flexidepth::error::{Error, Result};
+use flexidepth::model::ops::Ops;
 use flexidepth::model::Model;
 
 /// What trains the model besides `L_skip`.
@@ -92,7 +94,7 @@ pub fn batch_loss(model: &Model, seqs: &[&[u32]], obj: &Objective, step_tokens: 
     let inputs: Vec<&[u32]> = seqs.iter().map(|ids| &ids[..ids.len() - 1]).collect();
     let targets: Vec<u32> = seqs.iter().flat_map(|ids| ids[1..].iter().copied()).collect();
     let TrainForward {
-        logits,
+        hidden,
         gates,
         layers_sum,
         prefix,
@@ -101,15 +103,19 @@ pub fn batch_loss(model: &Model, seqs: &[&[u32]], obj: &Objective, step_tokens: 
         ..
     } = forward_packed(model, &inputs, obj.routing)?;
     let tokens = targets.len();
-    let zero = || Tensor::zeros((), candle_core::DType::F32, logits.device());
-    let lm = match obj.kind {
-        LossKind::Lm | LossKind::LmKl => lm_sum(&logits, &targets)?,
-        LossKind::Kl => zero()?,
+    let zero = || Tensor::zeros((), candle_core::DType::F32, hidden.device());
+    let teacher = match obj.kind {
+        LossKind::Kl | LossKind::LmKl => Some(teacher_logits(model, prefix, first_routed, &lens)?),
+        LossKind::Lm => None,
     };
-    let kl = match obj.kind {
-        LossKind::Kl | LossKind::LmKl => kl_sum(&teacher_logits(model, prefix, first_routed, &lens)?, &logits)?,
-        LossKind::Lm => zero()?,
+    let lm_targets = match obj.kind {
+        LossKind::Lm | LossKind::LmKl => Some(targets.as_slice()),
+        LossKind::Kl => None,
     };
+    // The head and both loss terms in one op: the `[rows, vocab]` logits never enter the graph.
+    let normed = Differentiable.rms_norm(&hidden, &model.norm)?;
+    let terms = head_loss(&normed, &model.lm_head, lm_targets, teacher.as_ref())?;
+    let (lm, kl) = (terms.get(0)?, terms.get(1)?);
     let skip = if gates.is_empty() { zero()? } else { skip_sum(&gates)? };
     let objective = (((&lm + &kl)? + (&skip * obj.alpha)?)? / step_tokens as f64)?;
     Ok(SequenceLoss {

@@ -153,6 +153,213 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[a, b], D::Minus1)?)
 }
 
+/// The output head and the loss terms of a pass in one op: `x: [rows, hidden]` (final-normed hidden states) →
+/// `[Σ_rows −log p(target), Σ_rows KL(teacher ‖ p)]`, with `p = softmax(x Wᵀ + b)`. Its backward gives `x` the
+/// gradient `(g_lm (p − onehot) + g_kl (p − p_teacher)) W` and never `W` one.
+///
+/// Built from elementary ops, log-softmax over a 49k vocabulary puts a dozen `[rows, vocab]` tensors in the graph
+/// (each gradient allocated, zeroed and added by candle's backward); here the logits are the only one, kept from
+/// the forward and turned into their gradient in place.
+struct HeadLoss {
+    /// `[vocab, hidden]`, frozen.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// Next-token targets, one per row (`None`: no `L_lm` term).
+    targets: Option<Vec<u32>>,
+    /// The teacher's logits `[rows, vocab]` (`None`: no KL term).
+    teacher: Option<Tensor>,
+    /// What the backward needs: the logits (owned, overwritten by their gradient) and the log-partition functions.
+    saved: std::sync::Mutex<Option<HeadSaved>>,
+}
+
+struct HeadSaved {
+    logits: Vec<f32>,
+    lse: Vec<f32>,
+    teacher_lse: Vec<f32>,
+}
+
+/// `log Σ exp(row)`.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// The contiguous f32 values of a CPU tensor.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => {
+            let all = c.as_slice::<f32>()?;
+            f(&all[l.start_offset()..l.start_offset() + l.shape().elem_count()])
+        }
+        _ => Err(candle_core::Error::Msg("head-loss runs on the CPU".into())),
+    }
+}
+
+impl CustomOp1 for HeadLoss {
+    fn name(&self) -> &'static str {
+        "head-loss"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (rows, hidden) = layout.shape().dims2()?;
+        let vocab = self.weight.dim(0)?;
+        let (ws, wl) = self.weight.storage_and_layout();
+        let Storage::Cpu(w) = &*ws else {
+            return Err(candle_core::Error::Msg("head-loss runs on the CPU".into()));
+        };
+        // x · Wᵀ straight from the storages (no copies).
+        let logits = storage.matmul(w, (1, rows, vocab, hidden), layout, &wl.transpose(0, 1)?)?;
+        drop(ws);
+        let CpuStorage::F32(mut logits) = logits else {
+            return Err(candle_core::Error::Msg("head-loss needs f32".into()));
+        };
+        if let Some(b) = &self.bias {
+            with_slice(b, |b| {
+                logits
+                    .par_chunks_mut(vocab)
+                    .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+                Ok(())
+            })?;
+        }
+        let lse: Vec<f32> = logits.par_chunks(vocab).map(log_sum_exp).collect();
+        let lm: f64 = match &self.targets {
+            Some(t) => t
+                .iter()
+                .enumerate()
+                .map(|(r, &t)| (lse[r] - logits[r * vocab + t as usize]) as f64)
+                .sum(),
+            None => 0.0,
+        };
+        let (kl, teacher_lse) = match &self.teacher {
+            Some(teacher) => with_slice(teacher, |t| {
+                let t_lse: Vec<f32> = t.par_chunks(vocab).map(log_sum_exp).collect();
+                // KL(t ‖ p) = Σ_v p_t (t_v − s_v) − lse_t + lse_s per row.
+                let kl: f64 = t
+                    .par_chunks(vocab)
+                    .zip(logits.par_chunks(vocab))
+                    .enumerate()
+                    .map(|(r, (t, s))| {
+                        let cross: f32 = t
+                            .iter()
+                            .zip(s)
+                            .map(|(&tv, &sv)| (tv - t_lse[r]).exp() * (tv - sv))
+                            .sum();
+                        (cross - t_lse[r] + lse[r]) as f64
+                    })
+                    .sum();
+                Ok((kl, t_lse))
+            })?,
+            None => (0.0, Vec::new()),
+        };
+        *self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-loss: poisoned".into()))? = Some(HeadSaved {
+            logits,
+            lse,
+            teacher_lse,
+        });
+        Ok((CpuStorage::F32(vec![lm as f32, kl as f32]), Shape::from(2)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let g: Vec<f32> = grad.to_vec1()?;
+        let (g_lm, g_kl) = (g[0], g[1]);
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-loss: poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("head-loss: a second backward".into()))?;
+        let HeadSaved {
+            mut logits,
+            lse,
+            teacher_lse,
+        } = saved;
+        let vocab = self.weight.dim(0)?;
+        let rows = lse.len();
+        let g_p = if self.targets.is_some() { g_lm } else { 0.0 } + if self.teacher.is_some() { g_kl } else { 0.0 };
+        // d/ds (Σ lm) = p − onehot; d/ds (Σ KL(t ‖ p)) = p − p_t. The logits become their gradient in place.
+        logits
+            .par_chunks_mut(vocab)
+            .enumerate()
+            .for_each(|(r, row)| row.iter_mut().for_each(|v| *v = g_p * (*v - lse[r]).exp()));
+        if let Some(t) = &self.targets {
+            for (r, &t) in t.iter().enumerate() {
+                logits[r * vocab + t as usize] -= g_lm;
+            }
+        }
+        if let Some(teacher) = &self.teacher {
+            with_slice(teacher, |t| {
+                logits
+                    .par_chunks_mut(vocab)
+                    .zip(t.par_chunks(vocab))
+                    .enumerate()
+                    .for_each(|(r, (row, t))| {
+                        row.iter_mut()
+                            .zip(t)
+                            .for_each(|(v, &tv)| *v -= g_kl * (tv - teacher_lse[r]).exp())
+                    });
+                Ok(())
+            })?;
+        }
+        let d = Tensor::from_vec(logits, (rows, vocab), grad.device())?;
+        Ok(Some(d.matmul(&self.weight)?))
+    }
+}
+
+/// `[Σ −log p(target), Σ KL(teacher ‖ p)]` of `x: [rows, hidden]` (final-normed) through the frozen `head` (see
+/// [`HeadLoss`]); a term without its input is 0. On a tensor outside a graph or off the CPU, computed from the
+/// elementary ops.
+pub fn head_loss(x: &Tensor, head: &Linear, targets: Option<&[u32]>, teacher: Option<&Tensor>) -> Result<Tensor> {
+    let weight = head
+        .dense_weight()
+        .ok_or_else(|| flexidepth::Error::Unsupported("training needs the output head's weights in f32".into()))?
+        .clone();
+    let rows = x.dim(0)?;
+    if targets.is_some_and(|t| t.len() != rows)
+        || teacher.is_some_and(|t| t.dims() != [rows, weight.dim(0).unwrap_or(0)])
+    {
+        return Err(flexidepth::Error::Input(
+            "head loss: targets or teacher do not match the rows".into(),
+        ));
+    }
+    if let Some(&bad) = targets.and_then(|t| t.iter().find(|&&t| t as usize >= weight.dim(0).unwrap_or(0))) {
+        return Err(flexidepth::Error::Input(format!(
+            "target {bad} is outside the vocabulary"
+        )));
+    }
+    if !x.device().is_cpu() || !x.track_op() {
+        let logits = head.forward(x)?;
+        let zero = Tensor::zeros((), x.dtype(), x.device())?;
+        let lm = match targets {
+            Some(t) => {
+                let idx = Tensor::new(t, x.device())?.unsqueeze(1)?;
+                log_softmax(&logits)?.gather(&idx, 1)?.sum_all()?.neg()?
+            }
+            None => zero.clone(),
+        };
+        let kl = match teacher {
+            Some(t) => (softmax(t)? * (log_softmax(t)? - log_softmax(&logits)?)?)?.sum_all()?,
+            None => zero,
+        };
+        return Ok(Tensor::stack(&[lm, kl], 0)?);
+    }
+    let op = HeadLoss {
+        weight,
+        bias: head.bias.clone(),
+        targets: targets.map(<[u32]>::to_vec),
+        teacher: teacher.map(Tensor::detach),
+        saved: std::sync::Mutex::new(None),
+    };
+    Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +397,65 @@ mod tests {
         let want_gx = (y.matmul(&w).unwrap() * 2.0).unwrap();
         assert!(close(gx, &want_gx) < 1e-5);
         assert!(grads.get(&w).is_none(), "a frozen weight must not get a gradient");
+    }
+
+    /// The fused head and loss terms equal the elementary computation (logits, log-softmax, gather; KL from
+    /// softmaxes), values and the input's gradient, and give the frozen head no gradient.
+    #[test]
+    fn head_loss_matches_the_elementary_ops() {
+        let dev = Device::Cpu;
+        let (rows, hidden, vocab) = (5, 4, 7);
+        let w = Tensor::randn(0f32, 1., (vocab, hidden), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., vocab, &dev).unwrap();
+        let head = Linear::dense(w.clone(), Some(b.clone()));
+        let teacher = Tensor::randn(0f32, 2., (rows, vocab), &dev).unwrap();
+        let targets = [3u32, 0, 6, 2, 2];
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (rows, hidden), &dev).unwrap()).unwrap();
+        for (t, te) in [
+            (Some(&targets[..]), Some(&teacher)),
+            (Some(&targets[..]), None),
+            (None, Some(&teacher)),
+        ] {
+            let fused = head_loss(x.as_tensor(), &head, t, te).unwrap();
+            let logits = x
+                .as_tensor()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let zero = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
+            let lm = match t {
+                Some(t) => {
+                    let idx = Tensor::new(t, &dev).unwrap().unsqueeze(1).unwrap();
+                    log_softmax(&logits)
+                        .unwrap()
+                        .gather(&idx, 1)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .neg()
+                        .unwrap()
+                }
+                None => zero.clone(),
+            };
+            let kl = match te {
+                Some(te) => (softmax(te).unwrap()
+                    * (log_softmax(te).unwrap() - log_softmax(&logits).unwrap()).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap(),
+                None => zero,
+            };
+            let want = Tensor::stack(&[&lm, &kl], 0).unwrap();
+            assert!(close(&fused, &want) < 1e-4, "{fused} vs {want}");
+            // A weighted sum, so both terms' gradients count.
+            let weights = Tensor::new(&[0.7f32, 1.3], &dev).unwrap();
+            let gf = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let ge = (&want * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, e) = (gf.get(x.as_tensor()).unwrap(), ge.get(x.as_tensor()).unwrap());
+            assert!(close(a, e) < 1e-4, "{a} vs {e}");
+            assert!(gf.get(&w).is_none() && gf.get(&b).is_none());
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn training_forward_equals_the_inference_forward() {
                 },
             )
             .unwrap();
-            let d = max_abs_diff(&inf.logits, &tr.logits);
+            let d = max_abs_diff(&inf.logits, &tr.logits(&m).unwrap());
             assert!(d < 1e-4, "{arch:?} {unit:?}: logits differ by {d}");
             let bytes = inf_model.layer_bytes();
             let inf_layers: f64 = (0..IDS.len()).map(|r| inf.plan.layers_used(r, &bytes)).sum();
@@ -139,7 +139,10 @@ fn loss_terms_match_hand_computed_values() {
     // A sequence's objective is (L_lm sum + α · L_skip sum) / step tokens, from its own forward pass.
     let (_, m, _params) = setup(Arch::Llama);
     let tr = forward::forward(&m, &IDS[..10], Routing::default()).unwrap();
-    let lm = lm_sum(&tr.logits, &IDS[1..]).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let lm = lm_sum(&tr.logits(&m).unwrap(), &IDS[1..])
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     let skip = skip_sum(&tr.gates).unwrap().to_scalar::<f32>().unwrap() as f64;
     let l = sequence_loss(&m, &IDS, &obj(0.01, LossKind::Lm), 25).unwrap();
     let got = l.objective.to_scalar::<f32>().unwrap() as f64;
@@ -298,8 +301,8 @@ fn the_packed_forward_equals_one_forward_per_sequence() {
                 .iter()
                 .map(|ids| forward::forward(&m, ids, routing).unwrap())
                 .collect();
-            let logits = Tensor::cat(&singles.iter().map(|s| s.logits.clone()).collect::<Vec<_>>(), 0).unwrap();
-            let d = max_abs_diff(&packed.logits, &logits);
+            let logits = Tensor::cat(&singles.iter().map(|s| s.logits(&m).unwrap()).collect::<Vec<_>>(), 0).unwrap();
+            let d = max_abs_diff(&packed.logits(&m).unwrap(), &logits);
             assert!(d < 1e-5, "{arch:?} {unit:?}: logits differ by {d}");
             for (l, g) in packed.gates.iter().enumerate() {
                 let want = Tensor::cat(&singles.iter().map(|s| s.gates[l].clone()).collect::<Vec<_>>(), 0).unwrap();
