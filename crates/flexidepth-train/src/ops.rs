@@ -5,8 +5,8 @@
 //! weight, even a frozen one. Here every op passes gradients to its input and frozen weights never get one.
 
 use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::op::{Add, Mul};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
 use flexidepth::error::Result;
 use flexidepth::model::linear::Linear;
 use flexidepth::model::norm::RmsNorm;
@@ -45,26 +45,62 @@ impl CustomOp1 for ConstOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        // Wrap the input as a tensor outside any graph (a copy only when it is a view), compute, unwrap.
-        let x = match layout.contiguous_offsets() {
-            Some((0, end)) if end == storage.as_slice::<f32>()?.len() => Tensor::from_storage(
-                Storage::Cpu(storage.clone()),
-                layout.shape().clone(),
-                BackpropOp::none(),
-                false,
-            ),
-            Some((start, end)) => {
-                Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?
+        // Computed on the storages themselves: no copy of the input or the result.
+        let cpu = |t: &Tensor| -> candle_core::Result<()> {
+            match &*t.storage_and_layout().0 {
+                Storage::Cpu(_) => Ok(()),
+                _ => Err(candle_core::Error::Msg(
+                    "frozen-const: the constant is not on the CPU".into(),
+                )),
             }
-            None => return Err(candle_core::Error::Msg("frozen-const needs a contiguous input".into())),
         };
-        let y = self.apply(&x)?.contiguous()?;
-        let shape = y.shape().clone();
-        let (s, l) = y.storage_and_layout();
-        match &*s {
-            Storage::Cpu(c) if l.start_offset() == 0 => Ok((c.try_clone(&Layout::contiguous(&shape))?, shape)),
-            _ => Err(candle_core::Error::Msg(
-                "frozen-const: expected a plain CPU result".into(),
+        let with = |c: &Tensor, f: &dyn Fn(&CpuStorage, &Layout) -> candle_core::Result<CpuStorage>| {
+            cpu(c)?;
+            let (cs, cl) = c.storage_and_layout();
+            match &*cs {
+                Storage::Cpu(cs) => f(cs, cl),
+                _ => unreachable!("checked above"),
+            }
+        };
+        match self {
+            ConstOp::Linear { weight, bias } => {
+                let dims = layout.dims();
+                let (Some(&inp), true) = (dims.last(), layout.is_contiguous()) else {
+                    return Err(candle_core::Error::Msg("frozen-const: a contiguous input".into()));
+                };
+                let rows = layout.shape().elem_count() / inp.max(1);
+                let out_features = weight.dim(0)?;
+                let x_l = Layout::contiguous_with_offset((rows, inp), layout.start_offset());
+                let y = with(weight, &|w, wl| {
+                    storage.matmul(w, (1, rows, out_features, inp), &x_l, &wl.transpose(0, 1)?)
+                })?;
+                let y = match bias {
+                    Some(b) => with(b, &|b, bl| {
+                        y.binary_impl::<Add>(
+                            b,
+                            &Layout::contiguous((rows, out_features)),
+                            &bl.broadcast_as((rows, out_features))?,
+                        )
+                    })?,
+                    None => y,
+                };
+                let mut shape = dims.to_vec();
+                if let Some(last) = shape.last_mut() {
+                    *last = out_features;
+                }
+                Ok((y, Shape::from(shape)))
+            }
+            ConstOp::Mul(c) => Ok((
+                with(c, &|c, cl| {
+                    storage.binary_impl::<Mul>(c, layout, &cl.broadcast_as(layout.shape().clone())?)
+                })?,
+                layout.shape().clone(),
+            )),
+            ConstOp::Add(c) => Ok((
+                with(c, &|c, cl| {
+                    storage.binary_impl::<Add>(c, layout, &cl.broadcast_as(layout.shape().clone())?)
+                })?,
+                layout.shape().clone(),
             )),
         }
     }
@@ -83,7 +119,12 @@ fn const_op(x: &Tensor, op: ConstOp) -> Result<Tensor> {
         // Off the CPU (no custom kernel) or outside a graph, the plain op is the same computation.
         return Ok(op.apply(&x.detach())?);
     }
-    Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?)
+    let x = match op {
+        // The element-wise ops broadcast the constant over any layout of `x`; the matmul needs rows.
+        ConstOp::Linear { .. } => x.contiguous()?,
+        _ => x.clone(),
+    };
+    Ok(x.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?)
 }
 
 /// A frozen base linear layer on `x: [rows, in]` (dense weights only: training loads the base in f32).
@@ -363,7 +404,7 @@ pub fn head_loss(x: &Tensor, head: &Linear, targets: Option<&[u32]>, teacher: Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
