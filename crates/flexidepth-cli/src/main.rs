@@ -366,6 +366,9 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+    if matches!(cli.command, Command::Train(_)) {
+        flexidepth_train::single_threaded_elementwise();
+    }
     // Run the command on a worker of the compute pool: parallel kernels called from a pool thread are picked up
     // by spinning siblings, instead of parking the caller on a latch and waking a sleeping worker per matmul.
     let pool = match rayon::ThreadPoolBuilder::new()

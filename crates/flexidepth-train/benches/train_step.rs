@@ -17,6 +17,17 @@ use flexidepth_train::step_grads_packed;
 use std::time::Instant;
 
 fn main() {
+    // As `flexidepth train` runs the step: element-wise ops on the calling thread, the whole run on a worker of the
+    // compute pool (a matmul's parallel work is then picked up by its spinning siblings).
+    flexidepth_train::single_threaded_elementwise();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(candle_core::utils::get_num_threads())
+        .build()
+        .unwrap();
+    pool.install(run);
+}
+
+fn run() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let per_sequence = std::env::args().any(|a| a == "--per-sequence");
     let (batch, seq_len, steps) = (

@@ -82,6 +82,18 @@ pub struct StepGrads {
     pub tokens: usize,
 }
 
+/// Run candle's element-wise ops on the calling thread (`CANDLE_NUM_THREADS=1`, unless it is set): call first
+/// thing in `main`, before any tensor op. Matmuls keep every thread (`RAYON_NUM_THREADS`). candle splits each large
+/// element-wise op over a barrier pool whose threads spin at every op; a training step has thousands of them,
+/// memory-bound, and on 2 cores shared with other work the spinning cost more than the second thread gave (the
+/// step measured 1.3–1.6× faster without it: bench/RESULTS.md).
+pub fn single_threaded_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Called before any other thread exists (the first thing main does).
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Rows (tokens) one packed pass holds at most: bounds a pass's memory (its logits alone are `rows × vocab` floats,
 /// 200 MB for 1,024 rows of SmolLM2). A longer sequence runs alone.
 pub const MAX_PACKED_ROWS: usize = 2048;
