@@ -88,6 +88,18 @@ impl GenerationDefaults {
         }
     }
 
+    /// Refuse defaults no generation could use: sampling values outside their domains, end ids outside the
+    /// vocabulary.
+    pub fn check(&self, vocab_size: usize) -> Result<()> {
+        self.sampling().validate()?;
+        if let Some(id) = self.eos_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Config(format!(
+                "'eos_token_id' {id} is outside the vocabulary of {vocab_size}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The sampling parameters these defaults imply (`do_sample: false` means greedy).
     pub fn sampling(&self) -> SamplingParams {
         let mut p = SamplingParams::default();
@@ -141,15 +153,14 @@ impl ModelFiles {
             ModelPath::Gguf(p) => {
                 let mut gguf = GgufFile::open(p)?;
                 let config = gguf.config()?;
-                let tokenizer = Tokenizer::from_gguf(&gguf)?;
+                let vocab = config.vocab_size;
+                let tokenizer = Tokenizer::from_gguf(&gguf, vocab)?;
                 gguf.drop_tokenizer_arrays();
                 return_freed_memory();
                 // llama.cpp's end-of-generation set starts from the EOS, EOT and EOM ids of the metadata.
                 let mut eos_token_ids = config.eos_token_ids.clone();
                 for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-                    if let Some(id) = gguf.meta(key).and_then(|v| v.to_u32().ok()) {
-                        eos_token_ids.push(id);
-                    }
+                    eos_token_ids.extend(gguf.meta_token_id(key, vocab)?);
                 }
                 let generation = GenerationDefaults {
                     eos_token_ids,
@@ -174,6 +185,8 @@ impl ModelFiles {
                     other => other,
                 })?;
                 let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
+                crate::weights::layout::check_layer_count(&weights.names(), &config)
+                    .map_err(|e| Error::bad_file(&cfg_path, e))?;
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 let gen_path = dir.join("generation_config.json");
                 let mut generation = if gen_path.exists() {
@@ -184,6 +197,9 @@ impl ModelFiles {
                 if generation.eos_token_ids.is_empty() {
                     generation.eos_token_ids = config.eos_token_ids.clone();
                 }
+                generation
+                    .check(config.vocab_size)
+                    .map_err(|e| Error::bad_file(&gen_path, e))?;
                 Ok(ModelFiles {
                     path,
                     config,

@@ -4,6 +4,8 @@
 //! clear error at load and never a panic in a matmul.
 
 pub mod gguf;
+mod gguf_header;
+pub mod layout;
 pub mod names;
 
 use crate::error::{Error, Result};
