@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod rng;
+pub mod template_bounds;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;
