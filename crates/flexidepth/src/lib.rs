@@ -14,6 +14,7 @@ pub mod convert;
 pub mod depth;
 pub mod error;
 pub mod escape;
+pub mod finite;
 pub mod generate;
 pub mod kernels;
 pub mod loader;

@@ -234,6 +234,14 @@ fn shape_of(weights: &WeightSource, name: &str) -> Result<Vec<usize>> {
         .ok_or_else(|| Error::MissingTensor(name.to_string()))
 }
 
+/// The file a weight source reads, for error messages.
+fn weights_path(weights: &WeightSource) -> std::path::PathBuf {
+    match weights {
+        WeightSource::Gguf(g) => g.path().to_path_buf(),
+        WeightSource::Safetensors(s) => s.path(),
+    }
+}
+
 /// Read the router and adapter of each routed layer from `weights` (official key names), checking every shape
 /// against the base `config`; the adapter's swapped `up_proj`/`down_proj` are told apart by shape. The routers'
 /// threshold is [`DEFAULT_SKIP_THRESHOLD`] until [`Model::attach_depth`] gives them their file's.
@@ -255,6 +263,10 @@ pub fn load_parts(
         let key = |k: LayerKey| k.weight(layer_idx);
         let enc = key(LayerKey::RouterEnc);
         let r = *shape_of(weights, &enc)?.first().unwrap_or(&0);
+        // An empty bottleneck would reach candle's norm as a division by zero.
+        if r == 0 {
+            return Err(Error::bad_file(weights_path(weights), format!("'{enc}' has an empty bottleneck")));
+        }
         let router = Router {
             router_enc: linear(weights, &enc, &[r, h], device)?,
             router_norm: RmsNorm::new(
@@ -268,6 +280,9 @@ pub fn load_parts(
         };
         let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
+        if m == 0 {
+            return Err(Error::bad_file(weights_path(weights), format!("'{gate}' has an empty width")));
+        }
         let down = key(LayerKey::AdapterDownProj);
         let up = key(LayerKey::AdapterUpProj);
         let (down_shape, up_shape) = (shape_of(weights, &down)?, shape_of(weights, &up)?);
@@ -317,9 +332,11 @@ pub fn read_depth_tensors(path: &Path) -> Result<(DepthMeta, HashMap<String, Ten
     Ok((meta, tensors))
 }
 
-/// Read a depth-adapter file and attach it to `model` (refusing one made for another base).
+/// Read a depth-adapter file and attach it to `model`, refusing one made for another base and one that fails
+/// [`super::check::check_depth`] (a NaN in a router, a tensor left over, metadata out of range).
 pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
-    let meta = read_depth_meta(path)?;
+    let (meta, tensors) = read_depth_tensors(path)?;
+    super::check::check_depth(path, &meta, &tensors, &model.config)?;
     meta.check_base(model)?;
     let weights = WeightSource::Safetensors(SafetensorsFiles::open(vec![path.to_path_buf()])?);
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())

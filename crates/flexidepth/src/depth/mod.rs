@@ -8,8 +8,9 @@
 //! - [`early_exit::EarlyExit`]: final norm and head after a layer (LayerSkip-style, Elhoushi et al. 2024).
 //!
 //! [`spec::PolicySpec`] names them on command lines and in tables (`full`, `flexi:0.5`, `prune:4`, ...), and
-//! [`file`] reads and writes FlexiDepth's router/adapter files.
+//! [`file`] reads and writes FlexiDepth's router/adapter files ([`check`] vets them before use).
 
+pub mod check;
 pub mod early_exit;
 pub mod file;
 pub mod flexidepth;

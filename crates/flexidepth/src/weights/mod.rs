@@ -94,7 +94,8 @@ impl SafetensorsFiles {
         v
     }
 
-    fn path(&self) -> PathBuf {
+    /// The first file (the one errors name).
+    pub fn path(&self) -> PathBuf {
         self.files.first().cloned().unwrap_or_default()
     }
 }
