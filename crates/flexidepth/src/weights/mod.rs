@@ -7,6 +7,7 @@ pub mod gguf;
 mod gguf_header;
 pub mod layout;
 pub mod names;
+pub mod st_write;
 
 use crate::error::{Error, Result};
 use candle_core::safetensors::{Load, MmapedSafetensors};
