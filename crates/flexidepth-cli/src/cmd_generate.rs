@@ -175,7 +175,7 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(|_| out.flush())
             .map_err(|e| flexidepth::Error::Input(format!("cannot write to stdout: {e}")))
     })?;
-    writeln!(out)?;
+    writeln!(out).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
     let s = &gen.stats;
     eprintln!("stop reason: {:?}", s.stop_reason);
     if args.n_predict == 0 {

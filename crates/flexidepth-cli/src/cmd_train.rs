@@ -245,7 +245,12 @@ pub fn run(args: Args) -> Result<()> {
             (tensors, meta)
         }
         None => {
-            let layers = config.routed_layers.as_deref().map(parse_layer_range).transpose()?;
+            let n = model.config.num_hidden_layers;
+            let layers = config
+                .routed_layers
+                .as_deref()
+                .map(|s| parse_layer_range(s, n))
+                .transpose()?;
             let (meta, tensors) = fresh_depth(
                 &model,
                 layers,
@@ -284,7 +289,7 @@ pub fn run(args: Args) -> Result<()> {
         // First Ctrl-C: finish the step, checkpoint, exit. A second one aborts at once (the last checkpoint stays).
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
+                flexidepth::tmpfiles::exit_interrupted();
             }
             eprintln!("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)");
         })

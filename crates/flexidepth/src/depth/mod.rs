@@ -24,8 +24,9 @@ pub use spec::PolicySpec;
 
 use crate::error::{Error, Result};
 
-/// Parse `A..B` (end exclusive) or `A..=B` into layer indices.
-pub fn parse_layer_range(s: &str) -> Result<Vec<usize>> {
+/// Parse `A..B` (end exclusive) or `A..=B` into layer indices of a model with `num_layers` layers (checked before
+/// the list is built, so `0..99999999999999` is an error, not an allocation).
+pub fn parse_layer_range(s: &str, num_layers: usize) -> Result<Vec<usize>> {
     let bad = || Error::Input(format!("bad layer range '{s}' (use A..B, end exclusive, or A..=B)"));
     let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
         (a, b, true)
@@ -44,6 +45,11 @@ pub fn parse_layer_range(s: &str) -> Result<Vec<usize>> {
     if end <= a {
         return Err(bad());
     }
+    if end > num_layers {
+        return Err(Error::Input(format!(
+            "layer range '{s}' reaches past the model's {num_layers} layers (0..{num_layers})"
+        )));
+    }
     Ok((a..end).collect())
 }
 
@@ -58,10 +64,13 @@ mod tests {
 
     #[test]
     fn ranges_and_defaults() {
-        assert_eq!(parse_layer_range("15..18").unwrap(), vec![15, 16, 17]);
-        assert_eq!(parse_layer_range("15..=17").unwrap(), vec![15, 16, 17]);
-        assert!(parse_layer_range("5..5").is_err());
-        assert!(parse_layer_range("x..3").is_err());
+        assert_eq!(parse_layer_range("15..18", 30).unwrap(), vec![15, 16, 17]);
+        assert_eq!(parse_layer_range("15..=17", 30).unwrap(), vec![15, 16, 17]);
+        assert!(parse_layer_range("5..5", 30).is_err());
+        assert!(parse_layer_range("x..3", 30).is_err());
+        let e = parse_layer_range("0..99999999999999", 30).unwrap_err().to_string();
+        assert!(e.contains("past the model's 30 layers"), "{e}");
+        assert!(parse_layer_range("0..=18446744073709551615", 30).is_err());
         assert_eq!(default_routed_layers(30), (15..30).collect::<Vec<_>>());
         assert_eq!(default_routed_layers(32), (16..32).collect::<Vec<_>>());
     }
