@@ -27,6 +27,17 @@ use crate::error::{Error, Result};
 /// Parse `A..B` (end exclusive) or `A..=B` into layer indices of a model with `num_layers` layers (checked before
 /// the list is built, so `0..99999999999999` is an error, not an allocation).
 pub fn parse_layer_range(s: &str, num_layers: usize) -> Result<Vec<usize>> {
+    let (a, end) = layer_range_bounds(s)?;
+    if end > num_layers {
+        return Err(Error::Input(format!(
+            "layer range '{s}' reaches past the model's {num_layers} layers (0..{num_layers})"
+        )));
+    }
+    Ok((a..end).collect())
+}
+
+/// The bounds `(start, end)` (end exclusive) of a layer range `A..B` or `A..=B`, checked for syntax and order.
+pub fn layer_range_bounds(s: &str) -> Result<(usize, usize)> {
     let bad = || Error::Input(format!("bad layer range '{s}' (use A..B, end exclusive, or A..=B)"));
     let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
         (a, b, true)
@@ -45,12 +56,7 @@ pub fn parse_layer_range(s: &str, num_layers: usize) -> Result<Vec<usize>> {
     if end <= a {
         return Err(bad());
     }
-    if end > num_layers {
-        return Err(Error::Input(format!(
-            "layer range '{s}' reaches past the model's {num_layers} layers (0..{num_layers})"
-        )));
-    }
-    Ok((a..end).collect())
+    Ok((a, end))
 }
 
 /// The default routed layers: the later half (`n/2 .. n`), as the released model routes 16..31 of 32.
