@@ -68,11 +68,17 @@ impl Tokenizer {
         } else {
             json!({})
         };
-        let token_str = |key: &str| -> Option<String> {
-            match cfg.get(key)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-                _ => None,
+        // A key of the wrong type is an error naming it, never silently no template or no special token.
+        let bad = |key: &str, want: &str| Error::bad_file(&cfg_path, format!("'{key}' must be {want}"));
+        let token_str = |key: &str| -> Result<Option<String>> {
+            match cfg.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Object(o)) => match o.get("content") {
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    _ => Err(bad(key, "a string or an object with a string 'content'")),
+                },
+                Some(_) => Err(bad(key, "a string or an object with a string 'content'")),
             }
         };
         let jinja = dir.join("chat_template.jinja");
@@ -80,18 +86,20 @@ impl Tokenizer {
             Some(crate::error::read_to_string(&jinja)?)
         } else {
             match cfg.get("chat_template") {
+                None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 // A list of named templates: take "default".
                 Some(Value::Array(list)) => list
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template"))
-                    .and_then(|t| t.as_str())
-                    .map(String::from),
-                _ => None,
+                    .map(|t| t.get("template").and_then(|t| t.as_str()).map(String::from))
+                    .map(|t| t.ok_or_else(|| bad("chat_template", "a string, or a list of {name, template} strings")))
+                    .transpose()?,
+                Some(_) => return Err(bad("chat_template", "a string, or a list of {name, template} strings")),
             }
         };
-        Self::from_json(json, template, token_str("bos_token"), token_str("eos_token"))
+        let (bos, eos) = (token_str("bos_token")?, token_str("eos_token")?);
+        Self::from_json(json, template, bos, eos)
             .map_err(|e| Error::bad_file(&path, e))
     }
 

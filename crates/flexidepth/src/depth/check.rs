@@ -64,8 +64,25 @@ pub fn check_tensors(path: &Path, meta: &DepthMeta, tensors: &HashMap<String, Te
     Ok(())
 }
 
-/// [`check_meta`] and [`check_tensors`].
+/// [`check_meta`] and [`check_tensors`], and the reduction factors against the widths the tensors have.
 pub fn check_depth(path: &Path, meta: &DepthMeta, tensors: &HashMap<String, Tensor>, config: &ModelConfig) -> Result<()> {
     check_meta(path, meta, config)?;
-    check_tensors(path, meta, tensors)
+    check_tensors(path, meta, tensors)?;
+    for &l in &meta.routed_layers {
+        for (key, factor, size, k) in [
+            ("router_reduction_factor", meta.router_reduction, config.hidden_size, LayerKey::RouterEnc),
+            ("proj_reduction_factor", meta.proj_reduction, config.intermediate_size, LayerKey::AdapterGateProj),
+        ] {
+            let want = (size / factor).max(1);
+            if let Some(found) = tensors.get(&k.weight(l)).and_then(|t| t.dims().first().copied()) {
+                if found != want {
+                    return Err(Error::bad_file(
+                        path,
+                        format!("metadata '{key}' {factor} implies width {want}, but '{}' has {found}", k.weight(l)),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
