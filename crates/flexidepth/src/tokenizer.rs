@@ -42,8 +42,10 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     fn from_json(json: Value, chat_template: Option<String>, bos: Option<String>, eos: Option<String>) -> Result<Self> {
-        // tokenizers trusts its post-processor's references and panics on encode when one is dangling.
+        // tokenizers trusts its post-processor's references (and its BPE merges' lengths) and panics on a dangling
+        // one: check them first.
         check_post_processor(&json["post_processor"])?;
+        check_bpe_merges(&json["model"])?;
         let inner: tokenizers::Tokenizer =
             serde_json::from_value(json).map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer: {e}")))?;
         let chat_template = chat_template.map(|src| ChatTemplate::new(src, bos.clone(), eos.clone()));
@@ -274,6 +276,38 @@ fn check_post_processor(pp: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Refuse BPE merges tokenizers would panic on while building the model: each merge `a b` must name two tokens of
+/// the vocabulary, `b` must start with the `continuing_subword_prefix`, and their concatenation (prefix dropped)
+/// must be a token too (tokenizers copies it into a buffer as long as the longest token before looking it up).
+fn check_bpe_merges(model: &Value) -> Result<()> {
+    let (Some(vocab), Some(merges)) = (
+        model.get("vocab").and_then(Value::as_object),
+        model.get("merges").and_then(Value::as_array),
+    ) else {
+        return Ok(()); // not BPE, or malformed: tokenizers' own deserializer reports it
+    };
+    let prefix = model.get("continuing_subword_prefix").and_then(Value::as_str).unwrap_or("");
+    for m in merges {
+        let pair: Option<(&str, &str)> = match m {
+            Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
+            Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
+            _ => None,
+        };
+        let bad = |why: &str| Err(Error::Tokenizer(format!("BPE merge {m}: {why}")));
+        let Some((a, b)) = pair else { return bad("not a pair of tokens") };
+        if !vocab.contains_key(a) || !vocab.contains_key(b) {
+            return bad("names a token outside the vocabulary");
+        }
+        let Some(rest) = b.strip_prefix(prefix) else {
+            return bad(&format!("'{b}' does not start with the continuing_subword_prefix '{prefix}'"));
+        };
+        if !vocab.contains_key(&format!("{a}{rest}")) {
+            return bad("makes a token outside the vocabulary");
+        }
+    }
+    Ok(())
+}
+
 /// The `tokenizer.json` document for a byte-level BPE vocabulary from GGUF metadata.
 fn gguf_tokenizer_json(
     tokens: &[String],
@@ -406,6 +440,22 @@ mod tests {
             "single": [], "pair": [], "special_tokens": {"x": {"id": "x", "ids": [0, 1], "tokens": ["x"]}}}]});
         let e = Tokenizer::from_json(json, None, None, None).err().unwrap().to_string();
         assert!(e.contains("unequal"), "{e}");
+    }
+
+    /// Merges that would make tokenizers slice past its buffer (a merge longer than every token, a second part
+    /// shorter than the subword prefix) are refused, not handed over.
+    #[test]
+    fn bpe_merges_tokenizers_would_panic_on_are_refused() {
+        let tokens: Vec<String> = vec!["ab".into(), "cd".into(), "abcd".into()];
+        let mut json = gguf_tokenizer_json(&tokens, &[1, 1, 1], &["ab cd".into()], "gpt2", None).unwrap();
+        assert!(Tokenizer::from_json(json.clone(), None, None, None).is_ok());
+        let abcd = json["model"]["vocab"].as_object_mut().unwrap().remove("abcd").unwrap();
+        let e = Tokenizer::from_json(json.clone(), None, None, None).err().unwrap().to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
+        json["model"]["vocab"]["abcd"] = abcd;
+        json["model"]["continuing_subword_prefix"] = json!("NaN");
+        let e = Tokenizer::from_json(json, None, None, None).err().unwrap().to_string();
+        assert!(e.contains("continuing_subword_prefix"), "{e}");
     }
 
     #[test]
