@@ -113,8 +113,12 @@ impl Args {
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.depth_map {
-        // Refuse an unknown format before spending time on the model.
+        // Refuse an unknown format or an unwritable path before spending time on the model.
         flexidepth_experiments::depthmap::DepthMapFormat::from_path(path)?;
+        crate::output::check_output_path("--depth-map", path)?;
+    }
+    if let Some(path) = &args.trace {
+        crate::output::check_output_path("--trace", path)?;
     }
     // Refuse sampling values out of their domain before loading anything.
     args.sampling(SamplingParams::default())?;

@@ -61,6 +61,9 @@ pub fn run(args: Args) -> Result<()> {
             anyhow::bail!("--stride must be in 1..={} (the window), not {s}", args.ctx);
         }
     }
+    if let Some(path) = &args.json {
+        crate::output::check_output_path("--json", path)?;
+    }
     if args.compare_full && args.scoring != ScoringArg::All {
         anyhow::bail!("--compare-full scores all positions; drop --scoring");
     }

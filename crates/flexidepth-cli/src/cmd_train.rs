@@ -203,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("no run to resume in {}", out.display()))?;
         let mut c = TrainConfig::from_toml(&path, &text)?;
         c.out = out;
+        c.validate()?;
         c
     } else {
         build_config(&args)?

@@ -175,7 +175,22 @@ fn convert_cleans_up_on_ctrl_c_and_writes_normal_permissions() {
     assert!(left.iter().all(|n| !n.contains(".tmp") && n != "model.safetensors"), "{left:?}");
 }
 
-/// Kind 6: a stage name that cannot be a file name fails before any work, not after training.
+/// Kind 6: output paths and stage names that cannot be written fail before any work, not after it.
+#[test]
+fn unwritable_outputs_fail_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny(dir.path());
+    let depth = dir.path().join("d.safetensors").display().to_string();
+    let o = flexidepth(&["-t", "1", "depth", "init", "-m", &m, "-o", &depth]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for flag in ["--trace", "--depth-map"] {
+        let o = flexidepth(&["-t", "1", "generate", "-m", &m, "--depth", &depth, "-p", "hi", flag, "/no/such/dir/x.txt"]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("does not exist") && !err.contains("loaded"), "{flag}: {err}");
+    }
+}
+
 #[test]
 fn bad_stage_names_fail_before_training() {
     let dir = tempfile::tempdir().unwrap();

@@ -190,6 +190,18 @@ fn inconsistent_layouts_are_refused_by_name() {
         let e = hf_err(&hf, key, value);
         assert!(e.contains(want), "{key} = {value}: {e}");
     }
+    // generation_config.json: a value of the wrong type is named, not ignored; one out of its domain is refused.
+    let gen = hf.join("generation_config.json");
+    for (body, want) in [
+        (r#"{"temperature": "hot"}"#, "'temperature' must be a number"),
+        (r#"{"top_p": 2.0}"#, "top_p must be"),
+        (r#"{"eos_token_id": [2, "x"]}"#, "'eos_token_id' must be"),
+        (r#"{"eos_token_id": 99999}"#, "'eos_token_id' 99999 is outside the vocabulary"),
+    ] {
+        std::fs::write(&gen, body).unwrap();
+        let e = ModelFiles::open(hf.to_str().unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(want) && e.contains("generation_config.json"), "{body}: {e}");
+    }
 }
 
 /// Kind 4: a depth adapter with one NaN, or a router with an empty bottleneck, is refused when attached.

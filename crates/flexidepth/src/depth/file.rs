@@ -234,14 +234,6 @@ fn shape_of(weights: &WeightSource, name: &str) -> Result<Vec<usize>> {
         .ok_or_else(|| Error::MissingTensor(name.to_string()))
 }
 
-/// The file a weight source reads, for error messages.
-fn weights_path(weights: &WeightSource) -> std::path::PathBuf {
-    match weights {
-        WeightSource::Gguf(g) => g.path().to_path_buf(),
-        WeightSource::Safetensors(s) => s.path(),
-    }
-}
-
 /// Read the router and adapter of each routed layer from `weights` (official key names), checking every shape
 /// against the base `config`; the adapter's swapped `up_proj`/`down_proj` are told apart by shape. The routers'
 /// threshold is [`DEFAULT_SKIP_THRESHOLD`] until [`Model::attach_depth`] gives them their file's.
@@ -265,7 +257,7 @@ pub fn load_parts(
         let r = *shape_of(weights, &enc)?.first().unwrap_or(&0);
         // An empty bottleneck would reach candle's norm as a division by zero.
         if r == 0 {
-            return Err(Error::bad_file(weights_path(weights), format!("'{enc}' has an empty bottleneck")));
+            return Err(Error::bad_file(weights.path(), format!("'{enc}' has an empty bottleneck")));
         }
         let router = Router {
             router_enc: linear(weights, &enc, &[r, h], device)?,
@@ -281,7 +273,7 @@ pub fn load_parts(
         let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
         if m == 0 {
-            return Err(Error::bad_file(weights_path(weights), format!("'{gate}' has an empty width")));
+            return Err(Error::bad_file(weights.path(), format!("'{gate}' has an empty width")));
         }
         let down = key(LayerKey::AdapterDownProj);
         let up = key(LayerKey::AdapterUpProj);

@@ -116,6 +116,14 @@ impl WeightSource {
         }
     }
 
+    /// The file the weights come from (the first shard), for error messages.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            WeightSource::Gguf(g) => g.path().to_path_buf(),
+            WeightSource::Safetensors(s) => s.path(),
+        }
+    }
+
     /// Drop memory-mapped pages that loading touched (see [`GgufFile::release_pages`]); safetensors maps are left
     /// alone (dense tensors may still point into them).
     pub fn release_pages(&self) {
