@@ -27,7 +27,11 @@ pub fn check_output_path(flag: &str, path: &std::path::Path) -> anyhow::Result<(
         anyhow::bail!("{flag} {}: not a usable file name", path.display());
     }
     if !parent.is_dir() {
-        anyhow::bail!("{flag} {}: the folder {} does not exist", path.display(), parent.display());
+        anyhow::bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
     }
     Ok(())
 }

@@ -70,16 +70,72 @@ fn base(root: &Path) -> Base {
     let hf_dir = root.join("hf");
     must(&["-t", "1", "convert", "-m", &g, "-o", &s(&hf_dir)]);
     let depth_path = root.join("depth.safetensors");
-    must(&["-t", "1", "depth", "init", "-m", &g, "-o", &s(&depth_path), "--routed-layers", "1..2", "--router-reduction", "4", "--proj-reduction", "4"]);
+    must(&[
+        "-t",
+        "1",
+        "depth",
+        "init",
+        "-m",
+        &g,
+        "-o",
+        &s(&depth_path),
+        "--routed-layers",
+        "1..2",
+        "--router-reduction",
+        "4",
+        "--proj-reduction",
+        "4",
+    ]);
     // The unmutated inputs give results, so that every mutation is measured against a working model.
-    must(&["-t", "1", "generate", "-m", &g, "--chat", "hi", "-n", "3", "--temperature", "0"]);
-    must(&["-t", "1", "generate", "-m", &s(&hf_dir), "-p", "hi", "-n", "3", "--temperature", "0"]);
-    must(&["-t", "1", "generate", "-m", &g, "--depth", &s(&depth_path), "-p", "hi", "-n", "3", "--temperature", "0"]);
+    must(&[
+        "-t",
+        "1",
+        "generate",
+        "-m",
+        &g,
+        "--chat",
+        "hi",
+        "-n",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    must(&[
+        "-t",
+        "1",
+        "generate",
+        "-m",
+        &s(&hf_dir),
+        "-p",
+        "hi",
+        "-n",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    must(&[
+        "-t",
+        "1",
+        "generate",
+        "-m",
+        &g,
+        "--depth",
+        &s(&depth_path),
+        "-p",
+        "hi",
+        "-n",
+        "3",
+        "--temperature",
+        "0",
+    ]);
     let hf = std::fs::read_dir(&hf_dir)
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     let data_path = root.join("data.jsonl");
@@ -129,7 +185,10 @@ fn base(root: &Path) -> Base {
     // And the unmutated training config trains.
     let mut rng = Rng::new(0);
     let case = train_case(&base, &mut rng, base.root.join("train-check"), None);
-    assert!(matches!(run::run(Path::new(env!("CARGO_BIN_EXE_flexidepth")), &case), Verdict::Ok));
+    assert!(matches!(
+        run::run(Path::new(env!("CARGO_BIN_EXE_flexidepth")), &case),
+        Verdict::Ok
+    ));
     base
 }
 
@@ -175,7 +234,12 @@ fn train_case(base: &Base, rng: &mut Rng, dir: PathBuf, mutate: Option<()>) -> C
 fn flags_case(base: &Base, rng: &mut Rng, dir: PathBuf) -> Case {
     let g = s(&base.gguf_path);
     let d = s(&base.depth_path);
-    let big = ["18446744073709551615", "9223372036854775808", "4294967296", "1000000000000"];
+    let big = [
+        "18446744073709551615",
+        "9223372036854775808",
+        "4294967296",
+        "1000000000000",
+    ];
     let floats = ["NaN", "inf", "-inf", "-1", "0", "2", "1e308", "-0"];
     let (flag, value) = match rng.below(12) {
         0 => ("-n", *rng.pick(&big)),
@@ -188,13 +252,25 @@ fn flags_case(base: &Base, rng: &mut Rng, dir: PathBuf) -> Case {
         7 => ("--skip-threshold", *rng.pick(&floats)),
         8 => ("-t", *rng.pick(&["0", "1000000000000", "-1", "1,2"])),
         9 => ("--ctx-size", *rng.pick(&big)),
-        10 => ("--routed-layers", *rng.pick(&["0..99999999999999", "1..0", "0..=18446744073709551615", "x"])),
+        10 => (
+            "--routed-layers",
+            *rng.pick(&["0..99999999999999", "1..0", "0..=18446744073709551615", "x"]),
+        ),
         _ => ("--stride", *rng.pick(&big)),
     };
     let args: Vec<String> = match flag {
         "-t" => ["-t", value, "info", "-m", &g].map(String::from).to_vec(),
         "--ctx-size" | "--stride" => t1(&["perplexity", "-m", &g, "-f", &s(&base.data_path), flag, value]),
-        "--routed-layers" => t1(&["depth", "init", "-m", &g, "-o", &s(&dir.join("d.safetensors")), flag, value]),
+        "--routed-layers" => t1(&[
+            "depth",
+            "init",
+            "-m",
+            &g,
+            "-o",
+            &s(&dir.join("d.safetensors")),
+            flag,
+            value,
+        ]),
         // -n 2^64-1 runs to the end of the 64-token context: a correct result.
         _ => generate(&g, rng.below(2), &["--depth", &d, flag, value]),
     };
@@ -232,7 +308,11 @@ fn make_case(base: &Base, rng: &mut Rng, target: &'static str, k: usize) -> Case
         "gguf" => {
             let (bytes, what) = mutate::gguf(rng, &base.gguf.0, &base.gguf.1);
             let f = dir.join("m.gguf");
-            let args = if k % 3 == 0 { t1(&["info", "-m", &s(&f)]) } else { generate(&s(&f), k, &[]) };
+            let args = if k % 3 == 0 {
+                t1(&["info", "-m", &s(&f)])
+            } else {
+                generate(&s(&f), k, &[])
+            };
             Case {
                 target,
                 what,
@@ -326,9 +406,7 @@ fn fuzzed_inputs_end_in_a_clean_error_or_a_correct_result() {
         }
     });
     let tally = tally.into_inner().unwrap();
-    let (tried, ok, clean) = tally
-        .values()
-        .fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+    let (tried, ok, clean) = tally.values().fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
     // Straight to stderr, past the test harness's capture: the counts are part of every run's output.
     let mut report = format!(
         "fuzz (seed {seed}): {tried} tried, {ok} ok, {clean} clean errors in {:.0} s\n",

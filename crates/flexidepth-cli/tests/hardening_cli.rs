@@ -23,7 +23,11 @@ fn clean_error(args: &[&str], want: &str) {
     let start = Instant::now();
     let o = flexidepth(args);
     let err = text(&o.stderr);
-    assert!(start.elapsed() < Duration::from_secs(20), "{args:?} took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{args:?} took {:?}",
+        start.elapsed()
+    );
     assert!(matches!(o.status.code(), Some(1 | 2)), "{args:?}: {:?} {err}", o.status);
     assert!(err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
 }
@@ -34,12 +38,35 @@ fn sizes_from_flags_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path());
     let out = dir.path().join("d.safetensors").display().to_string();
-    clean_error(&["-t", "1000000000000", "info", "-m", &m], "-t takes a number of threads in 1..=1024");
-    clean_error(&["-t", "1000000000000,1", "bench", "-m", &m, "-p", "8", "-n", "0"], "-t takes");
-    clean_error(&["-t", "1", "bench", "-m", &m, "-p", "100000", "-n", "0"], "needs 100000 positions");
-    clean_error(&["-t", "1", "bench", "-m", &m, "-n", "18446744073709551615"], "positions");
     clean_error(
-        &["-t", "1", "depth", "init", "-m", &m, "-o", &out, "--routed-layers", "0..99999999999999"],
+        &["-t", "1000000000000", "info", "-m", &m],
+        "-t takes a number of threads in 1..=1024",
+    );
+    clean_error(
+        &["-t", "1000000000000,1", "bench", "-m", &m, "-p", "8", "-n", "0"],
+        "-t takes",
+    );
+    clean_error(
+        &["-t", "1", "bench", "-m", &m, "-p", "100000", "-n", "0"],
+        "needs 100000 positions",
+    );
+    clean_error(
+        &["-t", "1", "bench", "-m", &m, "-n", "18446744073709551615"],
+        "positions",
+    );
+    clean_error(
+        &[
+            "-t",
+            "1",
+            "depth",
+            "init",
+            "-m",
+            &m,
+            "-o",
+            &out,
+            "--routed-layers",
+            "0..99999999999999",
+        ],
         "reaches past the model's 2 layers",
     );
     let data = dir.path().join("d.jsonl");
@@ -47,7 +74,11 @@ fn sizes_from_flags_are_bounded() {
     let run = dir.path().join("run").display().to_string();
     let d = data.display().to_string();
     for (flag, value, want) in [
-        ("--batch-size", "18446744073709551615", "batch_size must be in 1..=65536"),
+        (
+            "--batch-size",
+            "18446744073709551615",
+            "batch_size must be in 1..=65536",
+        ),
         ("--grad-accum", "4294967296", "grad_accum"),
         ("--steps", "18446744073709551615", "steps must be in"),
         ("--max-len", "18446744073709551615", "max_len"),
@@ -73,13 +104,33 @@ fn flags_outside_their_domains_are_refused() {
         ("--repeat-penalty", "0"),
     ] {
         clean_error(
-            &["-t", "1", "generate", "-m", &m, "--depth", &depth, "-p", "hi", "-n", "2", flag, value],
+            &[
+                "-t", "1", "generate", "-m", &m, "--depth", &depth, "-p", "hi", "-n", "2", flag, value,
+            ],
             &format!("{flag} must be"),
         );
     }
     let run = dir.path().join("run").display().to_string();
-    clean_error(&["-t", "1", "train", "-m", &m, "-d", &m, "-o", &run, "--lr", "NaN"], "lr must be");
-    clean_error(&["-t", "1", "train", "-m", &m, "-d", &m, "-o", &run, "--skip-threshold", "NaN"], "skip_threshold");
+    clean_error(
+        &["-t", "1", "train", "-m", &m, "-d", &m, "-o", &run, "--lr", "NaN"],
+        "lr must be",
+    );
+    clean_error(
+        &[
+            "-t",
+            "1",
+            "train",
+            "-m",
+            &m,
+            "-d",
+            &m,
+            "-o",
+            &run,
+            "--skip-threshold",
+            "NaN",
+        ],
+        "skip_threshold",
+    );
 }
 
 /// An HF folder of the tiny model.
@@ -99,17 +150,39 @@ fn unbounded_chat_templates_are_refused() {
     let cfg = hf.join("tokenizer_config.json");
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     for (template, want) in [
-        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "steps"),
-        ("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}", "grows past"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "steps",
+        ),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
+            "grows past",
+        ),
         ("{{ 'x' * 100000000 }}", "grows past"),
     ] {
         v["chat_template"] = serde_json::json!(template);
         std::fs::write(&cfg, v.to_string()).unwrap();
-        clean_error(&["-t", "1", "generate", "-m", hf.to_str().unwrap(), "--chat", "hi", "-n", "2"], want);
+        clean_error(
+            &[
+                "-t",
+                "1",
+                "generate",
+                "-m",
+                hf.to_str().unwrap(),
+                "--chat",
+                "hi",
+                "-n",
+                "2",
+            ],
+            want,
+        );
     }
     v["chat_template"] = serde_json::json!(7);
     std::fs::write(&cfg, v.to_string()).unwrap();
-    clean_error(&["-t", "1", "generate", "-m", hf.to_str().unwrap(), "-p", "hi", "-n", "2"], "'chat_template' must be");
+    clean_error(
+        &["-t", "1", "generate", "-m", hf.to_str().unwrap(), "-p", "hi", "-n", "2"],
+        "'chat_template' must be",
+    );
 }
 
 /// Kind 6: a full disk on stdout is an error with a message, not a panic.
@@ -125,7 +198,10 @@ fn a_full_stdout_is_a_clean_error() {
             .unwrap();
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("cannot write to stdout") && !err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("cannot write to stdout") && !err.contains("panicked"),
+            "{err}"
+        );
     }
 }
 
@@ -144,7 +220,11 @@ fn convert_cleans_up_on_ctrl_c_and_writes_normal_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path());
     let hf = hf(dir.path(), &m);
-    let mode = std::fs::metadata(hf.join("model.safetensors")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(hf.join("model.safetensors"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o666 & !umask(), "{mode:o}");
 
     // The default model's f32 weights take long enough to write to interrupt the write.
@@ -163,8 +243,15 @@ fn convert_cleans_up_on_ctrl_c_and_writes_normal_permissions() {
     };
     let start = Instant::now();
     while !listing().iter().any(|n| n.contains(".tmp")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "no temp file appeared: {:?}", listing());
-        assert!(child.try_wait().unwrap().is_none(), "convert finished before it could be interrupted");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no temp file appeared: {:?}",
+            listing()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "convert finished before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     // SAFETY: signalling our own child.
@@ -172,7 +259,10 @@ fn convert_cleans_up_on_ctrl_c_and_writes_normal_permissions() {
     let o: Output = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let left = listing();
-    assert!(left.iter().all(|n| !n.contains(".tmp") && n != "model.safetensors"), "{left:?}");
+    assert!(
+        left.iter().all(|n| !n.contains(".tmp") && n != "model.safetensors"),
+        "{left:?}"
+    );
 }
 
 /// Kind 6: output paths and stage names that cannot be written fail before any work, not after it.
@@ -184,10 +274,25 @@ fn unwritable_outputs_fail_before_the_work() {
     let o = flexidepth(&["-t", "1", "depth", "init", "-m", &m, "-o", &depth]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     for flag in ["--trace", "--depth-map"] {
-        let o = flexidepth(&["-t", "1", "generate", "-m", &m, "--depth", &depth, "-p", "hi", flag, "/no/such/dir/x.txt"]);
+        let o = flexidepth(&[
+            "-t",
+            "1",
+            "generate",
+            "-m",
+            &m,
+            "--depth",
+            &depth,
+            "-p",
+            "hi",
+            flag,
+            "/no/such/dir/x.txt",
+        ]);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("does not exist") && !err.contains("loaded"), "{flag}: {err}");
+        assert!(
+            err.contains("does not exist") && !err.contains("loaded"),
+            "{flag}: {err}"
+        );
     }
 }
 
@@ -198,7 +303,9 @@ fn bad_stage_names_fail_before_training() {
     let name = "s".repeat(300);
     std::fs::write(
         &cfg,
-        format!("model = \"no-such-model\"\ndata = \"d.jsonl\"\nout = \"run\"\n[[stage]]\nname = \"{name}\"\nalpha = 0.0\n"),
+        format!(
+            "model = \"no-such-model\"\ndata = \"d.jsonl\"\nout = \"run\"\n[[stage]]\nname = \"{name}\"\nalpha = 0.0\n"
+        ),
     )
     .unwrap();
     clean_error(&["train", "--config", cfg.to_str().unwrap()], "must be 1 to 64 letters");
@@ -209,13 +316,35 @@ fn bad_stage_names_fail_before_training() {
 fn errors_name_the_right_cause() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path());
-    let o = flexidepth(&["-t", "1", "generate", "-m", &m, "-p", "hi", "-n", "18446744073709551615", "--temperature", "0"]);
+    let o = flexidepth(&[
+        "-t",
+        "1",
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "hi",
+        "-n",
+        "18446744073709551615",
+        "--temperature",
+        "0",
+    ]);
     let err = text(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("holds 0"), "{err}");
     let f = dir.path().join("t.txt");
     std::fs::write(&f, "hi there, some text to score.").unwrap();
-    let o = flexidepth(&["-t", "1", "perplexity", "-m", &m, "-f", f.to_str().unwrap(), "--ctx", "1000000000"]);
+    let o = flexidepth(&[
+        "-t",
+        "1",
+        "perplexity",
+        "-m",
+        &m,
+        "-f",
+        f.to_str().unwrap(),
+        "--ctx",
+        "1000000000",
+    ]);
     let err = text(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("--ctx-size 1000000000") && !err.contains("-n"), "{err}");

@@ -44,7 +44,9 @@ pub fn save(path: &Path, params: &DepthParams, opt: &AdamW, state: &RunState) ->
     let state_json = serde_json::to_string(&CheckpointMeta {
         state: state.clone(),
         optimizer_steps: opt.steps,
-        tensors_sha256: Some(checksum(tensors.iter().map(|(n, t)| (n.as_str(), t as &dyn safetensors::View)))),
+        tensors_sha256: Some(checksum(
+            tensors.iter().map(|(n, t)| (n.as_str(), t as &dyn safetensors::View)),
+        )),
     })
     .map_err(|e| Error::Input(format!("cannot serialise the run state: {e}")))?;
     let meta = HashMap::from([(STATE_KEY.to_string(), state_json)]);
@@ -107,13 +109,19 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 "the checkpoint's tensors do not match its checksum (a damaged file); resume from a copy or start over",
             ))
         }
-        None => return Err(Error::bad_file(path, "the checkpoint has no checksum (written by an older version)")),
+        None => {
+            return Err(Error::bad_file(
+                path,
+                "the checkpoint has no checksum (written by an older version)",
+            ))
+        }
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::bad_file(path, e))?;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
-        flexidepth::finite::check_finite(&format!("tensor '{name}'"), &tensors[name]).map_err(|e| Error::bad_file(path, e))?;
+        flexidepth::finite::check_finite(&format!("tensor '{name}'"), &tensors[name])
+            .map_err(|e| Error::bad_file(path, e))?;
     }
     Ok(Checkpoint {
         state: meta.state,

@@ -292,22 +292,41 @@ impl TrainConfig {
                 return bad(format!("{key} must be in 1..={max}, not {n}"));
             }
         }
-        if self.batch_size.checked_mul(self.grad_accum).is_none_or(|n| n > MAX_SEQUENCES_PER_STEP) {
+        if self
+            .batch_size
+            .checked_mul(self.grad_accum)
+            .is_none_or(|n| n > MAX_SEQUENCES_PER_STEP)
+        {
             return bad(format!(
                 "batch_size × grad_accum must be at most {MAX_SEQUENCES_PER_STEP} sequences per step"
             ));
         }
         if !(2..=flexidepth::config::LIMITS.context).contains(&self.max_len) {
-            return bad(format!("max_len must be in 2..={}, not {}", flexidepth::config::LIMITS.context, self.max_len));
+            return bad(format!(
+                "max_len must be in 2..={}, not {}",
+                flexidepth::config::LIMITS.context,
+                self.max_len
+            ));
         }
         if let Some(r) = &self.routed_layers {
-            flexidepth::depth::layer_range_bounds(r).map_err(|e| Error::Input(format!("training config: routed_layers: {e}")))?;
+            flexidepth::depth::layer_range_bounds(r)
+                .map_err(|e| Error::Input(format!("training config: routed_layers: {e}")))?;
         }
         let a = &self.adam;
         for (key, x, ok, domain) in [
             ("lr", self.lr, self.lr > 0.0, "> 0"),
-            ("warmup_ratio", self.warmup_ratio, (0.0..1.0).contains(&self.warmup_ratio), "in [0, 1)"),
-            ("max_grad_norm", self.max_grad_norm, self.max_grad_norm >= 0.0, "≥ 0 (0 = no clipping)"),
+            (
+                "warmup_ratio",
+                self.warmup_ratio,
+                (0.0..1.0).contains(&self.warmup_ratio),
+                "in [0, 1)",
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm,
+                self.max_grad_norm >= 0.0,
+                "≥ 0 (0 = no clipping)",
+            ),
             ("adam.beta1", a.beta1, (0.0..1.0).contains(&a.beta1), "in [0, 1)"),
             ("adam.beta2", a.beta2, (0.0..1.0).contains(&a.beta2), "in [0, 1)"),
             ("adam.eps", a.eps, a.eps > 0.0, "> 0"),
@@ -330,7 +349,10 @@ impl TrainConfig {
         for s in &self.stages {
             check_stage(s)?;
             if !names.insert(s.name.as_str()) {
-                return bad(format!("two stages are named '{}' (their files would overwrite each other)", s.name));
+                return bad(format!(
+                    "two stages are named '{}' (their files would overwrite each other)",
+                    s.name
+                ));
             }
         }
         Ok(())
@@ -365,7 +387,10 @@ fn check_stage(s: &Stage) -> Result<()> {
     let bad = |m: String| Err(Error::Input(format!("training config: stage '{}': {m}", s.name)));
     if s.name.is_empty()
         || s.name.len() > MAX_STAGE_NAME
-        || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return Err(Error::Input(format!(
             "training config: stage name '{}' must be 1 to {MAX_STAGE_NAME} letters, digits, - or _",
@@ -400,7 +425,10 @@ fn check_stage(s: &Stage) -> Result<()> {
         return bad(format!("steps must be in 1..={MAX_STAGE_STEPS}"));
     }
     if !(s.epochs > 0.0 && s.epochs <= MAX_EPOCHS) {
-        return bad(format!("epochs must be a number in (0, {MAX_EPOCHS}], not {}", s.epochs));
+        return bad(format!(
+            "epochs must be a number in (0, {MAX_EPOCHS}], not {}",
+            s.epochs
+        ));
     }
     Ok(())
 }

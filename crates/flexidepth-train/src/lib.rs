@@ -287,7 +287,11 @@ impl<'a> Trainer<'a> {
                 // one, before anything is written): the last checkpoint stays the last good state.
                 let at = || format!("stage '{}' step {}", stage.name, step + 1);
                 if !(g.loss.is_finite() && grad_norm.is_finite()) {
-                    return Err(diverged(format!("{}: the loss is {} and the gradient norm {grad_norm}", at(), g.loss)));
+                    return Err(diverged(format!(
+                        "{}: the loss is {} and the gradient norm {grad_norm}",
+                        at(),
+                        g.loss
+                    )));
                 }
                 self.opt.step(&self.params, &g.grads, lr)?;
                 self.check_params_finite(&at())?;
@@ -464,7 +468,11 @@ fn diverged(msg: String) -> Error {
 /// Refuse a run state that does not fit `config` over `n_sequences` sequences: a stage or step out of range would
 /// spin forever or mark an unfinished run as done.
 fn check_resume_state(config: &TrainConfig, n_sequences: usize, s: &RunState, optimizer_steps: u64) -> Result<()> {
-    let bad = |m: String| Err(Error::Input(format!("the run state is inconsistent with the config: {m}")));
+    let bad = |m: String| {
+        Err(Error::Input(format!(
+            "the run state is inconsistent with the config: {m}"
+        )))
+    };
     let n_stages = config.stages.len();
     if s.stage > n_stages {
         return bad(format!("stage {} of a run with {n_stages} stages", s.stage));
@@ -476,7 +484,10 @@ fn check_resume_state(config: &TrainConfig, n_sequences: usize, s: &RunState, op
     };
     let current = if s.stage < n_stages { steps(s.stage) } else { 0 };
     if s.stage_step > 0 && s.stage_step >= current {
-        return bad(format!("step {} of stage {}, which has {current} steps", s.stage_step, s.stage));
+        return bad(format!(
+            "step {} of stage {}, which has {current} steps",
+            s.stage_step, s.stage
+        ));
     }
     let before: usize = (0..s.stage).map(steps).sum();
     if s.global_step != before + s.stage_step {

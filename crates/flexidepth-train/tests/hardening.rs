@@ -116,7 +116,11 @@ fn hyper_parameters_out_of_their_domains_are_refused_up_front() {
     for (want, mutate) in cases {
         let mut c = base_config(dir.path());
         mutate(&mut c);
-        let e = c.validate().err().unwrap_or_else(|| panic!("accepted: {want}")).to_string();
+        let e = c
+            .validate()
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {want}"))
+            .to_string();
         assert!(e.contains(want), "{want}: {e}");
     }
     assert!(base_config(dir.path()).validate().is_ok());
@@ -177,13 +181,14 @@ fn rewrite_checkpoint(
 ) {
     let bytes = std::fs::read(path).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut state: serde_json::Value =
-        serde_json::from_str(&header.metadata().as_ref().unwrap()[STATE_KEY]).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&header.metadata().as_ref().unwrap()[STATE_KEY]).unwrap();
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
     edit(&mut tensors, &mut state);
     if fix_checksum {
-        let views: Vec<(&str, &dyn safetensors::View)> =
-            tensors.iter().map(|(k, t)| (k.as_str(), t as &dyn safetensors::View)).collect();
+        let views: Vec<(&str, &dyn safetensors::View)> = tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t as &dyn safetensors::View))
+            .collect();
         state["tensors_sha256"] = serde_json::json!(checksum(views.into_iter()));
     }
     let meta = HashMap::from([(STATE_KEY.to_string(), state.to_string())]);
@@ -238,13 +243,19 @@ fn a_run_stopped_at_a_stage_boundary_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (c, mut m) = model();
     let mut whole = trainer(&mut m, &c, base_config(&dir.path().join("whole")));
-    assert_eq!(whole.run(&AtomicBool::new(false), &mut |_| {}).unwrap(), Outcome::Finished);
+    assert_eq!(
+        whole.run(&AtomicBool::new(false), &mut |_| {}).unwrap(),
+        Outcome::Finished
+    );
     let cfg = base_config(&dir.path().join("split"));
     interrupted_run(&cfg, 2);
     let (_, mut m2) = model();
     let mut resumed = trainer(&mut m2, &c, cfg);
     resumed.resume().unwrap();
     assert_eq!(resumed.state().stage, 1);
-    assert_eq!(resumed.run(&AtomicBool::new(false), &mut |_| {}).unwrap(), Outcome::Finished);
+    assert_eq!(
+        resumed.run(&AtomicBool::new(false), &mut |_| {}).unwrap(),
+        Outcome::Finished
+    );
     assert_eq!(values(&resumed), values(&whole));
 }

@@ -190,7 +190,10 @@ pub const LIMITS: Limits = Limits {
 pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         // An id past u32 becomes u32::MAX, which the vocabulary check then refuses (never a silent wrap).
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![u32::try_from(x).unwrap_or(u32::MAX)]).unwrap_or_default(),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|x| vec![u32::try_from(x).unwrap_or(u32::MAX)])
+            .unwrap_or_default(),
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(|x| x.as_u64())

@@ -32,7 +32,9 @@ mod tests {
         assert!(check_finite("w", &ok).is_ok());
         let bad = Tensor::new(&[[1f32, f32::NAN], [f32::INFINITY, 0.0]], &Device::Cpu).unwrap();
         assert_eq!(count_non_finite(&bad).unwrap(), 2);
-        let e = check_finite("router 'x'", &bad.to_dtype(DType::BF16).unwrap()).unwrap_err().to_string();
+        let e = check_finite("router 'x'", &bad.to_dtype(DType::BF16).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("router 'x'") && e.contains("2 non-finite"), "{e}");
     }
 }

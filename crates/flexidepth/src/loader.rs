@@ -93,12 +93,16 @@ impl GenerationDefaults {
             Some(x) => x.is_u64(),
         };
         if !ids_ok {
-            return Err(Error::Config("'eos_token_id' must be a token id or a list of them".into()));
+            return Err(Error::Config(
+                "'eos_token_id' must be a token id or a list of them".into(),
+            ));
         }
         Ok(GenerationDefaults {
             do_sample: get(v, "do_sample", "a boolean", Value::as_bool)?,
             temperature: get(v, "temperature", "a number", Value::as_f64)?,
-            top_k: get(v, "top_k", "a count", |x| x.as_u64().and_then(|k| usize::try_from(k).ok()))?,
+            top_k: get(v, "top_k", "a count", |x| {
+                x.as_u64().and_then(|k| usize::try_from(k).ok())
+            })?,
             top_p: get(v, "top_p", "a number", Value::as_f64)?,
             min_p: get(v, "min_p", "a number", Value::as_f64)?,
             repetition_penalty: get(v, "repetition_penalty", "a number", |x| x.as_f64().map(|p| p as f32))?,

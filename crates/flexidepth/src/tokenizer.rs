@@ -101,8 +101,7 @@ impl Tokenizer {
             }
         };
         let (bos, eos) = (token_str("bos_token")?, token_str("eos_token")?);
-        Self::from_json(json, template, bos, eos)
-            .map_err(|e| Error::bad_file(&path, e))
+        Self::from_json(json, template, bos, eos).map_err(|e| Error::bad_file(&path, e))
     }
 
     /// The tokenizer embedded in a GGUF file.
@@ -262,11 +261,17 @@ fn check_post_processor(pp: &Value) -> Result<()> {
             }
             for part in ["single", "pair"] {
                 for piece in pp.get(part).and_then(Value::as_array).into_iter().flatten() {
-                    let Some(id) = piece.get("SpecialToken").and_then(|t| t.get("id")).and_then(Value::as_str) else {
+                    let Some(id) = piece
+                        .get("SpecialToken")
+                        .and_then(|t| t.get("id"))
+                        .and_then(Value::as_str)
+                    else {
                         continue;
                     };
                     if !specials.is_some_and(|m| m.contains_key(id)) {
-                        return bad(format!("the '{part}' template uses '{id}', which 'special_tokens' does not define"));
+                        return bad(format!(
+                            "the '{part}' template uses '{id}', which 'special_tokens' does not define"
+                        ));
                     }
                 }
             }
@@ -286,7 +291,10 @@ fn check_bpe_merges(model: &Value) -> Result<()> {
     ) else {
         return Ok(()); // not BPE, or malformed: tokenizers' own deserializer reports it
     };
-    let prefix = model.get("continuing_subword_prefix").and_then(Value::as_str).unwrap_or("");
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     for m in merges {
         let pair: Option<(&str, &str)> = match m {
             Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
@@ -294,12 +302,16 @@ fn check_bpe_merges(model: &Value) -> Result<()> {
             _ => None,
         };
         let bad = |why: &str| Err(Error::Tokenizer(format!("BPE merge {m}: {why}")));
-        let Some((a, b)) = pair else { return bad("not a pair of tokens") };
+        let Some((a, b)) = pair else {
+            return bad("not a pair of tokens");
+        };
         if !vocab.contains_key(a) || !vocab.contains_key(b) {
             return bad("names a token outside the vocabulary");
         }
         let Some(rest) = b.strip_prefix(prefix) else {
-            return bad(&format!("'{b}' does not start with the continuing_subword_prefix '{prefix}'"));
+            return bad(&format!(
+                "'{b}' does not start with the continuing_subword_prefix '{prefix}'"
+            ));
         };
         if !vocab.contains_key(&format!("{a}{rest}")) {
             return bad("makes a token outside the vocabulary");
@@ -434,7 +446,10 @@ mod tests {
         let mut json = gguf_tokenizer_json(&tokens, &[3, 1], &[], "gpt2", Some(0)).unwrap();
         assert!(Tokenizer::from_json(json.clone(), None, None, None).is_ok());
         json["post_processor"]["special_tokens"] = json!({});
-        let e = Tokenizer::from_json(json.clone(), None, None, None).err().unwrap().to_string();
+        let e = Tokenizer::from_json(json.clone(), None, None, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("'<s>'") && e.contains("special_tokens"), "{e}");
         json["post_processor"] = json!({"type": "Sequence", "processors": [{"type": "TemplateProcessing",
             "single": [], "pair": [], "special_tokens": {"x": {"id": "x", "ids": [0, 1], "tokens": ["x"]}}}]});
@@ -450,7 +465,10 @@ mod tests {
         let mut json = gguf_tokenizer_json(&tokens, &[1, 1, 1], &["ab cd".into()], "gpt2", None).unwrap();
         assert!(Tokenizer::from_json(json.clone(), None, None, None).is_ok());
         let abcd = json["model"]["vocab"].as_object_mut().unwrap().remove("abcd").unwrap();
-        let e = Tokenizer::from_json(json.clone(), None, None, None).err().unwrap().to_string();
+        let e = Tokenizer::from_json(json.clone(), None, None, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("outside the vocabulary"), "{e}");
         json["model"]["vocab"]["abcd"] = abcd;
         json["model"]["continuing_subword_prefix"] = json!("NaN");

@@ -16,8 +16,10 @@ fn open_err(dir: &Path, bytes: &[u8]) -> String {
     let path = dir.join(format!("m{}.gguf", bytes.len()));
     std::fs::write(&path, bytes).unwrap();
     let start = Instant::now();
-    let res = ModelFiles::open(path.to_str().unwrap())
-        .and_then(|f| f.load_model(WeightFormat::Quantized, &candle_core::Device::Cpu).map(|_| ()));
+    let res = ModelFiles::open(path.to_str().unwrap()).and_then(|f| {
+        f.load_model(WeightFormat::Quantized, &candle_core::Device::Cpu)
+            .map(|_| ())
+    });
     // Refused at once: nothing is allocated or looped over by the bad value first.
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     match res {
@@ -50,7 +52,9 @@ fn the_tiny_gguf_itself_loads() {
     let path = dir.path().join("tiny.gguf");
     std::fs::write(&path, tiny_gguf::tiny_gguf().0).unwrap();
     let files = ModelFiles::open(path.to_str().unwrap()).unwrap();
-    files.load_model(WeightFormat::Quantized, &candle_core::Device::Cpu).unwrap();
+    files
+        .load_model(WeightFormat::Quantized, &candle_core::Device::Cpu)
+        .unwrap();
     assert_eq!(files.config.num_hidden_layers, tiny_gguf::LAYERS);
 }
 
@@ -60,11 +64,26 @@ fn sizes_are_checked_before_they_are_used() {
     let dir = tempfile::tempdir().unwrap();
     use tiny_gguf::FieldKind::*;
     for (bytes, want) in [
-        (with_meta("llama.block_count", Meta::U32(1 << 31)), "'llama.block_count' is 2147483648, outside 1..=1024"),
-        (with_meta("llama.context_length", Meta::U32(u32::MAX)), "'llama.context_length' is 4294967295"),
-        (with_meta("llama.embedding_length", Meta::U32(u32::MAX)), "'llama.embedding_length'"),
-        (with_meta("llama.attention.head_count", Meta::U32(0)), "'llama.attention.head_count' is 0"),
-        (with_field("tokenizer.ggml.tokens", Length, 90_000_000), "'tokenizer.ggml.tokens' is 90000000"),
+        (
+            with_meta("llama.block_count", Meta::U32(1 << 31)),
+            "'llama.block_count' is 2147483648, outside 1..=1024",
+        ),
+        (
+            with_meta("llama.context_length", Meta::U32(u32::MAX)),
+            "'llama.context_length' is 4294967295",
+        ),
+        (
+            with_meta("llama.embedding_length", Meta::U32(u32::MAX)),
+            "'llama.embedding_length'",
+        ),
+        (
+            with_meta("llama.attention.head_count", Meta::U32(0)),
+            "'llama.attention.head_count' is 0",
+        ),
+        (
+            with_field("tokenizer.ggml.tokens", Length, 90_000_000),
+            "'tokenizer.ggml.tokens' is 90000000",
+        ),
         (with_field("tensor_count", Count, u64::MAX), "the tensor count"),
         (with_field("blk.0.attn_q.weight", Dim, 1 << 62), "overflow"),
     ] {
@@ -75,13 +94,28 @@ fn sizes_are_checked_before_they_are_used() {
     let mut meta = tiny_gguf::metadata();
     meta.push(("big".into(), Meta::I32s(vec![0; 5_000_000])));
     let e = open_err(dir.path(), &tiny_gguf::write(&meta, &tiny_gguf::tensors()).0);
-    assert!(e.contains("metadata array 'big'") && e.contains("more than any vocabulary"), "{e}");
+    assert!(
+        e.contains("metadata array 'big'") && e.contains("more than any vocabulary"),
+        "{e}"
+    );
     // The same in config.json: num_hidden_layers 2^63, a context of 2^31.
     let hf = hf_dir(dir.path());
     for (key, value, want) in [
-        ("num_hidden_layers", "9223372036854775808", "'num_hidden_layers' is 9223372036854775808"),
-        ("max_position_embeddings", "2147483648", "'max_position_embeddings' is 2147483648"),
-        ("num_hidden_layers", "1", "'num_hidden_layers' is 1, but the weights hold 'model.layers.1."),
+        (
+            "num_hidden_layers",
+            "9223372036854775808",
+            "'num_hidden_layers' is 9223372036854775808",
+        ),
+        (
+            "max_position_embeddings",
+            "2147483648",
+            "'max_position_embeddings' is 2147483648",
+        ),
+        (
+            "num_hidden_layers",
+            "1",
+            "'num_hidden_layers' is 1, but the weights hold 'model.layers.1.",
+        ),
     ] {
         let e = hf_err(&hf, key, value);
         assert!(e.contains(want), "{key}: {e}");
@@ -118,9 +152,18 @@ fn hf_err(hf: &Path, key: &str, value: &str) -> String {
 fn input_a_dependency_would_panic_on_is_refused_first() {
     let dir = tempfile::tempdir().unwrap();
     for (bytes, want) in [
-        (with_meta("general.alignment", Meta::U32(0)), "'general.alignment' is 0, not a power of two"),
-        (with_meta("general.alignment", Meta::U32(48)), "'general.alignment' is 48"),
-        (with_meta("general.alignment", Meta::Str("x".into())), "'general.alignment' must be an unsigned integer"),
+        (
+            with_meta("general.alignment", Meta::U32(0)),
+            "'general.alignment' is 0, not a power of two",
+        ),
+        (
+            with_meta("general.alignment", Meta::U32(48)),
+            "'general.alignment' is 48",
+        ),
+        (
+            with_meta("general.alignment", Meta::Str("x".into())),
+            "'general.alignment' must be an unsigned integer",
+        ),
     ] {
         let e = open_err(dir.path(), &bytes);
         assert!(e.contains(want), "{want}: {e}");
@@ -161,20 +204,56 @@ fn inconsistent_layouts_are_refused_by_name() {
     let mut fewer = tiny_gguf::metadata();
     fewer.iter_mut().find(|(k, _)| k == "llama.block_count").unwrap().1 = Meta::U32(1);
     for (bytes, want) in [
-        (with_field("blk.0.attn_q.weight", Offset, q + 1), "'blk.0.attn_q.weight': data at offset"),
+        (
+            with_field("blk.0.attn_q.weight", Offset, q + 1),
+            "'blk.0.attn_q.weight': data at offset",
+        ),
         (with_field("blk.0.attn_q.weight", Offset, q + 32), "must tile"),
         (with_field("blk.0.attn_q.weight", Offset, q - 32), "must tile"),
-        (with_field("blk.0.attn_q.weight", TensorType, 1), "'blk.0.attn_k.weight': data at offset"),
-        (tiny_gguf::write(&tiny_gguf::metadata(), &retyped).0, "follow the last tensor"),
-        (tiny_gguf::write(&tiny_gguf::metadata(), &extra).0, "does not use (first: 'blk.0.attn_unused.weight')"),
-        (tiny_gguf::write(&fewer, &tiny_gguf::tensors()).0, "'llama.block_count' is 1, but the file holds tensors for 2"),
-        (with_meta("llama.rope.freq_base", Meta::Str("x".into())), "'llama.rope.freq_base' must be a float"),
-        (with_meta("llama.rope.freq_base", Meta::F32(f32::INFINITY)), "'llama.rope.freq_base' is inf"),
-        (with_meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(f32::INFINITY)), "layer_norm_rms_epsilon' is inf"),
-        (with_meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(0.0)), "layer_norm_rms_epsilon' is 0"),
-        (with_meta("llama.block_count", Meta::Str("2".into())), "'llama.block_count' must be an integer"),
-        (with_meta("tokenizer.ggml.eos_token_id", Meta::U32(9999)), "'tokenizer.ggml.eos_token_id' is 9999"),
-        (with_meta("tokenizer.ggml.token_type", Meta::I32s(vec![1])), "'tokenizer.ggml.token_type' must be a list of 260"),
+        (
+            with_field("blk.0.attn_q.weight", TensorType, 1),
+            "'blk.0.attn_k.weight': data at offset",
+        ),
+        (
+            tiny_gguf::write(&tiny_gguf::metadata(), &retyped).0,
+            "follow the last tensor",
+        ),
+        (
+            tiny_gguf::write(&tiny_gguf::metadata(), &extra).0,
+            "does not use (first: 'blk.0.attn_unused.weight')",
+        ),
+        (
+            tiny_gguf::write(&fewer, &tiny_gguf::tensors()).0,
+            "'llama.block_count' is 1, but the file holds tensors for 2",
+        ),
+        (
+            with_meta("llama.rope.freq_base", Meta::Str("x".into())),
+            "'llama.rope.freq_base' must be a float",
+        ),
+        (
+            with_meta("llama.rope.freq_base", Meta::F32(f32::INFINITY)),
+            "'llama.rope.freq_base' is inf",
+        ),
+        (
+            with_meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(f32::INFINITY)),
+            "layer_norm_rms_epsilon' is inf",
+        ),
+        (
+            with_meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(0.0)),
+            "layer_norm_rms_epsilon' is 0",
+        ),
+        (
+            with_meta("llama.block_count", Meta::Str("2".into())),
+            "'llama.block_count' must be an integer",
+        ),
+        (
+            with_meta("tokenizer.ggml.eos_token_id", Meta::U32(9999)),
+            "'tokenizer.ggml.eos_token_id' is 9999",
+        ),
+        (
+            with_meta("tokenizer.ggml.token_type", Meta::I32s(vec![1])),
+            "'tokenizer.ggml.token_type' must be a list of 260",
+        ),
     ] {
         let e = open_err(dir.path(), &bytes);
         assert!(e.contains(want), "{want}: {e}");
@@ -196,10 +275,16 @@ fn inconsistent_layouts_are_refused_by_name() {
         (r#"{"temperature": "hot"}"#, "'temperature' must be a number"),
         (r#"{"top_p": 2.0}"#, "top_p must be"),
         (r#"{"eos_token_id": [2, "x"]}"#, "'eos_token_id' must be"),
-        (r#"{"eos_token_id": 99999}"#, "'eos_token_id' 99999 is outside the vocabulary"),
+        (
+            r#"{"eos_token_id": 99999}"#,
+            "'eos_token_id' 99999 is outside the vocabulary",
+        ),
     ] {
         std::fs::write(&gen, body).unwrap();
-        let e = ModelFiles::open(hf.to_str().unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = ModelFiles::open(hf.to_str().unwrap())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains(want) && e.contains("generation_config.json"), "{body}: {e}");
     }
 }
@@ -219,15 +304,23 @@ fn non_finite_or_empty_adapters_are_refused_on_attach() {
     let head = "model.layers.1.router.router_head.weight";
 
     let mut nan = tensors.clone();
-    let v: Vec<f32> = (0..tiny_gguf::HIDDEN).map(|i| if i == 3 { f32::NAN } else { 0.01 }).collect();
-    nan.insert(head.into(), Tensor::from_vec(v, (1, tiny_gguf::HIDDEN), &Device::Cpu).unwrap());
+    let v: Vec<f32> = (0..tiny_gguf::HIDDEN)
+        .map(|i| if i == 3 { f32::NAN } else { 0.01 })
+        .collect();
+    nan.insert(
+        head.into(),
+        Tensor::from_vec(v, (1, tiny_gguf::HIDDEN), &Device::Cpu).unwrap(),
+    );
     write_depth_file(&file, &meta, &nan, DType::F32).unwrap();
     let e = attach_depth_file(&mut model, &file).unwrap_err().to_string();
     assert!(e.contains(head) && e.contains("1 non-finite"), "{e}");
 
     let mut empty = tensors.clone();
     let enc = "model.layers.1.router.router_enc.weight";
-    empty.insert(enc.into(), Tensor::zeros((0, tiny_gguf::HIDDEN), DType::F32, &Device::Cpu).unwrap());
+    empty.insert(
+        enc.into(),
+        Tensor::zeros((0, tiny_gguf::HIDDEN), DType::F32, &Device::Cpu).unwrap(),
+    );
     write_depth_file(&file, &meta, &empty, DType::F32).unwrap();
     let e = attach_depth_file(&mut model, &file).unwrap_err().to_string();
     assert!(e.contains(enc) && e.contains("empty dimension"), "{e}");
@@ -251,7 +344,11 @@ fn the_gguf_header_is_not_read_field_by_field() {
     // This thread's own read() count (other tests run on other threads).
     let reads = || -> u64 {
         let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-        io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().parse().unwrap()
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let before = reads();
     let gguf = flexidepth::weights::GgufFile::open(&path).unwrap();

@@ -29,15 +29,10 @@ pub fn gguf(rng: &mut Rng, base: &[u8], fields: &[Field]) -> (Vec<u8>, String) {
             let old = get(&b, f);
             let v = match f.kind {
                 FieldKind::ValueType => *rng.pick(&[0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0xFFFF]),
-                FieldKind::Float => f32::to_bits(*rng.pick(&[
-                    f32::NAN,
-                    f32::INFINITY,
-                    f32::NEG_INFINITY,
-                    0.0,
-                    -1.0,
-                    1e-45,
-                    3e38,
-                ])) as u64,
+                FieldKind::Float => {
+                    f32::to_bits(*rng.pick(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -1.0, 1e-45, 3e38]))
+                        as u64
+                }
                 FieldKind::Dims => *rng.pick(&[0, 1, 3, 5, u32::MAX as u64]),
                 FieldKind::TensorType => *rng.pick(&[0, 1, 2, 3, 6, 8, 10, 12, 14, 15, 16, 30, 31, 99]),
                 FieldKind::Offset => *rng.pick(&[0, old + 1, old + 32, old.saturating_sub(32), old + 4096, u64::MAX]),
@@ -48,7 +43,11 @@ pub fn gguf(rng: &mut Rng, base: &[u8], fields: &[Field]) -> (Vec<u8>, String) {
             (b, format!("{:?} of '{}' {old} -> {v}", f.kind, f.owner))
         }
         6 => {
-            let at = if rng.below(2) == 0 { rng.below(data_start) } else { rng.below(b.len()) };
+            let at = if rng.below(2) == 0 {
+                rng.below(data_start)
+            } else {
+                rng.below(b.len())
+            };
             b.truncate(at);
             (b, format!("truncated at {at}"))
         }
@@ -91,7 +90,14 @@ fn structural(rng: &mut Rng) -> (Vec<u8>, String) {
         }
         2 => {
             let mut extra = tensors[rng.below(tensors.len())].clone();
-            extra.0 = rng.pick(&["blk.2.attn_norm.weight", "extra.weight", "blk.0.attn_q.bias", "output.weight"]).to_string();
+            extra.0 = rng
+                .pick(&[
+                    "blk.2.attn_norm.weight",
+                    "extra.weight",
+                    "blk.0.attn_q.bias",
+                    "output.weight",
+                ])
+                .to_string();
             let name = extra.0.clone();
             tensors.push(extra);
             format!("extra tensor '{name}'")
@@ -103,7 +109,10 @@ fn structural(rng: &mut Rng) -> (Vec<u8>, String) {
         4 => {
             // The type no longer matches the bytes.
             let i = rng.below(tensors.len());
-            let t = rng.pick(&[candle_core::quantized::GgmlDType::F32, candle_core::quantized::GgmlDType::F16]);
+            let t = rng.pick(&[
+                candle_core::quantized::GgmlDType::F32,
+                candle_core::quantized::GgmlDType::F16,
+            ]);
             tensors[i].2 = *t;
             format!("tensor '{}' typed {t:?} over its bytes", tensors[i].0)
         }
@@ -144,14 +153,45 @@ fn join_safetensors(header: &serde_json::Map<String, Value>, data: &[u8]) -> Vec
 
 /// Extreme or wrongly-typed JSON values.
 fn json_extreme(rng: &mut Rng) -> Value {
-    let raw = ["0", "-1", "1", "2147483648", "9223372036854775808", "18446744073709551615", "1.5", "1e308", "-1e308",
-        "\"x\"", "\"\"", "null", "true", "[]", "{}", "[0, 1]", "\"NaN\""];
+    let raw = [
+        "0",
+        "-1",
+        "1",
+        "2147483648",
+        "9223372036854775808",
+        "18446744073709551615",
+        "1.5",
+        "1e308",
+        "-1e308",
+        "\"x\"",
+        "\"\"",
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "[0, 1]",
+        "\"NaN\"",
+    ];
     serde_json::from_str(*rng.pick(&raw)).unwrap()
 }
 
 /// Metadata strings a depth file might hold: numbers at the edges, non-numbers, lists out of order.
-const META_STRINGS: [&str; 14] =
-    ["", "NaN", "inf", "-inf", "-1", "0", "1e999", "18446744073709551616", "0,0", "1,0", "99", "1,99", "x", "0.5"];
+const META_STRINGS: [&str; 14] = [
+    "",
+    "NaN",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1e999",
+    "18446744073709551616",
+    "0,0",
+    "1,0",
+    "99",
+    "1,99",
+    "x",
+    "0.5",
+];
 
 /// A mutated safetensors file (`model.safetensors` or a depth file) and what was done to it.
 pub fn safetensors(rng: &mut Rng, base: &[u8]) -> (Vec<u8>, String) {
@@ -166,7 +206,14 @@ pub fn safetensors(rng: &mut Rng, base: &[u8]) -> (Vec<u8>, String) {
         }
         1 => {
             let v = rng
-                .pick(&[json!([0]), json!([]), json!([0, 64]), json!([1u64 << 40, 1u64 << 40]), json!([1, 1, 1, 1, 1]), json!([u64::MAX])])
+                .pick(&[
+                    json!([0]),
+                    json!([]),
+                    json!([0, 64]),
+                    json!([1u64 << 40, 1u64 << 40]),
+                    json!([1, 1, 1, 1, 1]),
+                    json!([u64::MAX]),
+                ])
                 .clone();
             header[&name]["shape"] = v.clone();
             format!("'{name}' shape {v}")
@@ -174,7 +221,13 @@ pub fn safetensors(rng: &mut Rng, base: &[u8]) -> (Vec<u8>, String) {
         2 => {
             let end = data.len() as u64;
             let v = rng
-                .pick(&[json!([0, 0]), json!([0, end]), json!([end, end + 4]), json!([8, 4]), json!([0, u64::MAX])])
+                .pick(&[
+                    json!([0, 0]),
+                    json!([0, end]),
+                    json!([end, end + 4]),
+                    json!([8, 4]),
+                    json!([0, u64::MAX]),
+                ])
                 .clone();
             header[&name]["data_offsets"] = v.clone();
             format!("'{name}' data_offsets {v}")
@@ -196,8 +249,20 @@ pub fn safetensors(rng: &mut Rng, base: &[u8]) -> (Vec<u8>, String) {
             let pattern: &[u8] = match (width, rng.below(2)) {
                 (4, 0) => &[0x00, 0x00, 0xC0, 0x7F],
                 (4, _) => &[0x00, 0x00, 0x80, 0x7F],
-                (_, 0) => if dtype == "BF16" { &[0xC0, 0x7F] } else { &[0x00, 0x7E] },
-                _ => if dtype == "BF16" { &[0x80, 0x7F] } else { &[0x00, 0x7C] },
+                (_, 0) => {
+                    if dtype == "BF16" {
+                        &[0xC0, 0x7F]
+                    } else {
+                        &[0x00, 0x7E]
+                    }
+                }
+                _ => {
+                    if dtype == "BF16" {
+                        &[0x80, 0x7F]
+                    } else {
+                        &[0x00, 0x7C]
+                    }
+                }
             };
             data[at..at + width].copy_from_slice(pattern);
             format!("non-finite value in '{name}'")
@@ -226,10 +291,18 @@ pub fn safetensors(rng: &mut Rng, base: &[u8]) -> (Vec<u8>, String) {
 fn pointers(v: &Value, at: String, depth: usize, out: &mut Vec<(String, usize)>) {
     out.push((at.clone(), depth));
     match v {
-        Value::Object(m) => m
+        Value::Object(m) => m.iter().for_each(|(k, c)| {
+            pointers(
+                c,
+                format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                depth + 1,
+                out,
+            )
+        }),
+        Value::Array(a) => a
             .iter()
-            .for_each(|(k, c)| pointers(c, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), depth + 1, out)),
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| pointers(c, format!("{at}/{i}"), depth + 1, out)),
+            .enumerate()
+            .for_each(|(i, c)| pointers(c, format!("{at}/{i}"), depth + 1, out)),
         _ => {}
     }
 }
@@ -266,7 +339,11 @@ pub fn json_doc(rng: &mut Rng, base: &str) -> (String, String) {
     let mut all = Vec::new();
     pointers(&v, String::new(), 0, &mut all);
     let shallow: Vec<&(String, usize)> = all.iter().filter(|(_, d)| (1..=2).contains(d)).collect();
-    let (ptr, _) = if rng.below(3) > 0 && !shallow.is_empty() { *rng.pick(&shallow) } else { rng.pick(&all[1..]) };
+    let (ptr, _) = if rng.below(3) > 0 && !shallow.is_empty() {
+        *rng.pick(&shallow)
+    } else {
+        rng.pick(&all[1..])
+    };
     let ptr = ptr.clone();
     if rng.below(5) == 0 {
         let (parent, key) = ptr.rsplit_once('/').unwrap();
@@ -288,8 +365,22 @@ pub fn json_doc(rng: &mut Rng, base: &str) -> (String, String) {
 
 /// TOML values at the edges and of other types.
 const TOML_VALUES: [&str; 16] = [
-    "0", "-1", "1", "2147483648", "9223372036854775807", "nan", "inf", "-inf", "1e308", "1.0", "0.999999",
-    "\"x\"", "\"\"", "true", "[]", "\"0..99999999999999\"",
+    "0",
+    "-1",
+    "1",
+    "2147483648",
+    "9223372036854775807",
+    "nan",
+    "inf",
+    "-inf",
+    "1e308",
+    "1.0",
+    "0.999999",
+    "\"x\"",
+    "\"\"",
+    "true",
+    "[]",
+    "\"0..99999999999999\"",
 ];
 
 /// A training config with one `key = value` line (of `lines`, `[section]` headers kept) mutated, and what was done.

@@ -112,9 +112,15 @@ fn non_finite_outputs(dir: &Path) -> Option<String> {
         for (name, view) in st.tensors() {
             let data = view.data();
             let finite = match view.dtype() {
-                safetensors::Dtype::F32 => data.chunks_exact(4).all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
-                safetensors::Dtype::BF16 => data.chunks_exact(2).all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7F80) != 0x7F80),
-                safetensors::Dtype::F16 => data.chunks_exact(2).all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7C00) != 0x7C00),
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7F80) != 0x7F80),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7C00) != 0x7C00),
                 _ => true,
             };
             if !finite {

@@ -30,7 +30,10 @@ pub fn check_meta(path: &Path, meta: &DepthMeta, config: &ModelConfig) -> Result
         return bad(format!("'skip_threshold' is {}, not in [0, 1]", meta.skip_threshold));
     }
     if !(meta.embed_abs_mean.is_finite() && meta.embed_abs_mean > 0.0) {
-        return bad(format!("'embed_abs_mean' is {}, not a positive number", meta.embed_abs_mean));
+        return bad(format!(
+            "'embed_abs_mean' is {}, not a positive number",
+            meta.embed_abs_mean
+        ));
     }
     if meta.router_reduction == 0 || meta.proj_reduction == 0 {
         return bad("reduction factors must be positive".into());
@@ -57,7 +60,10 @@ pub fn check_tensors(path: &Path, meta: &DepthMeta, tensors: &HashMap<String, Te
             ));
         }
         if t.dims().contains(&0) {
-            return Err(Error::bad_file(path, format!("tensor '{name}' has an empty dimension {:?}", t.dims())));
+            return Err(Error::bad_file(
+                path,
+                format!("tensor '{name}' has an empty dimension {:?}", t.dims()),
+            ));
         }
         crate::finite::check_finite(&format!("tensor '{name}'"), t).map_err(|e| Error::bad_file(path, e))?;
     }
@@ -65,20 +71,38 @@ pub fn check_tensors(path: &Path, meta: &DepthMeta, tensors: &HashMap<String, Te
 }
 
 /// [`check_meta`] and [`check_tensors`], and the reduction factors against the widths the tensors have.
-pub fn check_depth(path: &Path, meta: &DepthMeta, tensors: &HashMap<String, Tensor>, config: &ModelConfig) -> Result<()> {
+pub fn check_depth(
+    path: &Path,
+    meta: &DepthMeta,
+    tensors: &HashMap<String, Tensor>,
+    config: &ModelConfig,
+) -> Result<()> {
     check_meta(path, meta, config)?;
     check_tensors(path, meta, tensors)?;
     for &l in &meta.routed_layers {
         for (key, factor, size, k) in [
-            ("router_reduction_factor", meta.router_reduction, config.hidden_size, LayerKey::RouterEnc),
-            ("proj_reduction_factor", meta.proj_reduction, config.intermediate_size, LayerKey::AdapterGateProj),
+            (
+                "router_reduction_factor",
+                meta.router_reduction,
+                config.hidden_size,
+                LayerKey::RouterEnc,
+            ),
+            (
+                "proj_reduction_factor",
+                meta.proj_reduction,
+                config.intermediate_size,
+                LayerKey::AdapterGateProj,
+            ),
         ] {
             let want = (size / factor).max(1);
             if let Some(found) = tensors.get(&k.weight(l)).and_then(|t| t.dims().first().copied()) {
                 if found != want {
                     return Err(Error::bad_file(
                         path,
-                        format!("metadata '{key}' {factor} implies width {want}, but '{}' has {found}", k.weight(l)),
+                        format!(
+                            "metadata '{key}' {factor} implies width {want}, but '{}' has {found}",
+                            k.weight(l)
+                        ),
                     ));
                 }
             }

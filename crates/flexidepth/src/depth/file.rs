@@ -257,7 +257,10 @@ pub fn load_parts(
         let r = *shape_of(weights, &enc)?.first().unwrap_or(&0);
         // An empty bottleneck would reach candle's norm as a division by zero.
         if r == 0 {
-            return Err(Error::bad_file(weights.path(), format!("'{enc}' has an empty bottleneck")));
+            return Err(Error::bad_file(
+                weights.path(),
+                format!("'{enc}' has an empty bottleneck"),
+            ));
         }
         let router = Router {
             router_enc: linear(weights, &enc, &[r, h], device)?,

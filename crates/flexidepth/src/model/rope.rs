@@ -170,8 +170,14 @@ mod tests {
         let rope = Rope::new(8, 10_000.0, TABLE_ROWS + 8, DType::F32, &dev).unwrap();
         let (c, s) = rope.tables(TABLE_ROWS - 2, 4).unwrap();
         let (c2, s2) = rope.tables(TABLE_ROWS - 2, 2).unwrap();
-        assert_eq!(c.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(), c2.to_vec2::<f32>().unwrap());
-        assert_eq!(s.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(), s2.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            c.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(),
+            c2.to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(
+            s.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(),
+            s2.to_vec2::<f32>().unwrap()
+        );
         let idx = Tensor::new(&[3u32, TABLE_ROWS as u32 + 1], &dev).unwrap();
         let (c3, _) = rope.tables_rows(&idx).unwrap();
         let want = rope.tables(TABLE_ROWS + 1, 1).unwrap().0.to_vec2::<f32>().unwrap();

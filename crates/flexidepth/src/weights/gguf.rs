@@ -35,7 +35,10 @@ impl GgufFile {
             Some(other) => {
                 return Err(Error::bad_file(
                     path,
-                    format!("GGUF metadata 'general.architecture' must be a string, not {}", describe(other)),
+                    format!(
+                        "GGUF metadata 'general.architecture' must be a string, not {}",
+                        describe(other)
+                    ),
                 ))
             }
             None => return Err(Error::bad_file(path, "GGUF metadata has no 'general.architecture'")),
@@ -100,7 +103,10 @@ impl GgufFile {
         let full = format!("{}.{key}", self.arch_name);
         let Some(v) = self.meta(&full) else { return Ok(None) };
         let n = int_value(v).ok_or_else(|| {
-            self.bad(format!("GGUF metadata '{full}' must be an integer, not {}", describe(v)))
+            self.bad(format!(
+                "GGUF metadata '{full}' must be an integer, not {}",
+                describe(v)
+            ))
         })?;
         if !(1..=max as i128).contains(&n) {
             return Err(self.bad(format!("GGUF metadata '{full}' is {n}, outside 1..={max}")));
@@ -161,7 +167,9 @@ impl GgufFile {
         match self.meta(&format!("{}.rope.scaling.type", self.arch_name)) {
             None => {}
             Some(gguf_file::Value::String(kind)) if kind == "none" => {}
-            Some(gguf_file::Value::String(kind)) => return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'"))),
+            Some(gguf_file::Value::String(kind)) => {
+                return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'")))
+            }
             Some(other) => {
                 return Err(self.bad(format!(
                     "GGUF metadata '{}.rope.scaling.type' must be a string, not {}",
@@ -185,7 +193,10 @@ impl GgufFile {
             .get("token_embd.weight")
             .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
         let &[vocab_size, _] = embed.shape.dims() else {
-            return Err(self.bad(format!("tensor 'token_embd.weight' has shape {:?}, not [vocab, hidden]", embed.shape.dims())));
+            return Err(self.bad(format!(
+                "tensor 'token_embd.weight' has shape {:?}, not [vocab, hidden]",
+                embed.shape.dims()
+            )));
         };
         let num_hidden_layers = self.meta_count_req("block_count", lim.layers)?;
         let blocks = self.blocks_present();
@@ -209,7 +220,9 @@ impl GgufFile {
             rms_norm_eps: self
                 .meta_float("attention.layer_norm_rms_epsilon", lim.rms_norm_eps.clone())?
                 .unwrap_or(1e-6),
-            rope_theta: self.meta_float("rope.freq_base", lim.rope_theta.clone())?.unwrap_or(10_000.0),
+            rope_theta: self
+                .meta_float("rope.freq_base", lim.rope_theta.clone())?
+                .unwrap_or(10_000.0),
             max_position_embeddings: self.meta_count("context_length", lim.context)?.unwrap_or(4096),
             tie_word_embeddings: tie,
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
@@ -238,7 +251,11 @@ impl GgufFile {
             crate::weights::layout::expected_tensors(config).into_iter().collect();
         for (hf, shape) in &expected {
             match self.info(hf) {
-                None => return Err(Error::MissingTensor(names::hf_to_gguf(hf).unwrap_or_else(|| hf.clone()))),
+                None => {
+                    return Err(Error::MissingTensor(
+                        names::hf_to_gguf(hf).unwrap_or_else(|| hf.clone()),
+                    ))
+                }
                 Some((found, _)) if &found != shape => {
                     return Err(Error::Shape {
                         name: hf.clone(),

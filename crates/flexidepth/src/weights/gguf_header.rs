@@ -354,7 +354,11 @@ mod tests {
 
     #[test]
     fn a_well_formed_file_parses() {
-        let f = file(&[("general.alignment", 4, 32u32.to_le_bytes().to_vec())], &[("a", vec![8], 0), ("b", vec![4, 2], 32)], 64);
+        let f = file(
+            &[("general.alignment", 4, 32u32.to_le_bytes().to_vec())],
+            &[("a", vec![8], 0), ("b", vec![4, 2], 32)],
+            64,
+        );
         let h = parse(&f).unwrap();
         assert_eq!(h.tensor_infos["b"].shape.dims(), [2, 4]);
         assert_eq!(h.tensor_data_offset as usize, f.len() - 64);
@@ -385,11 +389,26 @@ mod tests {
             v
         };
         for (kv, want) in [
-            (vec![("general.alignment", 4, 0u32.to_le_bytes().to_vec())], "not a power of two"),
-            (vec![("general.alignment", 4, 24u32.to_le_bytes().to_vec())], "not a power of two"),
-            (vec![("general.alignment", 8, 2u64.to_le_bytes().to_vec())], "unsigned integer"),
-            (vec![("k", 4, vec![1, 0, 0, 0]), ("k", 4, vec![1, 0, 0, 0])], "duplicate metadata key"),
-            (vec![("k", 9, [&4u32.to_le_bytes()[..], &(1u64 << 40).to_le_bytes()].concat())], "the length of metadata array"),
+            (
+                vec![("general.alignment", 4, 0u32.to_le_bytes().to_vec())],
+                "not a power of two",
+            ),
+            (
+                vec![("general.alignment", 4, 24u32.to_le_bytes().to_vec())],
+                "not a power of two",
+            ),
+            (
+                vec![("general.alignment", 8, 2u64.to_le_bytes().to_vec())],
+                "unsigned integer",
+            ),
+            (
+                vec![("k", 4, vec![1, 0, 0, 0]), ("k", 4, vec![1, 0, 0, 0])],
+                "duplicate metadata key",
+            ),
+            (
+                vec![("k", 9, [&4u32.to_le_bytes()[..], &(1u64 << 40).to_le_bytes()].concat())],
+                "the length of metadata array",
+            ),
             (vec![("k", 9, huge_array)], "more than any vocabulary"),
             (vec![("k", 99, vec![0])], "unknown value type"),
             (vec![("k", 7, vec![2])], "not a boolean"),

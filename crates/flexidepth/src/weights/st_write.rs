@@ -47,12 +47,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let a = Tensor::arange(0f32, 6., &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
-        let b = Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let b = Tensor::new(&[1.5f32, -2.0], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
         let tensors = std::collections::BTreeMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
         write_safetensors(&path, &tensors).unwrap();
         let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
         assert_eq!(back["a"].to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
         assert_eq!(back["b"].dtype(), DType::BF16);
-        assert_eq!(back["b"].to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), [1.5, -2.0]);
+        assert_eq!(
+            back["b"].to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
+            [1.5, -2.0]
+        );
     }
 }

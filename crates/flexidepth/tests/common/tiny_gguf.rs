@@ -81,7 +81,9 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 /// The vocabulary: three control tokens, the 256 byte symbols and one merge ("h i").
 pub fn vocabulary() -> (Vec<String>, Vec<i32>) {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
     let mut types = vec![3, 3, 3];
     for b in 0..=255u8 {
         tokens.push(byte_symbol(b).to_string());
@@ -165,10 +167,7 @@ fn type_id(t: GgmlDType) -> u32 {
 }
 
 /// Serialise `meta` and `tensors` as GGUF v3 with 32-byte alignment, returning the bytes and the field map.
-pub fn write(
-    meta: &[(String, Meta)],
-    tensors: &[(String, Vec<usize>, GgmlDType, Vec<u8>)],
-) -> (Vec<u8>, Vec<Field>) {
+pub fn write(meta: &[(String, Meta)], tensors: &[(String, Vec<usize>, GgmlDType, Vec<u8>)]) -> (Vec<u8>, Vec<Field>) {
     let mut b: Vec<u8> = b"GGUF".to_vec();
     let mut fields = Vec::new();
     let field = |b: &Vec<u8>, len: usize, kind: FieldKind, owner: &str| Field {
