@@ -199,7 +199,11 @@ fn t1(args: &[&str]) -> Vec<String> {
 /// A generate command that alternates between a raw prompt (post-processor, BOS) and a chat message (template).
 fn generate(model: &str, k: usize, extra: &[&str]) -> Vec<String> {
     let mut a = vec!["generate", "-m", model, "-n", "3", "--temperature", "0"];
-    a.extend(if k % 2 == 0 { ["-p", "hi"] } else { ["--chat", "hi"] });
+    a.extend(if k.is_multiple_of(2) {
+        ["-p", "hi"]
+    } else {
+        ["--chat", "hi"]
+    });
     a.extend(extra);
     t1(&a)
 }
@@ -308,7 +312,7 @@ fn make_case(base: &Base, rng: &mut Rng, target: &'static str, k: usize) -> Case
         "gguf" => {
             let (bytes, what) = mutate::gguf(rng, &base.gguf.0, &base.gguf.1);
             let f = dir.join("m.gguf");
-            let args = if k % 3 == 0 {
+            let args = if k.is_multiple_of(3) {
                 t1(&["info", "-m", &s(&f)])
             } else {
                 generate(&s(&f), k, &[])

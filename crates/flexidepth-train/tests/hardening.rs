@@ -95,7 +95,8 @@ fn values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn hyper_parameters_out_of_their_domains_are_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut TrainConfig)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("adam.beta1", Box::new(|c| c.adam.beta1 = 1.0)),
         ("adam.beta2", Box::new(|c| c.adam.beta2 = f64::NAN)),
         ("adam.eps", Box::new(|c| c.adam.eps = 0.0)),

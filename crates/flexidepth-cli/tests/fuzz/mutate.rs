@@ -172,7 +172,8 @@ fn json_extreme(rng: &mut Rng) -> Value {
         "[0, 1]",
         "\"NaN\"",
     ];
-    serde_json::from_str(*rng.pick(&raw)).unwrap()
+    let text: &&str = rng.pick(&raw);
+    serde_json::from_str(text).unwrap()
 }
 
 /// Metadata strings a depth file might hold: numbers at the edges, non-numbers, lists out of order.
