@@ -242,8 +242,8 @@ pub fn run(args: Args) -> Result<()> {
     let (tensors, meta) = match &config.init {
         Some(path) => {
             let (meta, tensors) = read_depth_tensors(path)?;
-            flexidepth::depth::check::check_depth(path, &meta, &tensors, &model.config)?;
             meta.check_base(&model)?;
+            flexidepth::depth::check::check_depth(path, &meta, &tensors, &model.config)?;
             (tensors, meta)
         }
         None => {

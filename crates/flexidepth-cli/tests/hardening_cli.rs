@@ -67,7 +67,7 @@ fn sizes_from_flags_are_bounded() {
             "--routed-layers",
             "0..99999999999999",
         ],
-        "reaches past the model's 2 layers",
+        "layer 2 does not exist (the model has 2 layers",
     );
     let data = dir.path().join("d.jsonl");
     std::fs::write(&data, "{\"text\":\"hi there\"}\n").unwrap();

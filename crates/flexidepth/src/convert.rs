@@ -61,7 +61,6 @@ pub fn convert_with_depth(
     let mut routing_layers = files.routing_layers.clone();
     if let Some(path) = depth_file {
         let (meta, depth) = crate::depth::file::read_depth_tensors(path)?;
-        crate::depth::check::check_depth(path, &meta, &depth, &files.config)?;
         if meta.base_fingerprint != crate::depth::file::base_fingerprint(&files.config) {
             return Err(Error::Input(format!(
                 "{}: made for a {} with {} layers, not this model",
@@ -70,6 +69,7 @@ pub fn convert_with_depth(
                 meta.num_hidden_layers
             )));
         }
+        crate::depth::check::check_depth(path, &meta, &depth, &files.config)?;
         for (name, t) in depth {
             tensors.insert(name, t.to_dtype(dt)?);
         }

@@ -331,8 +331,9 @@ pub fn read_depth_tensors(path: &Path) -> Result<(DepthMeta, HashMap<String, Ten
 /// [`super::check::check_depth`] (a NaN in a router, a tensor left over, metadata out of range).
 pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
     let (meta, tensors) = read_depth_tensors(path)?;
-    super::check::check_depth(path, &meta, &tensors, &model.config)?;
+    // The base first: the other checks hold the file against this model's sizes.
     meta.check_base(model)?;
+    super::check::check_depth(path, &meta, &tensors, &model.config)?;
     let weights = WeightSource::Safetensors(SafetensorsFiles::open(vec![path.to_path_buf()])?);
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())
         .map_err(|e| Error::bad_file(path, e))?;

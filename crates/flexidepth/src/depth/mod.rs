@@ -30,7 +30,7 @@ pub fn parse_layer_range(s: &str, num_layers: usize) -> Result<Vec<usize>> {
     let (a, end) = layer_range_bounds(s)?;
     if end > num_layers {
         return Err(Error::Input(format!(
-            "layer range '{s}' reaches past the model's {num_layers} layers (0..{num_layers})"
+            "layer range '{s}': layer {num_layers} does not exist (the model has {num_layers} layers, 0..{num_layers})"
         )));
     }
     Ok((a..end).collect())
@@ -75,7 +75,7 @@ mod tests {
         assert!(parse_layer_range("5..5", 30).is_err());
         assert!(parse_layer_range("x..3", 30).is_err());
         let e = parse_layer_range("0..99999999999999", 30).unwrap_err().to_string();
-        assert!(e.contains("past the model's 30 layers"), "{e}");
+        assert!(e.contains("layer 30 does not exist"), "{e}");
         assert!(parse_layer_range("0..=18446744073709551615", 30).is_err());
         assert_eq!(default_routed_layers(30), (15..30).collect::<Vec<_>>());
         assert_eq!(default_routed_layers(32), (16..32).collect::<Vec<_>>());
