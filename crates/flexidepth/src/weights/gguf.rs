@@ -1,4 +1,5 @@
-//! GGUF files: header and metadata through candle's reader, tensor bytes through a memory map.
+//! GGUF files: the header parsed and checked from a memory map ([`super::gguf_header`]), every metadata key the
+//! model reads checked for its type and range ([`GgufFile::config`]), tensor bytes read from the same map.
 //!
 //! llama.cpp's converter permutes the rows of `attn_q`/`attn_k` for the `llama` architecture so that its RoPE
 //! kernel can rotate adjacent pairs. We undo that on the raw rows at load (rows are independent runs of quant
