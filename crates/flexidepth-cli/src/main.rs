@@ -1,5 +1,8 @@
 //! `flexidepth`: the command-line tool. Text goes to stdout, statistics and progress to stderr.
 
+// First, so that its `eprintln!` is the one every module below uses.
+#[macro_use]
+mod output;
 mod cmd_bench;
 mod cmd_convert;
 mod cmd_data;
@@ -318,18 +321,23 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
 }
 
 /// More threads than any machine this runs on has cores (a larger value is a typo, and would start that many).
-const MAX_THREADS: usize = 1024;
+pub const MAX_THREADS: usize = 1024;
+
+/// A thread count given with `-t`: in `1..=MAX_THREADS`.
+pub fn parse_threads(t: &str) -> anyhow::Result<usize> {
+    t.trim()
+        .parse()
+        .ok()
+        .filter(|&n: &usize| (1..=MAX_THREADS).contains(&n))
+        .ok_or_else(|| anyhow::anyhow!("-t takes a number of threads in 1..={MAX_THREADS}, not '{t}'"))
+}
 
 /// Size the thread pools. candle's and ours read `RAYON_NUM_THREADS`; when it is unset, candle re-counts the
 /// physical cores (by reading /proc/cpuinfo) on every matmul, so it is always set here, once.
 fn set_threads(threads: Option<&str>, is_bench: bool) -> anyhow::Result<()> {
     let n = match threads {
         Some(t) if is_bench && t.contains(',') => return Ok(()), // bench sizes a pool per value
-        Some(t) => t
-            .parse()
-            .ok()
-            .filter(|&n: &usize| (1..=MAX_THREADS).contains(&n))
-            .ok_or_else(|| anyhow::anyhow!("-t takes a number of threads in 1..={MAX_THREADS}, not '{t}'"))?,
+        Some(t) => parse_threads(t)?,
         None => candle_core::utils::get_num_threads(),
     };
     // Nothing has started a thread pool yet: this is the first thing main does.
@@ -365,6 +373,14 @@ fn main() {
     if let Err(e) = set_threads(cli.threads.as_deref(), is_bench) {
         eprintln!("error: {e:#}");
         std::process::exit(2);
+    }
+    // Ctrl-C removes the temp files of unfinished atomic writes (a half-written model.safetensors) before exiting;
+    // `train` installs its own handler, which checkpoints first.
+    if !matches!(cli.command, Command::Train(_)) {
+        if let Err(e) = ctrlc::set_handler(|| flexidepth::tmpfiles::exit_interrupted()) {
+            eprintln!("error: cannot install the Ctrl-C handler: {e}");
+            std::process::exit(1);
+        }
     }
     // Run the command on a worker of the compute pool: parallel kernels called from a pool thread are picked up
     // by spinning siblings, instead of parking the caller on a latch and waking a sleeping worker per matmul.

@@ -440,7 +440,8 @@ impl Model {
         Ok(self.forward_with(ids, cache, logits, &FullDepth)?.logits)
     }
 
-    /// [`Model::forward`] under a depth policy, returning what each layer did too.
+    /// [`Model::forward`] under a depth policy, returning what each layer did too. Logits holding a NaN or an
+    /// infinity (corrupt weights) are an error, never text or a perplexity.
     pub fn forward_with(
         &self,
         ids: &[u32],
@@ -448,7 +449,15 @@ impl Model {
         logits: Logits,
         policy: &dyn DepthPolicy,
     ) -> Result<ForwardOutput> {
-        self.forward_ops(&Fused, ids, Some(cache), logits, policy)
+        let out = self.forward_ops(&Fused, ids, Some(cache), logits, policy)?;
+        // One reduction instead of a copy: the sum of finite logits is finite, and a NaN or infinity poisons it.
+        let sum = out.logits.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !sum.is_finite() {
+            return Err(Error::Input(
+                "the model computed non-finite logits (NaN or infinity): its weights are corrupt".into(),
+            ));
+        }
+        Ok(out)
     }
 
     /// The general forward pass: `ops` (fused for inference, differentiable for training), an optional cache
