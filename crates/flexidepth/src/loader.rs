@@ -113,6 +113,12 @@ impl GenerationDefaults {
     /// Refuse defaults no generation could use: sampling values outside their domains, end ids outside the
     /// vocabulary.
     pub fn check(&self, vocab_size: usize) -> Result<()> {
+        // The raw value too: `do_sample: false` would hide a temperature no sampling could use.
+        if let Some(t) = self.temperature.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            return Err(Error::Config(format!(
+                "'temperature' {t} in generation_config.json must be a number ≥ 0"
+            )));
+        }
         self.sampling().validate()?;
         if let Some(id) = self.eos_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(Error::Config(format!(

@@ -274,6 +274,11 @@ fn inconsistent_layouts_are_refused_by_name() {
     for (body, want) in [
         (r#"{"temperature": "hot"}"#, "'temperature' must be a number"),
         (r#"{"top_p": 2.0}"#, "top_p must be"),
+        // do_sample false would otherwise hide it
+        (
+            r#"{"temperature": -1.0, "do_sample": false}"#,
+            "'temperature' -1 in generation_config.json must be",
+        ),
         (r#"{"eos_token_id": [2, "x"]}"#, "'eos_token_id' must be"),
         (
             r#"{"eos_token_id": 99999}"#,

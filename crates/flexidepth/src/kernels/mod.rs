@@ -211,6 +211,34 @@ mod tests {
             .collect()
     }
 
+    /// A non-finite activation (corrupt weights upstream) is not rounded away: every kernel's product with its
+    /// block is non-finite, so it reaches the logits, where it is refused.
+    #[test]
+    fn non_finite_activations_are_not_quantized_away() {
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let (rows, cols) = (9, 64);
+            let (q, _) = matrix(t, rows, cols, 5);
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x = vec![0.25f32; cols];
+                x[40] = bad;
+                let kernels: [(&str, DotFn, Option<Dot4Fn>); 3] = [
+                    ("scalar", blocks::dot_scalar, None),
+                    ("one row", dot_fn(), None),
+                    ("four rows", dot_fn(), dot4_fn()),
+                ];
+                for (name, dot, dot4) in kernels {
+                    let mut y = vec![0f32; rows];
+                    q.matmul_with(dot, dot4, &x, 1, &mut y);
+                    assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
+                }
+            }
+            // Finite activations keep finite products.
+            let mut y = vec![0f32; rows];
+            q.matmul_with(blocks::dot_scalar, None, &vec![0.25f32; cols], 1, &mut y);
+            assert!(y.iter().all(|v| v.is_finite()), "{t:?}");
+        }
+    }
+
     /// Every kernel (scalar and the detected SIMD one), decode and prefill shapes, equals the f64 product of the
     /// dequantized weights with the 8-bit-rounded activations (float summation order aside), and stays within the
     /// rounding's reach of the plain f32 product.
