@@ -49,13 +49,18 @@ impl Attention {
     /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
     /// each `[kv_heads, seq, head_dim]`.
     pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
+        self.project_kv_at(ops, x, rope, &QueryPos::Contiguous(pos))
+    }
+
+    /// [`Attention::project_kv`] of rows at any positions (the rows of a batch of sequences).
+    pub fn project_kv_at(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(
             ops,
             &ops.linear(x, &self.k_proj)?,
             self.num_kv_heads,
             self.k_norm.as_ref(),
         )?;
-        let k = ops.rope(&k, rope, &QueryPos::Contiguous(pos))?;
+        let k = ops.rope(&k, rope, pos)?;
         let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
     }
@@ -74,10 +79,29 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let seq = x.dim(0)?;
-        let group = self.num_heads / self.num_kv_heads;
+        let q = self.queries(ops, x, rope, &pos)?;
+        ops.linear(&self.attend_queries(ops, &q, k, v, mask)?, &self.o_proj)
+    }
+
+    /// Rotated queries of `x: [seq, hidden]` at `pos`, `[heads, seq, head_dim]`.
+    pub fn queries(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
         let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
-        let q = ops.rope(&q, rope, &pos)?;
+        ops.rope(&q, rope, pos)
+    }
+
+    /// Queries `q: [heads, seq, head_dim]` attend over `k`, `v: [kv_heads, kv_len, head_dim]` with the optional
+    /// additive `mask: [seq, kv_len]`; returns the heads side by side, `[seq, heads · head_dim]` (before `o_proj`).
+    pub fn attend_queries(
+        &self,
+        ops: &dyn Ops,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let seq = q.dim(1)?;
+        let group = self.num_heads / self.num_kv_heads;
+        let q = q.contiguous()?;
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
         let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -91,11 +115,10 @@ impl Attention {
         };
         let probs = ops.softmax(&scores)?;
         let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, group · seq, head_dim]
-        let out = out
+        Ok(out
             .reshape((self.num_heads, seq, self.head_dim))?
             .transpose(0, 1)?
-            .reshape((seq, self.num_heads * self.head_dim))?;
-        ops.linear(&out, &self.o_proj)
+            .reshape((seq, self.num_heads * self.head_dim))?)
     }
 }
 
