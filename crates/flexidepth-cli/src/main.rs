@@ -7,6 +7,7 @@ mod cmd_depth;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
+mod cmd_serve;
 mod cmd_study;
 mod cmd_sweep;
 mod cmd_tokenize;
@@ -53,6 +54,9 @@ enum Command {
     SweepReport(cmd_sweep::Args),
     /// Build the training set: seeded prompts about Austen and KJV passages answered by the model, plus plain text.
     Data(cmd_data::Args),
+    /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), the layers each token used, and
+    /// continuous batching.
+    Serve(Box<cmd_serve::Args>),
 }
 
 /// Model selection shared by every command.
@@ -358,6 +362,7 @@ fn main() {
         Command::Train(a) => cmd_train::run(*a),
         Command::SweepReport(a) => cmd_sweep::run(a),
         Command::Data(a) => cmd_data::run(a),
+        Command::Serve(a) => cmd_serve::run(*a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");
