@@ -7,7 +7,6 @@ use crate::http::{router, stream::now_secs, AppState};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Queue, SchedulerLimits};
 use std::net::SocketAddr;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,7 +27,6 @@ pub struct Server {
     grace: Duration,
     stop_accepting: Option<oneshot::Sender<()>>,
     force_close: Option<oneshot::Sender<()>>,
-    http_done: mpsc::Receiver<()>,
     threads: Option<(JoinHandle<()>, JoinHandle<()>)>,
 }
 
@@ -63,7 +61,6 @@ impl Server {
             .build()?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (force_tx, force_rx) = oneshot::channel::<()>();
-        let (done_tx, done_rx) = mpsc::channel();
         let http = std::thread::Builder::new()
             .name("flexidepth-http".into())
             .spawn(move || {
@@ -81,7 +78,6 @@ impl Server {
                         _ = force_rx => {}
                     }
                 });
-                let _ = done_tx.send(());
             })?;
         Ok(Server {
             addr,
@@ -90,7 +86,6 @@ impl Server {
             grace,
             stop_accepting: Some(stop_tx),
             force_close: Some(force_tx),
-            http_done: done_rx,
             threads: Some((scheduler, http)),
         })
     }
@@ -121,10 +116,12 @@ impl Server {
         }
         let _ = scheduler.join();
         // Every request has ended; a connection still open belongs to a client that is not reading.
-        if self.http_done.recv_timeout(CLOSE_WAIT).is_err() {
-            if let Some(tx) = self.force_close.take() {
-                let _ = tx.send(());
-            }
+        let waiting = std::time::Instant::now();
+        while !http.is_finished() && waiting.elapsed() < CLOSE_WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(tx) = self.force_close.take() {
+            let _ = tx.send(());
         }
         let _ = http.join();
     }
