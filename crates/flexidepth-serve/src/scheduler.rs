@@ -1,10 +1,10 @@
 //! Continuous batching: one thread owns the model and runs steps. A step advances every sequence that has a token
-//! to feed by one token, in one batched forward pass ([`Model::forward_batch`], row-invariant ops: a request's
-//! tokens do not depend on what else is in the batch), then processes one chunk of at most `prefill_chunk` prompt
-//! tokens of the oldest sequence still reading its prompt — so a long prompt delays the others' next token by one
-//! chunk, never by the whole prompt. New requests join at step boundaries, up to `max_batch` sequences; the rest
-//! wait in a bounded queue (full: the handler answers 429). A request whose client went away is dropped before the
-//! next step, and its cache with it.
+//! to feed by one token, in one batched forward pass ([`flexidepth::model::Model::forward_batch`], row-invariant
+//! ops: a request's tokens do not depend on what else is in the batch), then processes prompt chunks (at most
+//! `prefill_chunk` tokens each) of the oldest sequences still reading their prompts, about `prefill_chunk` tokens
+//! in all — so a long prompt delays the others' next token by a chunk, never by the whole prompt. New requests join
+//! at step boundaries, up to `max_batch` sequences; the rest wait in a bounded queue (full: the handler answers
+//! 429). A request whose client went away is dropped before the next step, and its cache with it.
 //!
 //! Shutdown: the queue closes (waiting requests get 503), running sequences finish until the grace period ends,
 //! then the ones left are cancelled with 503.
@@ -204,9 +204,16 @@ impl Scheduler {
             metrics: &self.metrics,
         };
         decode_step(&ctx, &mut self.active);
-        if let Some(seq) = self.active.iter_mut().find(|s| s.needs_prefill()) {
-            if let Err(e) = seq.prefill(&ctx, self.limits.prefill_chunk) {
-                seq.fail(500, format!("the model failed on this prompt: {e}"));
+        // Prompt chunks, oldest sequence first, until the step's budget is spent. A prompt's chunk boundaries are
+        // fixed (every `prefill_chunk` tokens from its start), so that its numbers never depend on the others.
+        let mut budget = self.limits.prefill_chunk;
+        for seq in self.active.iter_mut().filter(|s| s.needs_prefill()) {
+            if budget == 0 {
+                break;
+            }
+            match seq.prefill(&ctx, self.limits.prefill_chunk) {
+                Ok(tokens) => budget = budget.saturating_sub(tokens),
+                Err(e) => seq.fail(500, format!("the model failed on this prompt: {e}")),
             }
         }
         self.active.retain(|s| !s.done);

@@ -92,8 +92,9 @@ impl Sequence {
         self.next = None;
     }
 
-    /// Process the next chunk of at most `chunk` prompt tokens; after the last one, take the first token.
-    pub fn prefill(&mut self, ctx: &StepCtx, chunk: usize) -> flexidepth::Result<()> {
+    /// Process the next chunk of at most `chunk` prompt tokens (returns how many); after the last one, take the
+    /// first token.
+    pub fn prefill(&mut self, ctx: &StepCtx, chunk: usize) -> flexidepth::Result<usize> {
         let (start, len) = (self.prefilled, self.req.prompt.len());
         let end = (start + chunk).min(len);
         let top = self.req.prompt_logprobs;
@@ -122,18 +123,20 @@ impl Sequence {
             }
         }
         if end < len {
-            return Ok(());
+            return Ok(end - start);
         }
         if top.is_some() {
             let logprobs = std::mem::take(&mut self.prompt_logprobs);
             self.send(Event::Prompt(logprobs));
         }
         if self.req.max_tokens == 0 {
-            return self.finish(ctx, FinishReason::Length, false);
+            self.finish(ctx, FinishReason::Length, false)?;
+        } else {
+            let last = rows.last().map(Vec::as_slice).unwrap_or_default();
+            let layers = out.plan.layers_used(rows.len() - 1, ctx.layer_bytes);
+            self.accept(ctx, last, layers)?;
         }
-        let last = rows.last().map(Vec::as_slice).unwrap_or_default();
-        let layers = out.plan.layers_used(rows.len() - 1, ctx.layer_bytes);
-        self.accept(ctx, last, layers)
+        Ok(end - start)
     }
 
     /// Sample a token from `logits` (`[vocab]`, from a pass that used `layers` layers), send it, and either queue

@@ -149,8 +149,8 @@ impl CommonFields {
         if m > room {
             return Err(ApiError::bad_request_code(
                 format!(
-                    "this model's maximum context length is {} tokens, but {} were requested ({p} in the prompt, {m} for \
-                     the completion)",
+                    "this model's maximum context length is {} tokens, but {} were requested ({p} in the prompt, \
+                     {m} for the completion)",
                     info.context,
                     p + m
                 ),
