@@ -166,6 +166,22 @@ async fn models_health_metrics_tokenize_and_errors_in_openai_shape() {
     );
     let (_, back) = s.post("/detokenize", &json!({"tokens": tok["tokens"]})).await;
     assert_eq!(back["content"], "Hello world");
+    // vLLM's names, which lm-evaluation-harness's remote tokenizer uses.
+    let (status, info) = s.get("/tokenizer_info").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert!(
+        info["eos_token"].is_string() && info["chat_template"].is_string(),
+        "{info}"
+    );
+    let (_, tok2) = s
+        .post(
+            "/tokenize",
+            &json!({"prompt": "Hello world", "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(tok2["tokens"], tok["tokens"]);
+    assert_eq!(back["prompt"], "Hello world");
     let (_, chat_tokens) = s
         .post("/tokenize", &json!({"messages": [{"role": "user", "content": "Hi"}]}))
         .await;
@@ -184,7 +200,7 @@ async fn models_health_metrics_tokenize_and_errors_in_openai_shape() {
 
     let (_, metrics) = s.get("/metrics").await;
     assert!(
-        metrics.contains("flexidepth_requests_total{endpoint=\"/tokenize\"} 2"),
+        metrics.contains("flexidepth_requests_total{endpoint=\"/tokenize\"} 3"),
         "{metrics}"
     );
     assert!(

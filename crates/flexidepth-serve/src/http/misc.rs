@@ -1,5 +1,6 @@
-//! The small endpoints: `GET /v1/models`, `GET /health`, `GET /metrics`, `POST /tokenize`, `POST /detokenize`
-//! (llama-server's and vLLM's shapes).
+//! The small endpoints: `GET /v1/models`, `GET /health`, `GET /metrics`, `POST /tokenize`, `POST /detokenize`,
+//! `GET /tokenizer_info` (llama-server's and vLLM's shapes; lm-evaluation-harness tokenizes through the last three
+//! when a server has them, so it needs no tokenizer files of its own).
 
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -67,6 +68,7 @@ pub struct TokenizeRequest {
     #[serde(alias = "prompt")]
     pub content: Option<String>,
     /// Apply the tokenizer's special tokens (e.g. a BOS); default false (llama-server's default).
+    #[serde(alias = "add_special_tokens")]
     pub add_special: Option<bool>,
     pub messages: Option<Vec<Message>>,
 }
@@ -115,5 +117,19 @@ pub async fn detokenize(
             Some("tokens"),
         ));
     }
-    Ok(Json(json!({ "content": state.tokenizer.decode(&req.tokens, false)? })))
+    let text = state.tokenizer.decode(&req.tokens, false)?;
+    // llama-server answers `content`, vLLM `prompt`.
+    Ok(Json(json!({ "content": text, "prompt": text })))
+}
+
+/// `GET /tokenizer_info`: the special tokens and the chat template (vLLM's shape).
+pub async fn tokenizer_info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let tok = &state.tokenizer;
+    Json(json!({
+        "eos_token": tok.eos_token,
+        "bos_token": tok.bos_token,
+        "pad_token": null,
+        "chat_template": tok.chat_template.as_ref().map(|t| t.source()),
+        "model_max_length": state.info.context,
+    }))
 }

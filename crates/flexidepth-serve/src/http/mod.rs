@@ -47,7 +47,7 @@ impl AppState {
 }
 
 /// The endpoints, in the order the router lists them (the metrics' `endpoint` label).
-const ENDPOINTS: [&str; 8] = [
+const ENDPOINTS: [&str; 9] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/models",
@@ -55,6 +55,7 @@ const ENDPOINTS: [&str; 8] = [
     "/metrics",
     "/tokenize",
     "/detokenize",
+    "/tokenizer_info",
     "/v1/models/{id}",
 ];
 
@@ -68,7 +69,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(ENDPOINTS[4], get(misc::metrics))
         .route(ENDPOINTS[5], post(misc::tokenize))
         .route(ENDPOINTS[6], post(misc::detokenize))
-        .route(ENDPOINTS[7], get(misc::model))
+        .route(ENDPOINTS[7], get(misc::tokenizer_info))
+        .route(ENDPOINTS[8], get(misc::model))
         .fallback(|| async { ApiError::not_found("this path") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), check_key))
@@ -99,7 +101,7 @@ async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next)
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let endpoint = if path.starts_with("/v1/models/") {
-        ENDPOINTS[7]
+        ENDPOINTS[8]
     } else {
         ENDPOINTS.iter().find(|&&e| e == path).copied().unwrap_or("other")
     };
