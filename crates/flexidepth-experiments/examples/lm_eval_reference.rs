@@ -44,14 +44,20 @@ fn argmax(xs: &[f64]) -> usize {
 
 /// The harness's exact_match with `regexes_to_ignore: [" "]`, `ignore_case`, `ignore_punctuation`.
 fn normalize(s: &str) -> String {
-    s.replace(' ', "").to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect()
+    s.replace(' ', "")
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     assert!(args.len() >= 3, "usage: MC.jsonl GEN.jsonl MAX_GEN_TOKS [DEPTH_FILE]");
     let files = ModelFiles::open(flexidepth::loader::DEFAULT_MODEL).unwrap();
-    let mut model = files.load_model(WeightFormat::Quantized, &candle_core::Device::Cpu).unwrap();
+    let mut model = files
+        .load_model(WeightFormat::Quantized, &candle_core::Device::Cpu)
+        .unwrap();
     if let Some(depth) = args.get(3) {
         flexidepth::depth::file::attach_depth_file(&mut model, std::path::Path::new(depth)).unwrap();
     }
@@ -60,9 +66,21 @@ fn main() {
     let mc = read_jsonl(&args[0]);
     for doc in &mc {
         let context = format!("Question: {}\nAnswer:", doc["question"].as_str().unwrap());
-        let choices: Vec<&str> = doc["choices"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-        let lls: Vec<f64> = choices.iter().map(|c| loglikelihood(&model, tok, &context, &format!(" {c}"))).collect();
-        let norm: Vec<f64> = lls.iter().zip(&choices).map(|(ll, c)| ll / c.chars().count() as f64).collect();
+        let choices: Vec<&str> = doc["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let lls: Vec<f64> = choices
+            .iter()
+            .map(|c| loglikelihood(&model, tok, &context, &format!(" {c}")))
+            .collect();
+        let norm: Vec<f64> = lls
+            .iter()
+            .zip(&choices)
+            .map(|(ll, c)| ll / c.chars().count() as f64)
+            .collect();
         let answer = doc["answer"].as_u64().unwrap() as usize;
         acc += f64::from(u8::from(argmax(&lls) == answer));
         acc_norm += f64::from(u8::from(argmax(&norm) == answer));
@@ -76,7 +94,9 @@ fn main() {
         let mut opts = GenerateOptions::greedy(max_gen, files.eos_token_ids());
         opts.stop_strings = vec!["\n".into()];
         let out = generate(&model, tok, &ids, &opts, &mut |_| Ok(())).unwrap();
-        exact += f64::from(u8::from(normalize(&out.text) == normalize(doc["target"].as_str().unwrap())));
+        exact += f64::from(u8::from(
+            normalize(&out.text) == normalize(doc["target"].as_str().unwrap()),
+        ));
         texts.push(out.text);
     }
     let n = |v: &Vec<Value>| v.len().max(1) as f64;

@@ -37,7 +37,7 @@ fn spec(k: usize) -> Spec {
         2 => format!("{PASSAGE} What is the passage about? ({k})"),
         _ => format!("List {k} fruits."),
     };
-    let chat = k % 3 != 0;
+    let chat = !k.is_multiple_of(3);
     let mut body = if chat {
         json!({"messages": [{"role": "user", "content": prompt}]})
     } else {
