@@ -10,7 +10,7 @@ pub struct Metrics {
     /// Requests received, per endpoint (in the order first seen).
     requests: Mutex<Vec<(String, u64)>>,
     /// Error responses, per HTTP status.
-    errors: Mutex<Vec<(u16, u64)>>,
+    errors: Mutex<Vec<(String, u64)>>,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Layers used by the passes that produced generated tokens, summed (a float kept as f64 bits).
@@ -28,21 +28,21 @@ pub struct Metrics {
 }
 
 /// Add one to the entry of `key`.
-fn bump<K: PartialEq + Clone>(list: &Mutex<Vec<(K, u64)>>, key: &K) {
+fn bump(list: &Mutex<Vec<(String, u64)>>, key: &str) {
     let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
     match list.iter_mut().find(|(k, _)| k == key) {
         Some((_, n)) => *n += 1,
-        None => list.push((key.clone(), 1)),
+        None => list.push((key.to_string(), 1)),
     }
 }
 
 impl Metrics {
     pub fn request(&self, endpoint: &str) {
-        bump(&self.requests, &endpoint.to_string());
+        bump(&self.requests, endpoint);
     }
 
     pub fn error(&self, status: u16) {
-        bump(&self.errors, &status);
+        bump(&self.errors, &status.to_string());
     }
 
     /// One generated token, produced by a pass that used `layers` layers.
@@ -63,102 +63,108 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+        let labelled = |list: &Mutex<Vec<(String, u64)>>, label: &str| -> Vec<(String, String)> {
+            let list = list.lock().unwrap_or_else(|e| e.into_inner());
+            list.iter()
+                .map(|(k, n)| (format!("{{{label}=\"{k}\"}}"), n.to_string()))
+                .collect()
         };
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        metric(
-            "flexidepth_requests_total",
-            "counter",
-            "HTTP requests received, by endpoint.",
-            requests
-                .iter()
-                .map(|(e, n)| (format!("{{endpoint=\"{e}\"}}"), n.to_string()))
-                .collect(),
-        );
-        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        metric(
-            "flexidepth_errors_total",
-            "counter",
-            "Error responses, by HTTP status.",
-            errors
-                .iter()
-                .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n.to_string()))
-                .collect(),
-        );
-        let plain = |v: u64| vec![(String::new(), v.to_string())];
-        let counters = [
-            (
-                "flexidepth_prompt_tokens_total",
-                "Prompt tokens processed.",
-                get(&self.prompt_tokens),
-            ),
-            (
-                "flexidepth_generated_tokens_total",
-                "Tokens generated.",
-                get(&self.generated_tokens),
-            ),
-            (
-                "flexidepth_decode_steps_total",
-                "Batched decode steps.",
-                get(&self.decode_steps),
-            ),
-            (
-                "flexidepth_decode_rows_total",
-                "Rows of all decode steps (sequences advanced).",
-                get(&self.decode_rows),
-            ),
-            (
-                "flexidepth_prefill_chunks_total",
-                "Prompt chunks processed.",
-                get(&self.prefill_chunks),
-            ),
-            (
-                "flexidepth_cancelled_total",
-                "Requests cancelled because the client went away.",
-                get(&self.cancelled),
-            ),
-        ];
-        for (name, help, v) in counters {
-            metric(name, "counter", help, plain(v));
+        write_metric(&mut out, REQUESTS, labelled(&self.requests, "endpoint"));
+        write_metric(&mut out, ERRORS, labelled(&self.errors, "status"));
+        for (metric, value) in self.plain() {
+            write_metric(&mut out, metric, vec![(String::new(), value.to_string())]);
         }
-        let gauges = [
-            (
-                "flexidepth_queue_depth",
-                "Requests waiting for a batch slot.",
-                get(&self.queue_depth),
-            ),
-            (
-                "flexidepth_active_sequences",
-                "Sequences in the running batch.",
-                get(&self.active_sequences),
-            ),
-            (
-                "flexidepth_kv_cache_bytes",
-                "Bytes held by the KV caches of active sequences.",
-                get(&self.kv_cache_bytes),
-            ),
-        ];
-        for (name, help, v) in gauges {
-            metric(name, "gauge", help, plain(v));
-        }
-        let layers = f64::from_bits(get(&self.layers_sum_bits));
         // A summary's samples are `NAME_sum` and `NAME_count` (the suffix goes where labels would).
-        metric(
-            "flexidepth_layers_per_token",
-            "summary",
-            "Layers used by the forward pass that produced each generated token.",
-            vec![
-                ("_sum".into(), format!("{layers}")),
-                ("_count".into(), get(&self.generated_tokens).to_string()),
-            ],
-        );
+        let layers = f64::from_bits(self.layers_sum_bits.load(Ordering::Relaxed));
+        let count = self.generated_tokens.load(Ordering::Relaxed);
+        let samples = vec![
+            ("_sum".into(), format!("{layers}")),
+            ("_count".into(), count.to_string()),
+        ];
+        write_metric(&mut out, LAYERS, samples);
         out
+    }
+
+    /// The unlabelled counters and gauges with their values.
+    fn plain(&self) -> Vec<(&'static Described, u64)> {
+        let values = [
+            &self.prompt_tokens,
+            &self.generated_tokens,
+            &self.decode_steps,
+            &self.decode_rows,
+            &self.prefill_chunks,
+            &self.cancelled,
+            &self.queue_depth,
+            &self.active_sequences,
+            &self.kv_cache_bytes,
+        ];
+        PLAIN
+            .iter()
+            .zip(values)
+            .map(|(m, v)| (m, v.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A metric's name, type and help text.
+struct Described {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+const fn described(name: &'static str, kind: &'static str, help: &'static str) -> Described {
+    Described { name, kind, help }
+}
+
+const REQUESTS: &Described = &described(
+    "flexidepth_requests_total",
+    "counter",
+    "HTTP requests received, by endpoint.",
+);
+const ERRORS: &Described = &described("flexidepth_errors_total", "counter", "Error responses, by HTTP status.");
+const LAYERS: &Described = &described(
+    "flexidepth_layers_per_token",
+    "summary",
+    "Layers used by the forward pass that produced each generated token.",
+);
+
+/// The unlabelled metrics, in the order of [`Metrics::plain`]'s values.
+const PLAIN: [Described; 9] = [
+    described("flexidepth_prompt_tokens_total", "counter", "Prompt tokens processed."),
+    described("flexidepth_generated_tokens_total", "counter", "Tokens generated."),
+    described("flexidepth_decode_steps_total", "counter", "Batched decode steps."),
+    described(
+        "flexidepth_decode_rows_total",
+        "counter",
+        "Rows of all decode steps (sequences advanced).",
+    ),
+    described("flexidepth_prefill_chunks_total", "counter", "Prompt chunks processed."),
+    described(
+        "flexidepth_cancelled_total",
+        "counter",
+        "Requests cancelled because the client went away.",
+    ),
+    described("flexidepth_queue_depth", "gauge", "Requests waiting for a batch slot."),
+    described(
+        "flexidepth_active_sequences",
+        "gauge",
+        "Sequences in the running batch.",
+    ),
+    described(
+        "flexidepth_kv_cache_bytes",
+        "gauge",
+        "Bytes held by the KV caches of active sequences.",
+    ),
+];
+
+/// `# HELP`, `# TYPE` and the samples (label set or name suffix, value) of one metric.
+fn write_metric(out: &mut String, metric: &Described, samples: Vec<(String, String)>) {
+    let (name, kind, help) = (metric.name, metric.kind, metric.help);
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
 

@@ -43,123 +43,162 @@ fn assert_error(what: &str, (status, body): &(u16, Value), want: u16, needle: &s
     }
 }
 
+/// POST `body` to chat completions and assert the error.
+async fn chat_error(s: &TestServer, what: &str, body: Value, needle: &str, param: Option<&str>) {
+    let got = s.post("/v1/chat/completions", &body).await;
+    assert_error(what, &got, 400, needle, param);
+}
+
+/// One user message saying hi, with `extra` fields.
+fn hi(extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_mistyped_requests_get_clear_400s() {
     let s = start(false, config());
     let chat_path = "/v1/chat/completions";
-    let raw = post_raw(
+    let truncated = br#"{"messages": [{"role": "user", "content": "hi"}"#.to_vec();
+    assert_error(
+        "truncated JSON",
+        &post_raw(&s, chat_path, truncated).await,
+        400,
+        "not valid JSON",
+        None,
+    );
+    assert_error(
+        "empty body",
+        &post_raw(&s, chat_path, vec![]).await,
+        400,
+        "not valid JSON",
+        None,
+    );
+    assert_error(
+        "not an object",
+        &post_raw(&s, chat_path, b"[1]".to_vec()).await,
+        400,
+        "invalid type",
+        None,
+    );
+    chat_error(
         &s,
-        chat_path,
-        br#"{"messages": [{"role": "user", "content": "hi"}"#.to_vec(),
+        "messages a string",
+        json!({"messages": "hi"}),
+        "invalid type",
+        Some("messages"),
     )
     .await;
-    assert_error("truncated JSON", &raw, 400, "not valid JSON", None);
-    let raw = post_raw(&s, chat_path, b"".to_vec()).await;
-    assert_error("empty body", &raw, 400, "not valid JSON", None);
-    let raw = post_raw(&s, chat_path, b"[1, 2]".to_vec()).await;
-    assert_error("not an object", &raw, 400, "invalid type", None);
-    let cases: Vec<(&str, Value, &str, &str)> = vec![
-        (
-            "messages a string",
-            json!({"messages": "hi"}),
-            "invalid type",
-            "messages",
-        ),
-        (
-            "content a number",
-            json!({"messages": [{"role": "user", "content": 5}]}),
-            "did not match",
-            "messages[0].content",
-        ),
-        (
-            "temperature a string",
-            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
-            "invalid type",
-            "temperature",
-        ),
-        (
-            "negative max_tokens",
-            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}),
-            "invalid value",
-            "max_tokens",
-        ),
-        (
-            "missing messages",
-            json!({"model": "x"}),
-            "missing field `messages`",
-            "",
-        ),
-        (
-            "empty messages",
-            json!({"messages": []}),
-            "must not be empty",
-            "messages",
-        ),
-        (
-            "image part",
-            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
-            "only text parts",
-            "messages",
-        ),
-        (
-            "n = 2",
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2}),
-            "n must be 1",
-            "n",
-        ),
-        (
-            "temperature < 0",
-            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}),
-            "temperature must be",
-            "temperature",
-        ),
-        (
-            "top_p = 0",
-            json!({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}),
-            "top_p must be",
-            "top_p",
-        ),
-        (
-            "top_logprobs 50",
-            json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}),
-            "at most 20",
-            "logprobs",
-        ),
-        (
-            "empty stop",
-            json!({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}),
-            "must not be empty",
-            "stop",
-        ),
-        (
-            "max_tokens 0",
-            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}),
-            "at least 1",
-            "max_tokens",
-        ),
-        (
-            "max_tokens huge",
-            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1_000_000_000u64}),
-            "at most 4096",
-            "max_tokens",
-        ),
-    ];
-    for (what, body, needle, param) in cases {
-        let got = s.post(chat_path, &body).await;
-        assert_error(what, &got, 400, needle, (!param.is_empty()).then_some(param));
-    }
+    let content = json!({"messages": [{"role": "user", "content": 5}]});
+    chat_error(
+        &s,
+        "content a number",
+        content,
+        "did not match",
+        Some("messages[0].content"),
+    )
+    .await;
+    chat_error(
+        &s,
+        "temperature a string",
+        hi(json!({"temperature": "hot"})),
+        "invalid type",
+        Some("temperature"),
+    )
+    .await;
+    chat_error(
+        &s,
+        "negative max_tokens",
+        hi(json!({"max_tokens": -1})),
+        "invalid value",
+        Some("max_tokens"),
+    )
+    .await;
+    chat_error(
+        &s,
+        "missing messages",
+        json!({"model": "x"}),
+        "missing field `messages`",
+        None,
+    )
+    .await;
+    chat_error(
+        &s,
+        "stop a number",
+        hi(json!({"stop": 5})),
+        "did not match",
+        Some("stop"),
+    )
+    .await;
+    let got = s.post("/v1/completions", &json!({"prompt": {"text": "hi"}})).await;
+    assert_error("prompt an object", &got, 400, "prompt must be", Some("prompt"));
+    let got = s.post("/v1/completions", &json!({"prompt": [1, -2]})).await;
+    assert_error("negative token id", &got, 400, "prompt must be", Some("prompt"));
+    still_serving(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_out_of_their_domain_get_clear_400s() {
+    let s = start(false, config());
+    chat_error(
+        &s,
+        "empty messages",
+        json!({"messages": []}),
+        "must not be empty",
+        Some("messages"),
+    )
+    .await;
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]});
+    chat_error(&s, "image part", image, "only text parts", Some("messages")).await;
+    chat_error(&s, "n = 2", hi(json!({"n": 2})), "n must be 1", Some("n")).await;
+    chat_error(
+        &s,
+        "temperature < 0",
+        hi(json!({"temperature": -1})),
+        "temperature must be",
+        Some("temperature"),
+    )
+    .await;
+    chat_error(&s, "top_p = 0", hi(json!({"top_p": 0})), "top_p must be", Some("top_p")).await;
+    let top50 = hi(json!({"logprobs": true, "top_logprobs": 50}));
+    chat_error(&s, "top_logprobs 50", top50, "at most 20", Some("logprobs")).await;
+    chat_error(
+        &s,
+        "empty stop",
+        hi(json!({"stop": [""]})),
+        "must not be empty",
+        Some("stop"),
+    )
+    .await;
+    chat_error(
+        &s,
+        "max_tokens 0",
+        hi(json!({"max_tokens": 0})),
+        "at least 1",
+        Some("max_tokens"),
+    )
+    .await;
+    let huge = hi(json!({"max_tokens": 1_000_000_000u64}));
+    chat_error(&s, "max_tokens huge", huge, "at most 4096", Some("max_tokens")).await;
+    chat_error(
+        &s,
+        "depth_mode without routers",
+        hi(json!({"depth_mode": "skip"})),
+        "routers",
+        Some("depth_mode"),
+    )
+    .await;
     let got = s.post("/v1/completions", &json!({"prompt": "hi"})).await;
     assert_eq!(got.0, 200, "completions default to 16 tokens: {}", got.1);
     let got = s
         .post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 0}))
         .await;
     assert_error("max_tokens 0 without echo", &got, 400, "at least 1", Some("max_tokens"));
-    let got = s.post("/v1/completions", &json!({"prompt": {"text": "hi"}})).await;
-    assert_error("prompt an object", &got, 400, "prompt must be", Some("prompt"));
     let got = s.post("/v1/completions", &json!({"prompt": ""})).await;
     assert_error("empty prompt", &got, 400, "empty", Some("prompt"));
-    let got = s.post("/v1/completions", &json!({"prompt": [1, -2]})).await;
-    assert_error("negative token id", &got, 400, "prompt must be", Some("prompt"));
     still_serving(&s).await;
 }
 

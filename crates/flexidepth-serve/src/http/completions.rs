@@ -115,26 +115,42 @@ pub async fn completions(State(state): State<Arc<AppState>>, RawBody(body): RawB
         };
         return Ok(stream::sse(rx, chunker));
     }
+    let opts = ChoiceOpts {
+        echo,
+        with_logprobs: req.logprobs.is_some(),
+        per_token,
+    };
+    whole_response(&state, head, &prompts, receivers, opts).await
+}
+
+/// What every choice of a response shows.
+#[derive(Clone, Copy)]
+struct ChoiceOpts {
+    echo: bool,
+    with_logprobs: bool,
+    per_token: bool,
+}
+
+/// The `text_completion` object once every prompt's generation has finished.
+async fn whole_response(
+    state: &AppState,
+    head: (String, u64),
+    prompts: &[Vec<u32>],
+    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<crate::request::Event>>,
+    opts: ChoiceOpts,
+) -> Result<Response, ApiError> {
     let results = futures_util::future::join_all(receivers.into_iter().map(stream::collect)).await;
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens, mut all_layers) = (0, 0, Vec::new());
     let mut policy = String::new();
-    for (index, (c, prompt)) in results.into_iter().zip(&prompts).enumerate() {
+    for (index, (c, prompt)) in results.into_iter().zip(prompts).enumerate() {
         let c = c?;
         let finish = c.finish.as_ref().ok_or_else(|| ApiError::internal("no finish"))?;
         prompt_tokens += finish.prompt_tokens;
         completion_tokens += finish.completion_tokens;
         all_layers.extend(&c.layers);
         policy = finish.policy.clone();
-        choices.push(choice(
-            &state,
-            index,
-            prompt,
-            &c,
-            echo,
-            req.logprobs.is_some(),
-            per_token,
-        )?);
+        choices.push(choice(state, index, prompt, &c, opts)?);
     }
     Ok(axum::Json(json!({
         "id": head.0,
@@ -149,19 +165,11 @@ pub async fn completions(State(state): State<Arc<AppState>>, RawBody(body): RawB
 }
 
 /// One choice: the text (after the prompt's, with `echo`), its logprobs, the finish reason and its own `depth`.
-fn choice(
-    state: &AppState,
-    index: usize,
-    prompt: &[u32],
-    c: &Collected,
-    echo: bool,
-    with_logprobs: bool,
-    per_token: bool,
-) -> Result<Value, ApiError> {
+fn choice(state: &AppState, index: usize, prompt: &[u32], c: &Collected, opts: ChoiceOpts) -> Result<Value, ApiError> {
     let finish = c.finish.as_ref().ok_or_else(|| ApiError::internal("no finish"))?;
     let mut text = String::new();
     let mut entries: Vec<(String, Option<&TokenLogprob>)> = Vec::new();
-    if echo {
+    if opts.echo {
         text = state.tokenizer.decode(prompt, false)?;
         if let Some(p) = &c.prompt_logprobs {
             for (&id, lp) in prompt.iter().zip(p) {
@@ -174,9 +182,9 @@ fn choice(
     Ok(json!({
         "index": index,
         "text": text,
-        "logprobs": with_logprobs.then(|| legacy_logprobs(&entries)),
+        "logprobs": opts.with_logprobs.then(|| legacy_logprobs(&entries)),
         "finish_reason": finish.reason.as_str(),
-        "depth": stream::depth_json(&state.info, &finish.policy, &c.layers, per_token),
+        "depth": stream::depth_json(&state.info, &finish.policy, &c.layers, opts.per_token),
     }))
 }
 
