@@ -6,13 +6,14 @@
 //! through `flexidepth serve` can be put beside these.
 //!
 //! `cargo run --release -p flexidepth-experiments --example lm_eval_reference -- MC.jsonl GEN.jsonl MAX_GEN_TOKS
-//! [DEPTH_FILE]` prints `{"fd_mc": {"acc", "acc_norm", "lls"}, "fd_gen": {"exact_match", "texts"}}` (`lls`: each
-//! item's candidates' log-likelihoods; `texts`: each item's generation), for the per-item comparison too.
+//! [DEPTH_FILE]` prints `{"fd_mc": {"acc", "acc_norm", "lls", "lls_full_pass"}, "fd_gen": {"exact_match",
+//! "texts"}}` (`lls`: each item's candidates' log-likelihoods as eval scores them, `lls_full_pass` from a pass over
+//! every token; `texts`: each item's generation), for the per-item comparison too.
 
 use flexidepth::depth::FlexiDepth;
 use flexidepth::generate::{generate, GenerateOptions};
 use flexidepth::loader::ModelFiles;
-use flexidepth::model::{Model, WeightFormat};
+use flexidepth::model::{Logits, Model, WeightFormat};
 use flexidepth::tokenizer::Tokenizer;
 use flexidepth_experiments::eval::token_nlls_with;
 use serde_json::{json, Value};
@@ -26,15 +27,30 @@ fn read_jsonl(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Sum of the continuation's token log-probabilities after the context, tokenized as the harness does.
-fn loglikelihood(model: &Model, tok: &Tokenizer, context: &str, continuation: &str) -> f64 {
+/// Sum of the continuation's token log-probabilities after the context, tokenized as the harness does: as
+/// `eval::token_nlls_with` scores it (a pass over all tokens but the last), and from a pass over all of them (what a
+/// server computes for a request that also generates a token). The two differ only where the extra row moves a
+/// matrix product across the kernels' switch from 8-bit dot products to the f32 GEMM (16 rows).
+fn loglikelihood(model: &Model, tok: &Tokenizer, context: &str, continuation: &str) -> (f64, f64) {
     let trimmed = context.trim_end();
     let moved = &context[trimmed.len()..];
     let whole = tok.encode(&format!("{trimmed}{moved}{continuation}"), false).unwrap();
     let ctx_len = tok.encode(trimmed, false).unwrap().len();
     let (nlls, _) = token_nlls_with(model, &whole, &FlexiDepth::default()).unwrap();
     // nlls[i] is the NLL of whole[i + 1].
-    -nlls[ctx_len - 1..].iter().map(|&x| x as f64).sum::<f64>()
+    let eval = -nlls[ctx_len - 1..].iter().map(|&x| x as f64).sum::<f64>();
+    let mut cache = model.new_cache(whole.len());
+    let out = model
+        .forward_with(&whole, &mut cache, Logits::All, &FlexiDepth::default())
+        .unwrap();
+    let logp: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&out.logits, candle_core::D::Minus1)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let full = (ctx_len..whole.len())
+        .map(|i| logp[i - 1][whole[i] as usize] as f64)
+        .sum();
+    (eval, full)
 }
 
 /// The index of the first maximum (numpy's argmax).
@@ -62,7 +78,7 @@ fn main() {
         flexidepth::depth::file::attach_depth_file(&mut model, std::path::Path::new(depth)).unwrap();
     }
     let tok = &files.tokenizer;
-    let (mut acc, mut acc_norm, mut all_lls) = (0.0, 0.0, Vec::new());
+    let (mut acc, mut acc_norm, mut all_lls, mut all_full) = (0.0, 0.0, Vec::new(), Vec::new());
     let mc = read_jsonl(&args[0]);
     for doc in &mc {
         let context = format!("Question: {}\nAnswer:", doc["question"].as_str().unwrap());
@@ -72,10 +88,10 @@ fn main() {
             .iter()
             .map(|c| c.as_str().unwrap())
             .collect();
-        let lls: Vec<f64> = choices
+        let (lls, full): (Vec<f64>, Vec<f64>) = choices
             .iter()
             .map(|c| loglikelihood(&model, tok, &context, &format!(" {c}")))
-            .collect();
+            .unzip();
         let norm: Vec<f64> = lls
             .iter()
             .zip(&choices)
@@ -85,6 +101,7 @@ fn main() {
         acc += f64::from(u8::from(argmax(&lls) == answer));
         acc_norm += f64::from(u8::from(argmax(&norm) == answer));
         all_lls.push(lls);
+        all_full.push(full);
     }
     let max_gen: usize = args[2].parse().unwrap();
     let (mut exact, mut texts) = (0.0, Vec::new());
@@ -103,7 +120,8 @@ fn main() {
     println!(
         "{}",
         json!({
-            "fd_mc": {"acc": acc / n(&mc), "acc_norm": acc_norm / n(&mc), "items": mc.len(), "lls": all_lls},
+            "fd_mc": {"acc": acc / n(&mc), "acc_norm": acc_norm / n(&mc), "items": mc.len(), "lls": all_lls,
+                      "lls_full_pass": all_full},
             "fd_gen": {"exact_match": exact / n(&gen), "items": gen.len(), "texts": texts},
         })
     );
