@@ -4,6 +4,7 @@ mod cmd_bench;
 mod cmd_convert;
 mod cmd_data;
 mod cmd_depth;
+mod cmd_frontier;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
@@ -54,6 +55,9 @@ enum Command {
     SweepReport(cmd_sweep::Args),
     /// Build the training set: seeded prompts about Austen and KJV passages answered by the model, plus plain text.
     Data(cmd_data::Args),
+    /// Held-out quality against layers and weight bytes per token: depth adapters (thresholds tuned to budgets on
+    /// tuning text) beside ShortGPT's static removal; optionally each adapter's ship point.
+    Frontier(Box<cmd_frontier::Args>),
     /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), the layers each token used, and
     /// continuous batching.
     Serve(Box<cmd_serve::Args>),
@@ -206,6 +210,27 @@ pub struct DepthArgs {
     /// Skipped tokens write no K/V (the paper's "no KV cache" ablation).
     #[arg(long)]
     pub no_skip_kv: bool,
+    /// How the gate weighs rows: `released` scales a run row's FFN by the gate w and a skipped row's adapter by
+    /// 1 − w (the paper); `hard` (ours, departs from the release) only decides: run rows are the base layer,
+    /// skipped rows add the adapter unscaled. Default: the rule stored in the depth file.
+    #[arg(long, value_enum)]
+    pub gate_scaling: Option<GateScalingArg>,
+}
+
+/// `--gate-scaling` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateScalingArg {
+    Released,
+    Hard,
+}
+
+impl From<GateScalingArg> for flexidepth::depth::GateScaling {
+    fn from(g: GateScalingArg) -> Self {
+        match g {
+            GateScalingArg::Released => flexidepth::depth::GateScaling::Released,
+            GateScalingArg::Hard => flexidepth::depth::GateScaling::Hard,
+        }
+    }
 }
 
 /// `--skip-unit` values.
@@ -255,12 +280,19 @@ impl DepthArgs {
             skip_threshold: Some(threshold),
             skip_kv: !self.no_skip_kv,
             unit: Some(self.skip_unit.map(Into::into).or(model.skip_unit()).unwrap_or_default()),
+            gate_scaling: Some(
+                self.gate_scaling
+                    .map(Into::into)
+                    .or(model.gate_scaling())
+                    .unwrap_or_default(),
+            ),
         };
         if model.routed_layers().is_empty() {
             let given: Vec<&str> = [
                 (self.depth_mode != DepthModeArg::Dynamic, "--depth-mode"),
                 (self.skip_threshold.is_some(), "--skip-threshold"),
                 (self.skip_unit.is_some(), "--skip-unit"),
+                (self.gate_scaling.is_some(), "--gate-scaling"),
                 (self.no_skip_kv, "--no-skip-kv"),
             ]
             .into_iter()
@@ -362,6 +394,7 @@ fn main() {
         Command::Train(a) => cmd_train::run(*a),
         Command::SweepReport(a) => cmd_sweep::run(a),
         Command::Data(a) => cmd_data::run(a),
+        Command::Frontier(a) => cmd_frontier::run(*a),
         Command::Serve(a) => cmd_serve::run(*a),
     });
     if let Err(e) = res {

@@ -257,6 +257,13 @@ pub struct DepthQuality {
     /// Mean layers used per position under the compared policy, of `num_layers`.
     pub mean_layers: f64,
     pub num_layers: usize,
+    /// Mean weight bytes of the layers read per position under the compared policy, and at full depth
+    /// ([`flexidepth::model::plan::ExecutedPlan::weight_bytes`]; the head and embedding are not counted). Zero in
+    /// reports written before they were recorded.
+    #[serde(default)]
+    pub mean_weight_bytes: f64,
+    #[serde(default)]
+    pub full_weight_bytes: f64,
     /// The compared policy's label (`flexi:0.5`, `prune:4`, ...); empty in reports written before policies
     /// (see [`DepthQuality::policy_label`]).
     #[serde(default)]
@@ -291,7 +298,7 @@ impl DepthQuality {
 pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPolicy) -> Result<DepthQuality> {
     let bytes = model.layer_bytes();
     let (mut nll_full, mut nll_flexi, mut kl, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    let (mut predicted, mut layers) = (0usize, 0.0f64);
+    let (mut predicted, mut layers, mut read, mut read_full) = (0usize, 0.0f64, 0.0f64, 0.0f64);
     for ids in windows {
         if ids.len() < 2 {
             return Err(Error::Input(format!(
@@ -307,7 +314,7 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPoli
             let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
             Ok((logp, out.plan))
         };
-        let (lp, _) = run(&FullDepth)?;
+        let (lp, full_plan) = run(&FullDepth)?;
         let (lq, plan) = run(policy)?;
         let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
         nll_full -= sum(lp.gather(&targets, 1)?)?;
@@ -316,6 +323,12 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPoli
         let same = lp.argmax(D::Minus1)?.eq(&lq.argmax(D::Minus1)?)?;
         agree += same.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
         layers += (0..inputs.len()).map(|row| plan.layers_used(row, &bytes)).sum::<f64>();
+        read += (0..inputs.len())
+            .map(|row| plan.weight_bytes(row, &bytes) as f64)
+            .sum::<f64>();
+        read_full += (0..inputs.len())
+            .map(|row| full_plan.weight_bytes(row, &bytes) as f64)
+            .sum::<f64>();
         predicted += inputs.len();
     }
     if predicted == 0 {
@@ -335,6 +348,8 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPoli
         top1_agreement: agree as f64 / n,
         mean_layers: layers / n,
         num_layers: model.config.num_hidden_layers,
+        mean_weight_bytes: read / n,
+        full_weight_bytes: read_full / n,
         policy: policy.label(),
         depth_mode: None,
         skip_threshold: None,

@@ -11,6 +11,7 @@ pub mod curves;
 pub mod dataset;
 pub mod depthmap;
 pub mod eval;
+pub mod frontier;
 pub mod plot;
 pub mod replaceability;
 pub mod study;

@@ -28,8 +28,7 @@ fn routed_model(arch: Arch) -> Model {
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
     m.attach_depth(
         load_parts(&src, &c, &ROUTED, &candle_core::Device::Cpu).unwrap(),
-        0.5,
-        flexidepth::depth::SkipUnit::Layer,
+        flexidepth::depth::Routing::default(),
     )
     .unwrap();
     m
@@ -41,6 +40,7 @@ fn settings(mode: DepthMode) -> FlexiDepth {
         skip_threshold: Some(0.5),
         skip_kv: true,
         unit: Some(SkipUnit::Layer),
+        gate_scaling: None,
     }
 }
 

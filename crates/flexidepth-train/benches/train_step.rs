@@ -28,14 +28,13 @@ fn main() {
     let tensors = init_tensors(&model.config, &layers, 16, 16, 42).unwrap();
     let params = DepthParams::from_tensors(&layers, &tensors).unwrap();
     params
-        .attach(&mut model, 0.5, flexidepth::depth::SkipUnit::Layer)
+        .attach(&mut model, flexidepth::depth::Routing::default())
         .unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let obj = Objective {
         kind: LossKind::Lm,
         alpha: 1e-3,
-        skip_threshold: 0.5,
-        unit: flexidepth::depth::SkipUnit::Layer,
+        routing: flexidepth::depth::Routing::default(),
     };
     let mut rng = flexidepth::rng::seeded(42);
     let vocab = model.config.vocab_size as u32;

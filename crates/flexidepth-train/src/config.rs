@@ -56,6 +56,29 @@ impl SkipUnitName {
     }
 }
 
+/// How the gate weighs rows in training and in the files written, as written in a config
+/// (`gate_scaling = "released" | "hard"`; see [`flexidepth::depth::GateScaling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum GateScalingName {
+    #[default]
+    #[serde(rename = "released")]
+    Released,
+    #[serde(rename = "hard")]
+    Hard,
+}
+
+impl GateScalingName {
+    pub fn scaling(self) -> flexidepth::depth::GateScaling {
+        match self {
+            GateScalingName::Released => flexidepth::depth::GateScaling::Released,
+            GateScalingName::Hard => flexidepth::depth::GateScaling::Hard,
+        }
+    }
+    fn is_released(&self) -> bool {
+        *self == GateScalingName::Released
+    }
+}
+
 /// One stage: its own α, length, learning rate, and a fresh optimizer and schedule (the official recipe runs its
 /// two stages as two separate trainings). A `local_fit` or `router_start` stage runs as one unit (resumed from its
 /// start if interrupted); the fields marked as theirs are ignored by `train` stages.
@@ -168,6 +191,10 @@ pub struct TrainConfig {
     /// What a skipped row leaves out: `layer` (the paper) or `ffn` (attention kept, the adapter replaces the MLP).
     #[serde(default, skip_serializing_if = "SkipUnitName::is_layer")]
     pub skip_unit: SkipUnitName,
+    /// `released` (the paper: run rows' MLP scaled by `w`, skipped rows' adapter by `1 − w`) or `hard` (ours, departs
+    /// from the release: the gate only decides; the routers then learn from `L_skip` and the router start only).
+    #[serde(default, skip_serializing_if = "GateScalingName::is_released")]
+    pub gate_scaling: GateScalingName,
     #[serde(default = "one_usize")]
     pub log_every: usize,
     /// Checkpoint every this many optimizer steps (0: only at stage ends and on interruption).
@@ -275,6 +302,15 @@ impl TrainConfig {
     }
 
     /// Refuse settings that cannot train.
+    /// The routing of the training forward and of the depth files the run writes.
+    pub fn routing(&self) -> flexidepth::depth::Routing {
+        flexidepth::depth::Routing {
+            skip_threshold: self.skip_threshold,
+            skip_unit: self.skip_unit.unit(),
+            gate_scaling: self.gate_scaling.scaling(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("training config: {m}")));
         if self.stages.is_empty() {
@@ -390,6 +426,7 @@ lr = 5e-4
 data = "d.jsonl"
 out = "runs/x"
 skip_unit = "ffn"
+gate_scaling = "hard"
 [[stage]]
 name = "fit"
 kind = "local_fit"
@@ -410,6 +447,7 @@ alpha = 1e-4
         c.validate().unwrap();
         assert_eq!(c.skip_unit, SkipUnitName::Ffn);
         assert_eq!(c.skip_unit.unit(), flexidepth::depth::SkipUnit::Ffn);
+        assert_eq!(c.routing().gate_scaling, flexidepth::depth::GateScaling::Hard);
         let kinds: Vec<StageKind> = c.stages.iter().map(|s| s.kind).collect();
         assert_eq!(kinds, [StageKind::LocalFit, StageKind::RouterStart, StageKind::Train]);
         assert_eq!(c.stages[0].tokens, Some(4096));
@@ -423,6 +461,7 @@ alpha = 1e-4
         assert_eq!(again, c);
         for bad in [
             text.replace("skip_unit = \"ffn\"", "skip_unit = \"attention\""),
+            text.replace("gate_scaling = \"hard\"", "gate_scaling = \"soft\""),
             text.replace("kind = \"local_fit\"", "kind = \"magic\""),
             text.replace("target_gate = 0.1", "target_gate = 1.0"),
             text.replace("skip_share = 0.3", "skip_share = 0.0"),

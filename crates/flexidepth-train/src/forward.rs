@@ -10,7 +10,7 @@
 
 use crate::ops::{add_const, frozen_linear, rms_norm, rope, softmax};
 use candle_core::Tensor;
-use flexidepth::depth::{FlexiDepth, FullDepth, SkipUnit};
+use flexidepth::depth::{FlexiDepth, FullDepth, Routing};
 use flexidepth::error::{Error, Result};
 use flexidepth::model::attention::QueryPos;
 use flexidepth::model::linear::Linear;
@@ -86,10 +86,11 @@ pub fn first_routed(model: &Model) -> Result<usize> {
         .ok_or_else(|| Error::Input("no routed layers to train".into()))
 }
 
-/// Forward `ids` (one sequence, from position 0, no cache) through `model` under FlexiDepth routing at
-/// `skip_threshold` with skip unit `unit` (the whole layer as released, or the FFN only), with the trainable routers
-/// and adapters the model holds.
-pub fn forward(model: &Model, ids: &[u32], skip_threshold: f32, unit: SkipUnit) -> Result<TrainForward> {
+/// Forward `ids` (one sequence, from position 0, no cache) through `model` under FlexiDepth routing with
+/// `routing`'s threshold, skip unit (the whole layer as released, or the FFN only) and gate scaling (released: the
+/// LM loss reaches the routers through the gates; hard: only `L_skip` does), with the trainable routers and
+/// adapters the model holds.
+pub fn forward(model: &Model, ids: &[u32], routing: Routing) -> Result<TrainForward> {
     let first = first_routed(model)?;
     let n = model.layers.len();
     let ctx = ForwardCtx::new(model, 0, ids.len())?;
@@ -97,8 +98,9 @@ pub fn forward(model: &Model, ids: &[u32], skip_threshold: f32, unit: SkipUnit) 
         .run_layers(&Fused, model.embed(ids)?, 0..first, &ctx, None, &FullDepth)?
         .hidden;
     let policy = FlexiDepth {
-        skip_threshold: Some(skip_threshold),
-        unit: Some(unit),
+        skip_threshold: Some(routing.skip_threshold),
+        unit: Some(routing.skip_unit),
+        gate_scaling: Some(routing.gate_scaling),
         ..FlexiDepth::default()
     };
     let out = model.run_layers(&Differentiable, prefix.clone(), first..n, &ctx, None, &policy)?;

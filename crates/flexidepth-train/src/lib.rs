@@ -161,7 +161,7 @@ impl<'a> Trainer<'a> {
         sequences: Vec<Vec<u32>>,
     ) -> Result<Self> {
         config.validate()?;
-        params.attach(model, config.skip_threshold, config.skip_unit.unit())?;
+        params.attach(model, config.routing())?;
         let model: &'a Model = model;
         if sequences.is_empty() {
             return Err(Error::Input("the training data set is empty".into()));
@@ -261,8 +261,7 @@ impl<'a> Trainer<'a> {
             let obj = Objective {
                 kind: self.config.loss,
                 alpha: stage.alpha,
-                skip_threshold: self.config.skip_threshold,
-                unit: self.config.skip_unit.unit(),
+                routing: self.config.routing(),
             };
             while self.state.stage_step < total {
                 let step = self.state.stage_step;
@@ -418,8 +417,10 @@ impl<'a> Trainer<'a> {
             _ => DType::F32,
         };
         let mut meta = self.meta.clone();
-        meta.skip_threshold = self.config.skip_threshold;
-        meta.skip_unit = self.config.skip_unit.unit();
+        let routing = self.config.routing();
+        meta.skip_threshold = routing.skip_threshold;
+        meta.skip_unit = routing.skip_unit;
+        meta.gate_scaling = routing.gate_scaling;
         write_depth_file(path, &meta, &self.params.tensors(), dtype)
     }
 

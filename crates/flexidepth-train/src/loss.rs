@@ -5,7 +5,7 @@
 use super::forward::{forward, teacher_logits, TrainForward};
 use super::ops::{log_softmax, softmax};
 use candle_core::Tensor;
-use flexidepth::depth::SkipUnit;
+use flexidepth::depth::Routing;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::Model;
 
@@ -74,9 +74,8 @@ pub struct SequenceLoss {
 pub struct Objective {
     pub kind: LossKind,
     pub alpha: f64,
-    pub skip_threshold: f32,
-    /// What a skipped row leaves out (the whole layer as released, or the FFN only).
-    pub unit: SkipUnit,
+    /// Threshold, skip unit and gate scaling of the training forward.
+    pub routing: Routing,
 }
 
 /// Forward one sequence and build its share of the step objective, normalised by `step_tokens`.
@@ -93,7 +92,7 @@ pub fn sequence_loss(model: &Model, ids: &[u32], obj: &Objective, step_tokens: u
         prefix,
         first_routed,
         ..
-    } = forward(model, inputs, obj.skip_threshold, obj.unit)?;
+    } = forward(model, inputs, obj.routing)?;
     let tokens = targets.len();
     let zero = || Tensor::zeros((), candle_core::DType::F32, logits.device());
     let lm = match obj.kind {

@@ -3,7 +3,7 @@
 //! so that they are written to and read from depth-adapter files without renaming.
 
 use candle_core::{Tensor, Var};
-use flexidepth::depth::SkipUnit;
+use flexidepth::depth::Routing;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::keys::LayerKey;
 use flexidepth::model::linear::Linear;
@@ -91,10 +91,10 @@ impl DepthParams {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 
-    /// Make these variables `model`'s routers and adapters (replacing any attached ones), trained at
-    /// `skip_threshold` for `skip_unit`: the inference layer code then computes with them, the optimizer's in-place updates are
+    /// Make these variables `model`'s routers and adapters (replacing any attached ones), trained with `routing`
+    /// (threshold, skip unit, gate scaling): the inference layer code then computes with them, the optimizer's in-place updates are
     /// seen by the model, and gradients reach them. The model must hold its weights densely (f32).
-    pub fn attach(&self, model: &mut Model, skip_threshold: f32, skip_unit: SkipUnit) -> Result<()> {
+    pub fn attach(&self, model: &mut Model, routing: Routing) -> Result<()> {
         let eps = model.config.rms_norm_eps;
         let dense = |t: &Tensor| Linear::dense(t.clone(), None);
         let mut parts = Vec::with_capacity(self.routed_layers.len());
@@ -107,8 +107,9 @@ impl DepthParams {
                     router_norm: RmsNorm::new(p.router_norm.clone(), eps),
                     router_dec: dense(p.router_dec),
                     router_head: dense(p.router_head),
-                    skip_threshold,
-                    skip_unit,
+                    skip_threshold: routing.skip_threshold,
+                    skip_unit: routing.skip_unit,
+                    gate_scaling: routing.gate_scaling,
                 },
                 Adapter {
                     gate_proj: dense(p.gate_proj),
@@ -123,7 +124,7 @@ impl DepthParams {
             ));
         }
         model.detach_depth();
-        model.attach_depth(parts, skip_threshold, skip_unit)
+        model.attach_depth(parts, routing)
     }
 
     /// Whether `model`'s routers and adapters are exactly these variables (see [`DepthParams::attach`]).

@@ -103,6 +103,7 @@ pub fn fit_router(
         skip_threshold: s.skip_threshold,
         // Only its logits are used here.
         skip_unit: flexidepth::depth::SkipUnit::Layer,
+        gate_scaling: flexidepth::depth::GateScaling::Released,
     };
     let y_all = Tensor::new(y, &Device::Cpu)?;
     let eval = |router: &Router| -> Result<(f64, f64, f64)> {

@@ -93,7 +93,7 @@ fn the_local_fit_stage_installs_adapters_that_replace_the_layer() {
         Tensor::zeros((1, c.hidden_size), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
     );
     let params = DepthParams::from_tensors(&[2], &depth).unwrap();
-    params.attach(&mut m, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
+    params.attach(&mut m, flexidepth::depth::Routing::default()).unwrap();
     let seqs = sequences(10, 16);
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let stage = Stage {
@@ -140,7 +140,7 @@ fn skip_cost_labels_equal_the_brute_force_computation() {
                 let mut m = model_from(&c, &weights(&c));
                 let depth = to_tensors(&depth_weights(&c, &routed, 0));
                 let params = DepthParams::from_tensors(&routed, &depth).unwrap();
-                params.attach(&mut m, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
+                params.attach(&mut m, flexidepth::depth::Routing::default()).unwrap();
                 let ids = &sequences(3, 9)[2];
                 for gate in [0.0f32, 0.3] {
                     let fast = skip_kl_labels(&m, ids, &routed, unit, gate).unwrap();
@@ -165,7 +165,7 @@ fn the_router_start_moves_routers_towards_the_labels() {
     let mut m = model_from(&c, &weights(&c));
     let depth = to_tensors(&depth_weights(&c, &[1, 2], 0));
     let params = DepthParams::from_tensors(&[1, 2], &depth).unwrap();
-    params.attach(&mut m, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
+    params.attach(&mut m, flexidepth::depth::Routing::default()).unwrap();
     let seqs = sequences(6, 16);
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     for label in [LabelKind::Kl, LabelKind::Local] {

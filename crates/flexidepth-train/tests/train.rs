@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use common::tiny::{config, depth_weights, model_from, to_tensors, weights};
 use flexidepth::config::{Arch, ModelConfig};
 use flexidepth::depth::file::{load_parts, DepthMeta};
-use flexidepth::depth::{DepthMode, FlexiDepth, SkipUnit};
+use flexidepth::depth::{DepthMode, FlexiDepth, Routing, SkipUnit};
 use flexidepth::model::{Logits, Model};
 use flexidepth::weights::{SafetensorsFiles, WeightSource};
 use flexidepth_train::config::{Stage, TrainConfig};
@@ -28,7 +28,7 @@ fn setup(arch: Arch) -> (ModelConfig, Model, DepthParams) {
     let mut m = model_from(&c, &weights(&c));
     let depth = to_tensors(&depth_weights(&c, &ROUTED, 0));
     let params = DepthParams::from_tensors(&ROUTED, &depth).unwrap();
-    params.attach(&mut m, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
+    params.attach(&mut m, flexidepth::depth::Routing::default()).unwrap();
     (c, m, params)
 }
 
@@ -43,8 +43,7 @@ fn inference_model(arch: Arch) -> Model {
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
     m.attach_depth(
         load_parts(&src, &c, &ROUTED, &Device::Cpu).unwrap(),
-        0.5,
-        flexidepth::depth::SkipUnit::Layer,
+        flexidepth::depth::Routing::default(),
     )
     .unwrap();
     m
@@ -58,8 +57,7 @@ fn obj(alpha: f64, kind: LossKind) -> Objective {
     Objective {
         kind,
         alpha,
-        skip_threshold: 0.5,
-        unit: SkipUnit::Layer,
+        routing: Routing::default(),
     }
 }
 
@@ -80,7 +78,15 @@ fn training_forward_equals_the_inference_forward() {
                 ..FlexiDepth::default()
             };
             let inf = inf_model.forward_with(&IDS, &mut cache, Logits::All, &policy).unwrap();
-            let tr = forward::forward(&m, &IDS, 0.5, unit).unwrap();
+            let tr = forward::forward(
+                &m,
+                &IDS,
+                Routing {
+                    skip_unit: unit,
+                    ..Routing::default()
+                },
+            )
+            .unwrap();
             let d = max_abs_diff(&inf.logits, &tr.logits);
             assert!(d < 1e-4, "{arch:?} {unit:?}: logits differ by {d}");
             let bytes = inf_model.layer_bytes();
@@ -132,7 +138,7 @@ fn loss_terms_match_hand_computed_values() {
 
     // A sequence's objective is (L_lm sum + α · L_skip sum) / step tokens, from its own forward pass.
     let (_, m, _params) = setup(Arch::Llama);
-    let tr = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap();
+    let tr = forward::forward(&m, &IDS[..10], Routing::default()).unwrap();
     let lm = lm_sum(&tr.logits, &IDS[1..]).unwrap().to_scalar::<f32>().unwrap() as f64;
     let skip = skip_sum(&tr.gates).unwrap().to_scalar::<f32>().unwrap() as f64;
     let l = sequence_loss(&m, &IDS, &obj(0.01, LossKind::Lm), 25).unwrap();
@@ -152,7 +158,7 @@ fn gradients_reach_routers_and_adapters_and_never_the_base() {
         let l = sequence_loss(&m, &IDS, &obj(0.05, LossKind::LmKl), 10).unwrap();
         let store = l.objective.backward().unwrap();
         let step = step_grads(&m, &params, &[&IDS], &obj(0.05, LossKind::LmKl)).unwrap();
-        let rows_run = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
+        let rows_run = forward::forward(&m, &IDS[..10], Routing::default()).unwrap().rows_run;
         let mut adapters_trained = 0;
         for name in params.vars.keys() {
             // The step's gradients: an adapter outside the graph gets an explicit zero.
@@ -209,7 +215,7 @@ fn gradients_match_finite_differences() {
         let l = sequence_loss(&m, &IDS, &o, 10).unwrap();
         l.objective.to_scalar::<f32>().unwrap() as f64
     };
-    let base_decisions = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
+    let base_decisions = forward::forward(&m, &IDS[..10], Routing::default()).unwrap().rows_run;
     let g = step_grads(&m, &params, &[&IDS], &o).unwrap();
     let mut checked = 0;
     for name in [
@@ -233,7 +239,7 @@ fn gradients_match_finite_differences() {
             v[k] += delta;
             var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap())
                 .unwrap();
-            let rows = forward::forward(&m, &IDS[..10], 0.5, SkipUnit::Layer).unwrap().rows_run;
+            let rows = forward::forward(&m, &IDS[..10], Routing::default()).unwrap().rows_run;
             assert_eq!(rows, base_decisions, "a decision flipped; pick a smaller step");
             loss_at()
         };
@@ -300,6 +306,7 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
         loss: LossKind::LmKl,
         skip_threshold: 0.5,
         skip_unit: Default::default(),
+        gate_scaling: Default::default(),
         log_every: 1,
         checkpoint_every: 2,
         save_dtype: "f32".into(),
@@ -433,7 +440,7 @@ fn forced_full_depth_matches_the_teacher() {
     // teacher path (layers above the first routed one, from the shared prefix).
     let (_, m, _) = setup(Arch::Qwen3);
     let first = 1;
-    let prefix = forward::forward(&m, &IDS, 0.5, SkipUnit::Layer).unwrap().prefix;
+    let prefix = forward::forward(&m, &IDS, Routing::default()).unwrap().prefix;
     let teacher = forward::teacher_logits(&m, prefix, first).unwrap();
     let mut cache = m.new_cache(IDS.len());
     let run = FlexiDepth::with_mode(DepthMode::Run);

@@ -202,11 +202,7 @@ impl ModelFiles {
         if let Some(layers) = &self.routing_layers {
             let parts = crate::depth::file::load_parts(&self.weights, &self.config, layers, device)?;
             // The official layout has no threshold field: the released model hard-codes 0.5 (spec A3).
-            model.attach_depth(
-                parts,
-                crate::depth::DEFAULT_SKIP_THRESHOLD,
-                crate::depth::SkipUnit::Layer,
-            )?;
+            model.attach_depth(parts, crate::depth::Routing::default())?;
         }
         self.weights.release_pages();
         return_freed_memory();

@@ -22,6 +22,7 @@ fn settings(mode: DepthMode, skip_kv: bool) -> FlexiDepth {
         skip_threshold: Some(0.5),
         skip_kv,
         unit: Some(SkipUnit::Layer),
+        gate_scaling: None,
     }
 }
 

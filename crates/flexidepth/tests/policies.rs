@@ -12,7 +12,7 @@ use flexidepth::config::Arch;
 use flexidepth::depth::early_exit::EarlyExit;
 use flexidepth::depth::file::{attach_depth_file, write_depth_file, DepthMeta};
 use flexidepth::depth::shortgpt::{block_influence, StaticPrune};
-use flexidepth::depth::{DepthPolicy, FlexiDepth, FullDepth, PolicySpec, SkipUnit};
+use flexidepth::depth::{DepthPolicy, FlexiDepth, FullDepth, GateScaling, PolicySpec, SkipUnit};
 use flexidepth::model::{Logits, Model};
 
 const IDS: [u32; 11] = [3, 17, 5, 39, 0, 22, 8, 11, 30, 2, 19];
@@ -160,6 +160,62 @@ fn ffn_only_and_attention_only_skipping_match_the_reference() {
     }
 }
 
+/// Hard gates (ours, departing from the release): the gate only decides, for each skip unit; with every row run
+/// the model is the base model bit for bit.
+#[test]
+fn hard_gates_only_decide() {
+    for arch in ARCHS {
+        let c = config(arch);
+        let (base, depth) = (weights(&c), depth_weights(&c, &ROUTED, 0));
+        let mut all = base.clone();
+        all.extend(depth.clone());
+        let m = routed_model(&c, &base, &depth, &ROUTED);
+        for (unit, ref_unit) in [(SkipUnit::Layer, RefUnit::Layer), (SkipUnit::Ffn, RefUnit::Ffn)] {
+            let want = reference_with(
+                &c,
+                &all,
+                &IDS,
+                Some(RefDepth {
+                    threshold: 0.5,
+                    force: None,
+                    skip_kv: true,
+                }),
+                &RefExtra {
+                    unit: ref_unit,
+                    hard: true,
+                    ..RefExtra::default()
+                },
+            );
+            let hard = FlexiDepth {
+                unit: Some(unit),
+                skip_threshold: Some(0.5),
+                gate_scaling: Some(GateScaling::Hard),
+                ..FlexiDepth::default()
+            };
+            let (logits, _, _) = run(&m, &hard);
+            let d = max_diff(&logits, &want.logits);
+            assert!(d < 1e-4, "{arch:?} {unit:?}: logits differ by {d}");
+            let released = FlexiDepth {
+                gate_scaling: Some(GateScaling::Released),
+                ..hard
+            };
+            assert!(
+                max_diff(&run(&m, &released).0, &want.logits) > 1e-3,
+                "{arch:?} {unit:?}: scaling must matter"
+            );
+            let skipped = want.decisions.iter().flatten().filter(|d| !d.1).count();
+            assert!(skipped > 2, "{arch:?}: some rows must skip ({skipped})");
+        }
+        // Every row runs: exactly the base model.
+        let all_run = FlexiDepth {
+            skip_threshold: Some(0.0),
+            gate_scaling: Some(GateScaling::Hard),
+            ..FlexiDepth::default()
+        };
+        assert_eq!(run(&m, &all_run).0, run(&m, &FullDepth).0, "{arch:?}");
+    }
+}
+
 #[test]
 fn block_influence_matches_its_definition_and_shortgpt_removes_the_lowest() {
     let c = config(Arch::Qwen2);
@@ -291,9 +347,11 @@ fn the_depth_files_skip_unit_is_the_default() {
     let path = dir.path().join("ffn.safetensors");
     let mut meta = DepthMeta::for_model(&m, ROUTED.to_vec(), 4, 4).unwrap();
     meta.skip_unit = SkipUnit::Ffn;
+    meta.gate_scaling = GateScaling::Hard;
     write_depth_file(&path, &meta, &to_tensors(&depth), candle_core::DType::F32).unwrap();
     assert_eq!(attach_depth_file(&mut m, &path).unwrap().skip_unit, SkipUnit::Ffn);
     assert_eq!(m.skip_unit(), Some(SkipUnit::Ffn));
+    assert_eq!(m.gate_scaling(), Some(GateScaling::Hard));
     let logits = |p: &FlexiDepth| {
         let mut cache = m.new_cache(IDS.len());
         m.forward_with(&IDS, &mut cache, Logits::All, p)
@@ -307,6 +365,15 @@ fn the_depth_files_skip_unit_is_the_default() {
         ..FlexiDepth::default()
     };
     assert_eq!(logits(&FlexiDepth::default()), logits(&with(SkipUnit::Ffn)));
+    let released = FlexiDepth {
+        gate_scaling: Some(GateScaling::Released),
+        ..FlexiDepth::default()
+    };
+    assert_ne!(
+        logits(&FlexiDepth::default()),
+        logits(&released),
+        "the file's hard gates are the default"
+    );
     assert_ne!(logits(&FlexiDepth::default()), logits(&with(SkipUnit::Layer)));
     let built = "flexi".parse::<PolicySpec>().unwrap().build(&m, &IDS).unwrap();
     assert_eq!(built.label(), "flexi-ffn:0.5");

@@ -6,7 +6,7 @@
 //! - The **official combined layout** (`model_type: ddllama`, `routing_layers` in `config.json`, router tensors
 //!   inside the model's safetensors) is read by the same [`load_parts`], from the model's own weights.
 
-use super::{Adapter, Router, SkipUnit, DEFAULT_SKIP_THRESHOLD};
+use super::{Adapter, GateScaling, Router, Routing, SkipUnit, DEFAULT_SKIP_THRESHOLD};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::keys::LayerKey;
@@ -61,6 +61,10 @@ pub struct DepthMeta {
     /// were trained for whole layers.
     #[serde(default, with = "as_text")]
     pub skip_unit: SkipUnit,
+    /// How the gate weighs run and skipped rows, as trained (`released` or `hard`, see
+    /// [`crate::model::plan::GateScaling`]); files written before it existed use the released rule.
+    #[serde(default, with = "as_text")]
+    pub gate_scaling: GateScaling,
 }
 
 /// A value kept as its `Display` text and read back with `FromStr` (safetensors metadata holds only strings).
@@ -100,6 +104,15 @@ mod layer_list {
 }
 
 impl DepthMeta {
+    /// The routing defaults this file fixes.
+    pub fn routing(&self) -> Routing {
+        Routing {
+            skip_threshold: self.skip_threshold,
+            skip_unit: self.skip_unit,
+            gate_scaling: self.gate_scaling,
+        }
+    }
+
     /// Metadata for a new adapter of `model`.
     pub fn for_model(
         model: &Model,
@@ -121,6 +134,7 @@ impl DepthMeta {
             proj_reduction,
             skip_threshold: DEFAULT_SKIP_THRESHOLD,
             skip_unit: SkipUnit::Layer,
+            gate_scaling: GateScaling::Released,
         })
     }
 
@@ -265,6 +279,7 @@ pub fn load_parts(
             router_head: linear(weights, &key(LayerKey::RouterHead), &[1, h], device)?,
             skip_threshold: DEFAULT_SKIP_THRESHOLD,
             skip_unit: SkipUnit::Layer,
+            gate_scaling: GateScaling::Released,
         };
         let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
@@ -325,7 +340,7 @@ pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())
         .map_err(|e| Error::bad_file(path, e))?;
     // The threshold the routers were trained with is the default from now on (policies may override it).
-    model.attach_depth(parts, meta.skip_threshold, meta.skip_unit)?;
+    model.attach_depth(parts, meta.routing())?;
     Ok(meta)
 }
 
@@ -470,6 +485,7 @@ mod tests {
             proj_reduction: 8,
             skip_threshold: 0.55,
             skip_unit: SkipUnit::Ffn,
+            gate_scaling: GateScaling::Hard,
         }
     }
 
@@ -491,17 +507,22 @@ mod tests {
         assert_eq!(map["router_reduction_factor"], "16");
         assert_eq!(map["skip_threshold"], "0.55");
         assert_eq!(map["skip_unit"], "ffn");
-        assert_eq!(map.len(), 13);
-        // A file from before the skip unit existed was trained for whole layers.
+        assert_eq!(map["gate_scaling"], "hard");
+        assert_eq!(map.len(), 14);
+        // A file from before the skip unit and gate scaling existed was trained for whole layers, gate-scaled.
         let mut old = map.clone();
         old.remove("skip_unit");
+        old.remove("gate_scaling");
+        let old = DepthMeta::from_map(Path::new("a"), &old).unwrap();
         assert_eq!(
-            DepthMeta::from_map(Path::new("a"), &old).unwrap().skip_unit,
-            SkipUnit::Layer
+            (old.skip_unit, old.gate_scaling),
+            (SkipUnit::Layer, GateScaling::Released)
         );
-        let mut bad = map.clone();
-        bad.insert("skip_unit".into(), "half".into());
-        assert!(DepthMeta::from_map(Path::new("a"), &bad).is_err());
+        for (key, value) in [("skip_unit", "half"), ("gate_scaling", "soft")] {
+            let mut bad = map.clone();
+            bad.insert(key.into(), value.into());
+            assert!(DepthMeta::from_map(Path::new("a"), &bad).is_err(), "{key}");
+        }
         assert_eq!(DepthMeta::from_map(Path::new("a"), &map).unwrap(), m);
     }
 

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::model::layer::DecoderLayer;
 pub use crate::model::plan::SkipUnit;
-use crate::model::plan::{DepthPolicy, Gates, LayerInput, LayerPlan, RowStep};
+use crate::model::plan::{DepthPolicy, GateScaling, Gates, LayerInput, LayerPlan, RowStep};
 
 /// How routed layers decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub struct FlexiDepth {
     pub skip_kv: bool,
     /// What a skipped row leaves out. `None`: the unit the attached routers were trained for (from the depth file).
     pub unit: Option<SkipUnit>,
+    /// How the gate weighs rows. `None`: the rule the attached routers were trained with (from the depth file).
+    pub gate_scaling: Option<GateScaling>,
 }
 
 impl Default for FlexiDepth {
@@ -58,6 +60,7 @@ impl Default for FlexiDepth {
             skip_threshold: None,
             skip_kv: true,
             unit: None,
+            gate_scaling: None,
         }
     }
 }
@@ -107,8 +110,11 @@ impl DepthPolicy for FlexiDepth {
         Ok(LayerPlan::Rows {
             steps,
             gates: Some(Gates { tensor, values }),
-            // Forced run is the base model (unscaled); attention-only skipping keeps the MLP as it is.
-            scale_by_gate: self.mode != DepthMode::Run && unit != SkipUnit::Attention,
+            // Forced run is the base model (unscaled); attention-only skipping keeps the MLP as it is; hard gates
+            // only decide.
+            scale_by_gate: self.mode != DepthMode::Run
+                && unit != SkipUnit::Attention
+                && self.gate_scaling.unwrap_or(router.gate_scaling) == GateScaling::Released,
         })
     }
 

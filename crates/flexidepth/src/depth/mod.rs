@@ -16,7 +16,7 @@ pub mod flexidepth;
 pub mod shortgpt;
 pub mod spec;
 
-pub use crate::model::plan::{DepthPolicy, FullDepth, DEFAULT_SKIP_THRESHOLD};
+pub use crate::model::plan::{DepthPolicy, FullDepth, GateScaling, Routing, DEFAULT_SKIP_THRESHOLD};
 pub use crate::model::{Adapter, Router};
 pub use flexidepth::{DepthMode, FlexiDepth, SkipUnit};
 pub use spec::PolicySpec;

@@ -120,6 +120,7 @@ impl PolicySpec {
             PolicySpec::Flexi { unit, skip_threshold } => Box::new(FlexiDepth {
                 unit: unit.or(model.skip_unit()),
                 skip_threshold: skip_threshold.or(model.skip_threshold()),
+                gate_scaling: model.gate_scaling(),
                 ..FlexiDepth::default()
             }),
             PolicySpec::Prune(k) => Box::new(StaticPrune::shortgpt(model, calibration, k)?),

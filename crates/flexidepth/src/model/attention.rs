@@ -65,6 +65,12 @@ impl Attention {
         Ok((k, v))
     }
 
+    /// Rotated queries of the normed hidden states `x: [seq, hidden]` at `pos`, `[heads, seq, head_dim]`.
+    pub fn project_q(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
+        let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
+        ops.rope(&q, rope, pos)
+    }
+
     /// Queries of `x: [seq, hidden]` at `pos..` attend over `k`, `v: [kv_heads, kv_len, head_dim]` (the cache up to
     /// and including these tokens); returns `o_proj` of the result, `[seq, hidden]`. `mask: [seq, kv_len]` is added
     /// to the scores (causal mask in prefill; `None` for a single query, which may see everything).
@@ -79,18 +85,61 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = self.queries(ops, x, rope, &pos)?;
-        ops.linear(&self.attend_queries(ops, &q, k, v, mask)?, &self.o_proj)
+        let q = self.project_q(ops, x, rope, &pos)?;
+        let probs = self.probs(ops, &q, k, mask, None)?;
+        self.output(ops, &probs.matmul(&v.contiguous()?)?)
     }
 
-    /// Rotated queries of `x: [seq, hidden]` at `pos`, `[heads, seq, head_dim]`.
-    pub fn queries(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
-        let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
-        ops.rope(&q, rope, pos)
+    /// Attention probabilities of queries `q: [heads, seq, head_dim]` over `k`, heads sharing a KV head folded into
+    /// rows: `[kv_heads, group · seq, kv_len]`. `diagonal = (eye, own)`: the score of query `i` against key `i`
+    /// becomes `own_i` (unscaled, `[kv_heads, group · seq, 1]`; see [`Attention::attend_own_rows`]).
+    fn probs(
+        &self,
+        ops: &dyn Ops,
+        q: &Tensor,
+        k: &Tensor,
+        mask: Option<&Tensor>,
+        diagonal: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let seq = q.dim(1)?;
+        let group = self.num_heads / self.num_kv_heads;
+        // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
+        let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some((eye, own)) = diagonal {
+            // scores[i, i] += own_i·scale − scores[i, i]: only the diagonal changes.
+            let eye = eye.broadcast_as(scores.shape())?;
+            let current = (&scores * &eye)?.sum_keepdim(2)?;
+            scores = (&scores + eye.broadcast_mul(&((own * scale)? - current)?)?)?;
+        }
+        let kv_len = k.dim(1)?;
+        let scores = match mask {
+            Some(m) => ops
+                .add_mask(&scores.reshape((self.num_kv_heads, group, seq, kv_len))?, m)?
+                .reshape((self.num_kv_heads, group * seq, kv_len))?,
+            None => scores,
+        };
+        ops.softmax(&scores)
     }
 
-    /// Queries `q: [heads, seq, head_dim]` attend over `k`, `v: [kv_heads, kv_len, head_dim]` with the optional
-    /// additive `mask: [seq, kv_len]`; returns the heads side by side, `[seq, heads · head_dim]` (before `o_proj`).
+    /// `[kv_heads, group · seq, head_dim]` attention output → `o_proj` of it, `[seq, hidden]`.
+    fn output(&self, ops: &dyn Ops, out: &Tensor) -> Result<Tensor> {
+        ops.linear(&self.heads(out)?, &self.o_proj)
+    }
+
+    /// `[kv_heads, group · seq, head_dim]` attention output → the heads side by side, `[seq, heads · head_dim]`.
+    fn heads(&self, out: &Tensor) -> Result<Tensor> {
+        let seq = out.dim(1)? / (self.num_heads / self.num_kv_heads);
+        Ok(out
+            .reshape((self.num_heads, seq, self.head_dim))?
+            .transpose(0, 1)?
+            .reshape((seq, self.num_heads * self.head_dim))?)
+    }
+
+    /// Queries `q: [heads, seq, head_dim]` (from [`Attention::project_q`]) attend over `k`, `v: [kv_heads, kv_len,
+    /// head_dim]` with the optional additive `mask: [seq, kv_len]`; returns the heads side by side, `[seq, heads ·
+    /// head_dim]`, before `o_proj` (a batch of sequences attends one by one, then shares one `o_proj`).
     pub fn attend_queries(
         &self,
         ops: &dyn Ops,
@@ -99,26 +148,47 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let seq = q.dim(1)?;
+        let probs = self.probs(ops, &q.contiguous()?, k, mask, None)?;
+        self.heads(&probs.matmul(&v.contiguous()?)?)
+    }
+
+    /// Causal attention of `seq` rows from position 0 in which every row is its own counterfactual: row `i`
+    /// attends over the keys and values `k`, `v` of the other rows (`[kv_heads, seq, head_dim]`, e.g. a full-depth
+    /// pass's) but over its **own** key and value from `own_k`, `own_v` (same shape). This equals running each row
+    /// alone over a cache that holds `k`, `v` for the rows before it, in one pass for all rows (the router labels'
+    /// fast path). `x: [seq, hidden]` normed, `mask` the causal mask; returns `o_proj` of the result, `[seq, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_own_rows(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        rope: &Rope,
+        k: &Tensor,
+        v: &Tensor,
+        own_k: &Tensor,
+        own_v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let seq = x.dim(0)?;
         let group = self.num_heads / self.num_kv_heads;
-        let q = q.contiguous()?;
-        // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
-        let q = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let kv_len = k.dim(1)?;
-        let scores = match mask {
-            Some(m) => ops
-                .add_mask(&scores.reshape((self.num_kv_heads, group, seq, kv_len))?, m)?
-                .reshape((self.num_kv_heads, group * seq, kv_len))?,
-            None => scores,
+        let q = self.project_q(ops, x, rope, &QueryPos::Contiguous(0))?;
+        // [kv_heads, seq, d] → [kv_heads, group · seq, d], the layout of the folded queries.
+        let fold = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.unsqueeze(1)?
+                .broadcast_as((self.num_kv_heads, group, seq, self.head_dim))?
+                .reshape((self.num_kv_heads, group * seq, self.head_dim))?)
         };
-        let probs = ops.softmax(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, group · seq, head_dim]
-        Ok(out
-            .reshape((self.num_heads, seq, self.head_dim))?
-            .transpose(0, 1)?
-            .reshape((seq, self.num_heads * self.head_dim))?)
+        let qf = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
+        let own = (&qf * fold(own_k)?)?.sum_keepdim(2)?;
+        let eye = Tensor::eye(seq, q.dtype(), q.device())?
+            .unsqueeze(0)?
+            .broadcast_as((group, seq, seq))?
+            .reshape((1, group * seq, seq))?;
+        let probs = self.probs(ops, &q, k, mask, Some((&eye, &own)))?;
+        // Σ_j p_ij v_j with v_i replaced by own_v_i.
+        let diag = (&probs * eye.broadcast_as(probs.shape())?)?.sum_keepdim(2)?;
+        let out = (probs.matmul(&v.contiguous()?)? + diag.broadcast_mul(&(fold(own_v)? - fold(v)?)?)?)?;
+        self.output(ops, &out)
     }
 }
 

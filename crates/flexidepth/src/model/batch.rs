@@ -249,7 +249,7 @@ fn attend(
     }
     let attn = &layer.self_attn;
     let pos_idx = position_index(&run, positions, x.device())?;
-    let q = attn.queries(ops, &select_rows(u, &run)?, rope, &QueryPos::Rows(&pos_idx))?;
+    let q = attn.project_q(ops, &select_rows(u, &run)?, rope, &QueryPos::Rows(&pos_idx))?;
     let mut heads = Vec::with_capacity(run.len());
     for (j, &i) in run.iter().enumerate() {
         let (pos, cache) = (positions[i], &*rows[i].cache);

@@ -341,16 +341,12 @@ impl Model {
         )
     }
 
-    /// Give routed layers their router and adapter (FlexiDepth), trained at `skip_threshold` for `skip_unit` (kept
-    /// on each router: the defaults of routing policies). Layers not listed stay plain. In the quantized path the adapter and the
+    /// Give routed layers their router and adapter (FlexiDepth), trained with `routing` (threshold, skip unit and
+    /// gate scaling, kept on each router: the defaults of routing policies). Layers not listed stay plain. In the quantized path the adapter and the
     /// router's input projection are stored as Q8_0, so that a skipped layer reads few bytes (an f32 adapter would
     /// cost a third of a Q4_1 layer).
-    pub fn attach_depth(
-        &mut self,
-        parts: Vec<(usize, Router, Adapter)>,
-        skip_threshold: f32,
-        skip_unit: plan::SkipUnit,
-    ) -> Result<()> {
+    pub fn attach_depth(&mut self, parts: Vec<(usize, Router, Adapter)>, routing: plan::Routing) -> Result<()> {
+        let skip_threshold = routing.skip_threshold;
         if !skip_threshold.is_finite() {
             return Err(Error::Input(format!(
                 "skip_threshold {skip_threshold} is not a finite number"
@@ -370,7 +366,8 @@ impl Model {
                 adapter.up_proj = adapter.up_proj.into_q8()?;
             }
             router.skip_threshold = skip_threshold;
-            router.skip_unit = skip_unit;
+            router.skip_unit = routing.skip_unit;
+            router.gate_scaling = routing.gate_scaling;
             let layer = &mut self.layers[layer_idx];
             layer.router = Some(router);
             layer.router_proj = Some(adapter);
@@ -423,6 +420,13 @@ impl Model {
     /// The skip unit the attached routers were trained for (`None` without routers).
     pub fn skip_unit(&self) -> Option<plan::SkipUnit> {
         self.layers.iter().find_map(|l| l.router.as_ref().map(|r| r.skip_unit))
+    }
+
+    /// The gate scaling the attached routers were trained with (`None` without routers).
+    pub fn gate_scaling(&self) -> Option<plan::GateScaling> {
+        self.layers
+            .iter()
+            .find_map(|l| l.router.as_ref().map(|r| r.gate_scaling))
     }
 
     /// Indices of the layers that have a router.

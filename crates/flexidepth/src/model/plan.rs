@@ -125,6 +125,65 @@ impl std::str::FromStr for SkipUnit {
     }
 }
 
+/// How a router's gate `w` weighs what a row computes.
+///
+/// `Released` is the paper's and the released code's rule (spec A3): a run row's MLP output is scaled by `w`, a
+/// skipped row's adapter output by `1 − w`, so that the LM loss reaches the router through every row.
+/// `Hard` departs from the released semantics (ours, named as such): the gate only decides. A run row is the base
+/// layer exactly and a skipped row adds the adapter unscaled (as if `w = 0`, the gate the layer-local fit targets),
+/// so that routing costs nothing on the rows that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateScaling {
+    #[default]
+    Released,
+    Hard,
+}
+
+impl std::fmt::Display for GateScaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GateScaling::Released => "released",
+            GateScaling::Hard => "hard",
+        })
+    }
+}
+
+impl std::str::FromStr for GateScaling {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "released" => Ok(GateScaling::Released),
+            "hard" => Ok(GateScaling::Hard),
+            other => Err(crate::Error::Input(format!(
+                "unknown gate scaling '{other}' (released or hard)"
+            ))),
+        }
+    }
+}
+
+/// The routing settings a depth file fixes for its routers: the defaults of every routing policy, which a policy
+/// may override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Routing {
+    /// A row runs a routed layer iff its gate is above this.
+    pub skip_threshold: f32,
+    /// What a skipped row leaves out.
+    pub skip_unit: SkipUnit,
+    /// How the gate weighs run and skipped rows.
+    pub gate_scaling: GateScaling,
+}
+
+impl Default for Routing {
+    /// The released model's: threshold 0.5, whole layers, gate-scaled.
+    fn default() -> Self {
+        Routing {
+            skip_threshold: DEFAULT_SKIP_THRESHOLD,
+            skip_unit: SkipUnit::Layer,
+            gate_scaling: GateScaling::Released,
+        }
+    }
+}
+
 /// A router's continuous gates for the rows of one layer.
 #[derive(Debug, Clone)]
 pub struct Gates {

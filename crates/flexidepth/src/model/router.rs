@@ -23,6 +23,8 @@ pub struct Router {
     pub skip_threshold: f32,
     /// What a row this router skips leaves out (from its depth file; [`super::plan::SkipUnit::Layer`] otherwise).
     pub skip_unit: super::plan::SkipUnit,
+    /// How the gate weighs run and skipped rows (from its depth file; released otherwise).
+    pub gate_scaling: super::plan::GateScaling,
 }
 
 impl Router {

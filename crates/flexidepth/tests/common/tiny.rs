@@ -195,6 +195,8 @@ pub struct RefExtra {
     /// Run layers `0..exit_after` only.
     pub exit_after: Option<usize>,
     pub unit: RefUnit,
+    /// Hard gates (`GateScaling::Hard`): the gate only decides; nothing is scaled by it.
+    pub hard: bool,
 }
 
 /// What the reference computed.
@@ -305,7 +307,8 @@ pub fn reference_with(
                 let b = matvec(t(format!("{p}.router_proj.down_proj.weight")), None, m, &v);
                 let act: Vec<f32> = a.iter().zip(&b).map(|(a, b)| silu(*a) * b).collect();
                 let y = matvec(t(format!("{p}.router_proj.up_proj.weight")), None, h, &act);
-                out.push(xs[pos].iter().zip(&y).map(|(x, y)| x + (1.0 - g) * y).collect());
+                let a = if extra.hard { 1.0 } else { 1.0 - g };
+                out.push(xs[pos].iter().zip(&y).map(|(x, y)| x + a * y).collect());
                 continue;
             }
             let attends = run || extra.unit == RefUnit::Ffn;
@@ -341,7 +344,8 @@ pub fn reference_with(
                 let b = matvec(t(format!("{p}.router_proj.down_proj.weight")), None, m, &n2);
                 let act: Vec<f32> = a.iter().zip(&b).map(|(a, b)| silu(*a) * b).collect();
                 let y = matvec(t(format!("{p}.router_proj.up_proj.weight")), None, h, &act);
-                out.push(hres.iter().zip(&y).map(|(x, y)| x + (1.0 - g) * y).collect());
+                let a = if extra.hard { 1.0 } else { 1.0 - g };
+                out.push(hres.iter().zip(&y).map(|(x, y)| x + a * y).collect());
                 continue;
             }
             let i = c.intermediate_size;
@@ -352,7 +356,7 @@ pub fn reference_with(
             // The FFN is scaled by w on routed layers (dynamic and skip modes); forced run is the plain layer.
             // Attention-only skipping leaves the MLP unscaled.
             let scale = match routed {
-                Some(dd) if dd.force != Some(true) && extra.unit != RefUnit::Attention => g,
+                Some(dd) if dd.force != Some(true) && extra.unit != RefUnit::Attention && !extra.hard => g,
                 _ => 1.0,
             };
             out.push(hres.iter().zip(&d).map(|(a, b)| a + scale * b).collect());
@@ -400,6 +404,6 @@ pub fn routed_model(c: &ModelConfig, base: &Weights, depth: &Weights, routed: &[
     candle_core::safetensors::save(&to_tensors(depth), &path).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFiles::open(vec![path]).unwrap());
     let parts = flexidepth::depth::file::load_parts(&src, c, routed, &Device::Cpu).unwrap();
-    m.attach_depth(parts, 0.5, flexidepth::depth::SkipUnit::Layer).unwrap();
+    m.attach_depth(parts, flexidepth::depth::Routing::default()).unwrap();
     m
 }
