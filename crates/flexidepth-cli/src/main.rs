@@ -11,6 +11,7 @@ mod cmd_frontier;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
+mod cmd_serve;
 mod cmd_study;
 mod cmd_sweep;
 mod cmd_tokenize;
@@ -60,6 +61,9 @@ enum Command {
     /// Held-out quality against layers and weight bytes per token: depth adapters (thresholds tuned to budgets on
     /// tuning text) beside ShortGPT's static removal; optionally each adapter's ship point.
     Frontier(Box<cmd_frontier::Args>),
+    /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), the layers each token used, and
+    /// continuous batching.
+    Serve(Box<cmd_serve::Args>),
 }
 
 /// Model selection shared by every command.
@@ -407,6 +411,7 @@ fn main() {
         Command::SweepReport(a) => cmd_sweep::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Frontier(a) => cmd_frontier::run(*a),
+        Command::Serve(a) => cmd_serve::run(*a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -127,6 +127,7 @@ pub struct FrontierPoint {
 }
 
 /// FlexiDepth at `budgets` layers skipped per token, each threshold tuned on `tuning`, measured on `heldout`.
+#[allow(clippy::too_many_arguments)]
 pub fn flexi_points(
     model: &Model,
     method: &str,

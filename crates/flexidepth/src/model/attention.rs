@@ -49,13 +49,18 @@ impl Attention {
     /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
     /// each `[kv_heads, seq, head_dim]`.
     pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
+        self.project_kv_at(ops, x, rope, &QueryPos::Contiguous(pos))
+    }
+
+    /// [`Attention::project_kv`] of rows at any positions (the rows of a batch of sequences).
+    pub fn project_kv_at(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(
             ops,
             &ops.linear(x, &self.k_proj)?,
             self.num_kv_heads,
             self.k_norm.as_ref(),
         )?;
-        let k = ops.rope(&k, rope, &QueryPos::Contiguous(pos))?;
+        let k = ops.rope(&k, rope, pos)?;
         let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
     }
@@ -120,12 +125,31 @@ impl Attention {
 
     /// `[kv_heads, group · seq, head_dim]` attention output → `o_proj` of it, `[seq, hidden]`.
     fn output(&self, ops: &dyn Ops, out: &Tensor) -> Result<Tensor> {
+        ops.linear(&self.heads(out)?, &self.o_proj)
+    }
+
+    /// `[kv_heads, group · seq, head_dim]` attention output → the heads side by side, `[seq, heads · head_dim]`.
+    fn heads(&self, out: &Tensor) -> Result<Tensor> {
         let seq = out.dim(1)? / (self.num_heads / self.num_kv_heads);
-        let out = out
+        Ok(out
             .reshape((self.num_heads, seq, self.head_dim))?
             .transpose(0, 1)?
-            .reshape((seq, self.num_heads * self.head_dim))?;
-        ops.linear(&out, &self.o_proj)
+            .reshape((seq, self.num_heads * self.head_dim))?)
+    }
+
+    /// Queries `q: [heads, seq, head_dim]` (from [`Attention::project_q`]) attend over `k`, `v: [kv_heads, kv_len,
+    /// head_dim]` with the optional additive `mask: [seq, kv_len]`; returns the heads side by side, `[seq, heads ·
+    /// head_dim]`, before `o_proj` (a batch of sequences attends one by one, then shares one `o_proj`).
+    pub fn attend_queries(
+        &self,
+        ops: &dyn Ops,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let probs = self.probs(ops, &q.contiguous()?, k, mask, None)?;
+        self.heads(&probs.matmul(&v.contiguous()?)?)
     }
 
     /// Causal attention of `seq` rows from position 0 in which every row is its own counterfactual: row `i`

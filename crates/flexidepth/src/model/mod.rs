@@ -3,7 +3,9 @@
 
 pub mod adapter;
 pub mod attention;
+pub mod batch;
 pub mod embedding;
+pub mod invariant;
 pub mod keys;
 pub mod layer;
 pub mod linear;
@@ -20,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 pub use adapter::Adapter;
 use attention::Attention;
+pub use batch::{BatchOutput, BatchRow};
 use candle_core::{DType, Device, Tensor};
 use embedding::Embedding;
+pub use invariant::RowInvariant;
 use keys::LayerKey;
 use layer::DecoderLayer;
 use linear::Linear;
