@@ -379,8 +379,8 @@ fn main() {
         std::process::exit(2);
     }
     // Ctrl-C removes the temp files of unfinished atomic writes (a half-written model.safetensors) before exiting;
-    // `train` installs its own handler, which checkpoints first.
-    if !matches!(cli.command, Command::Train(_)) {
+    // `train` and `serve` install their own handlers (train checkpoints first, serve drains its requests).
+    if !matches!(cli.command, Command::Train(_) | Command::Serve(_)) {
         if let Err(e) = ctrlc::set_handler(|| flexidepth::tmpfiles::exit_interrupted()) {
             eprintln!("error: cannot install the Ctrl-C handler: {e}");
             std::process::exit(1);
