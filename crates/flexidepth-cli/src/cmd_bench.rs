@@ -65,7 +65,7 @@ where
 /// Threads: a comma list measures each count in this process, one after the other, and merges the rows.
 pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
     let thread_list: Vec<usize> = match threads {
-        Some(t) => list(t, "thread count")?,
+        Some(t) => t.split(',').map(crate::parse_threads).collect::<Result<_>>()?,
         None => vec![candle_core::utils::get_num_threads()],
     };
     let mut rows = Vec::new();
@@ -78,7 +78,24 @@ pub fn run(args: Args, threads: Option<&str>) -> Result<()> {
         OutputFormat::Json => bench::to_json(&rows),
         OutputFormat::Md => bench::to_markdown(&rows),
     };
-    println!("{text}");
+    crate::output::out(text)?;
+    Ok(())
+}
+
+/// Most repetitions of a test (a larger -r is a typo that would run for days).
+const MAX_REPETITIONS: usize = 1000;
+
+/// Every test must fit the model's context window: the prompt, and the depth plus the generated tokens (checked
+/// before any buffer is sized by them).
+fn check_sizes(tests: &[(String, usize, usize, usize)], context: usize) -> Result<()> {
+    for (label, p, n, d) in tests {
+        let need = p.max(&d.saturating_add(*n).saturating_add(1)).to_owned();
+        if need > context {
+            anyhow::bail!(
+                "test {label} needs {need} positions but the model's context holds {context} (use smaller -p, -n or -d)"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -104,7 +121,10 @@ fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
 fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     let configs: Vec<PolicySpec> = list(&args.configs, "policy")?;
     let tests = tests(args)?;
-    let reps = args.repetitions.max(1);
+    if !(1..=MAX_REPETITIONS).contains(&args.repetitions) {
+        anyhow::bail!("-r takes 1..={MAX_REPETITIONS} repetitions, not {}", args.repetitions);
+    }
+    let reps = args.repetitions;
     let total = args.model.split(',').count() * args.dtype.len() * configs.len() * tests.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
@@ -113,6 +133,7 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for model_name in args.model.split(',') {
         let files = ModelFiles::open(model_name).with_context(|| format!("cannot open model '{model_name}'"))?;
+        check_sizes(&tests, files.config.max_position_embeddings)?;
         for &dtype in &args.dtype {
             let format: WeightFormat = dtype.format();
             let mut model = files.load_model(format, &candle_core::Device::Cpu)?;

@@ -39,6 +39,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Bounds far above any training set here, checked before anything is sized by them.
+    const MAX_SAMPLES: usize = 1 << 20;
+    if args.instructions > MAX_SAMPLES || args.texts > MAX_SAMPLES || args.text_words > MAX_SAMPLES {
+        bail!("--instructions, --texts and --text-words take at most {MAX_SAMPLES}");
+    }
     if args.instructions + args.texts == 0 {
         bail!("nothing to build: --instructions and --texts are both 0");
     }

@@ -54,7 +54,7 @@ fn init(args: InitArgs) -> Result<()> {
     let layers = args
         .routed_layers
         .as_deref()
-        .map(flexidepth::depth::parse_layer_range)
+        .map(|s| flexidepth::depth::parse_layer_range(s, model.config.num_hidden_layers))
         .transpose()?;
     let (meta, tensors) = fresh_depth(&model, layers, args.router_reduction, args.proj_reduction, args.seed)?;
     let layers = meta.routed_layers.clone();

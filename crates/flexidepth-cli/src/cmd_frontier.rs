@@ -62,12 +62,15 @@ pub fn run(args: Args) -> Result<()> {
     if args.iters == 0 || args.iters > 30 {
         anyhow::bail!("--iters must be in 1..=30");
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    if let Some(d) = &args.ship_dir {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
     let (files, mut model) = args.model.load()?;
     let n = model.config.num_hidden_layers as f64;
+    let context = model.config.max_position_embeddings;
+    if args.ctx > context {
+        anyhow::bail!(
+            "--ctx-size {} is longer than the model's context of {context} tokens",
+            args.ctx
+        );
+    }
     if let Some(b) = args.budgets.iter().find(|b| **b >= n) {
         anyhow::bail!("a budget of {b} layers is not below the model's {n}");
     }
@@ -117,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
                 q.ppl_ratio
             ));
             if let Some(dir) = &args.ship_dir {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 let out = dir.join(format!("{name}.ship.safetensors"));
                 write_with_routing(path, &out, tuned.skip_threshold, meta.gate_scaling, args.outtype)?;
                 note(&format!("wrote {}", out.display()));
@@ -182,6 +186,7 @@ fn write_with_routing(
 }
 
 fn write_outputs(dir: &Path, title: &str, points: &[FrontierPoint]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let md = format!(
         "{title}: held-out perplexity ratio, KL and top-1 agreement against full depth (Persuasion from chapter 13), \
          thresholds tuned on Persuasion chapters 4–12.\n\n{}",

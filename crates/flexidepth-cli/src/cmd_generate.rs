@@ -113,8 +113,12 @@ impl Args {
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.depth_map {
-        // Refuse an unknown format before spending time on the model.
+        // Refuse an unknown format or an unwritable path before spending time on the model.
         flexidepth_experiments::depthmap::DepthMapFormat::from_path(path)?;
+        crate::output::check_output_path("--depth-map", path)?;
+    }
+    if let Some(path) = &args.trace {
+        crate::output::check_output_path("--trace", path)?;
     }
     // Refuse sampling values out of their domain before loading anything.
     args.sampling(SamplingParams::default())?;
@@ -175,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(|_| out.flush())
             .map_err(|e| flexidepth::Error::Input(format!("cannot write to stdout: {e}")))
     })?;
-    writeln!(out)?;
+    writeln!(out).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
     let s = &gen.stats;
     eprintln!("stop reason: {:?}", s.stop_reason);
     if args.n_predict == 0 {

@@ -1,6 +1,7 @@
 //! `flexidepth perplexity`: mean NLL and perplexity of a text in windows (by default the first `--ctx` tokens of a
 //! file, in one window); with `--compare-full`, a depth adapter's quality against the same model at full depth.
 
+use crate::output::out;
 use crate::{DepthArgs, LoadArgs};
 use anyhow::{Context, Result};
 use flexidepth_experiments::eval::{self, DEFAULT_MAX_TOKENS};
@@ -60,6 +61,9 @@ pub fn run(args: Args) -> Result<()> {
             anyhow::bail!("--stride must be in 1..={} (the window), not {s}", args.ctx);
         }
     }
+    if let Some(path) = &args.json {
+        crate::output::check_output_path("--json", path)?;
+    }
     if args.compare_full && args.scoring != ScoringArg::All {
         anyhow::bail!("--compare-full scores all positions; drop --scoring");
     }
@@ -94,18 +98,18 @@ pub fn run(args: Args) -> Result<()> {
     let start = std::time::Instant::now();
     if args.compare_full {
         let q = eval::depth_quality(&model, &windows, &depth)?;
-        println!(
+        out(format!(
             "windows: {} of up to {} tokens  positions scored: {}  policy: {}",
             q.windows,
             args.ctx,
             q.n_predicted,
             q.policy_label()
-        );
-        println!(
+        ))?;
+        out(format!(
             "full ppl: {:.4}  flexi ppl: {:.4}  ratio: {:.4}  KL(full‖flexi): {:.5} nats/token  top-1 agreement: \
              {:.4}  layers/token: {:.2} of {}",
             q.full_ppl, q.flexi_ppl, q.ppl_ratio, q.mean_kl, q.top1_agreement, q.mean_layers, q.num_layers
-        );
+        ))?;
         if let Some(path) = &args.json {
             let mut bytes = serde_json::to_vec_pretty(&q)?;
             bytes.push(b'\n');
@@ -120,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let max = args.max_tokens.unwrap_or(default_max);
         let p = eval::perplexity_scored(&model, &ids, args.ctx, max, scoring, &depth)?;
-        println!("scoring: {}", scoring.describe(args.ctx));
+        out(format!("scoring: {}", scoring.describe(args.ctx)))?;
         let mut line = format!(
             "tokens: {}  mean NLL: {:.5}  perplexity: {:.4}",
             p.n_tokens, p.mean_nll, p.ppl
@@ -129,7 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         if !model.routed_layers().is_empty() {
             line += &format!("  layers/token: {:.2} of {}", p.mean_layers, n_layers);
         }
-        println!("{line}");
+        out(line)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let passes = if args.compare_full { 2 } else { 1 };

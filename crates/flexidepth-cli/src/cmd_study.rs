@@ -86,6 +86,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.instances == 0 || args.max_new_tokens == 0 {
         bail!("--instances and --max-new-tokens must be at least 1");
     }
+    // Far more than the paper's 100; a larger count is a typo that would allocate and run for months.
+    if args.instances > 100_000 {
+        bail!("--instances takes at most 100000, not {}", args.instances);
+    }
     let tasks = study::parse_tasks(&args.tasks)?;
     // The instances first: a missing novel should fail before the weights load.
     let paragraphs = if tasks.iter().any(|t| t.kind == TaskKind::Paragraph) {
@@ -163,8 +167,8 @@ pub fn run(args: Args) -> Result<()> {
     write(&args.out.join("study.json"), json.as_bytes())?;
 
     for run in &report.runs {
-        println!("{}\n", run.label);
-        println!("{}", study::markdown_table(run, report.setup.num_layers));
+        crate::output::out(format!("{}\n", run.label))?;
+        crate::output::out(study::markdown_table(run, report.setup.num_layers))?;
     }
     let tokens: usize = report
         .runs

@@ -150,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
         &args.out.join("sweep.svg"),
         stack(&[ratio.to_svg(), kl.to_svg(), agree.to_svg()]).as_bytes(),
     )?;
-    print!("{md}");
+    crate::output::out(md.trim_end_matches('\n'))?;
     eprintln!("wrote {} and sweep.svg", args.out.join("sweep.md").display());
     Ok(())
 }

@@ -14,6 +14,6 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let files = args.model.open()?;
     let ids = files.tokenizer.encode(&args.prompt, false)?;
-    println!("{}", serde_json::to_string(&ids)?);
+    crate::output::out(serde_json::to_string(&ids)?)?;
     Ok(())
 }

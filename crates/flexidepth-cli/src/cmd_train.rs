@@ -203,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("no run to resume in {}", out.display()))?;
         let mut c = TrainConfig::from_toml(&path, &text)?;
         c.out = out;
+        c.validate()?;
         c
     } else {
         build_config(&args)?
@@ -242,10 +243,16 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => {
             let (meta, tensors) = read_depth_tensors(path)?;
             meta.check_base(&model)?;
+            flexidepth::depth::check::check_depth(path, &meta, &tensors, &model.config)?;
             (tensors, meta)
         }
         None => {
-            let layers = config.routed_layers.as_deref().map(parse_layer_range).transpose()?;
+            let n = model.config.num_hidden_layers;
+            let layers = config
+                .routed_layers
+                .as_deref()
+                .map(|s| parse_layer_range(s, n))
+                .transpose()?;
             let (meta, tensors) = fresh_depth(
                 &model,
                 layers,
@@ -284,7 +291,7 @@ pub fn run(args: Args) -> Result<()> {
         // First Ctrl-C: finish the step, checkpoint, exit. A second one aborts at once (the last checkpoint stays).
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
+                flexidepth::tmpfiles::exit_interrupted();
             }
             eprintln!("\ninterrupted: checkpointing after this step (Ctrl-C again to abort)");
         })

@@ -1,5 +1,8 @@
 //! `flexidepth`: the command-line tool. Text goes to stdout, statistics and progress to stderr.
 
+// First, so that its `eprintln!` is the one every module below uses.
+#[macro_use]
+mod output;
 mod cmd_bench;
 mod cmd_convert;
 mod cmd_data;
@@ -8,6 +11,7 @@ mod cmd_frontier;
 mod cmd_generate;
 mod cmd_info;
 mod cmd_perplexity;
+mod cmd_serve;
 mod cmd_study;
 mod cmd_sweep;
 mod cmd_tokenize;
@@ -57,6 +61,9 @@ enum Command {
     /// Held-out quality against layers and weight bytes per token: depth adapters (thresholds tuned to budgets on
     /// tuning text) beside ShortGPT's static removal; optionally each adapter's ship point.
     Frontier(Box<cmd_frontier::Args>),
+    /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), the layers each token used, and
+    /// continuous batching.
+    Serve(Box<cmd_serve::Args>),
 }
 
 /// Model selection shared by every command.
@@ -318,18 +325,23 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
 }
 
 /// More threads than any machine this runs on has cores (a larger value is a typo, and would start that many).
-const MAX_THREADS: usize = 1024;
+pub const MAX_THREADS: usize = 1024;
+
+/// A thread count given with `-t`: in `1..=MAX_THREADS`.
+pub fn parse_threads(t: &str) -> anyhow::Result<usize> {
+    t.trim()
+        .parse()
+        .ok()
+        .filter(|&n: &usize| (1..=MAX_THREADS).contains(&n))
+        .ok_or_else(|| anyhow::anyhow!("-t takes a number of threads in 1..={MAX_THREADS}, not '{t}'"))
+}
 
 /// Size the thread pools. candle's and ours read `RAYON_NUM_THREADS`; when it is unset, candle re-counts the
 /// physical cores (by reading /proc/cpuinfo) on every matmul, so it is always set here, once.
 fn set_threads(threads: Option<&str>, is_bench: bool) -> anyhow::Result<()> {
     let n = match threads {
         Some(t) if is_bench && t.contains(',') => return Ok(()), // bench sizes a pool per value
-        Some(t) => t
-            .parse()
-            .ok()
-            .filter(|&n: &usize| (1..=MAX_THREADS).contains(&n))
-            .ok_or_else(|| anyhow::anyhow!("-t takes a number of threads in 1..={MAX_THREADS}, not '{t}'"))?,
+        Some(t) => parse_threads(t)?,
         None => candle_core::utils::get_num_threads(),
     };
     // Nothing has started a thread pool yet: this is the first thing main does.
@@ -366,6 +378,14 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+    // Ctrl-C removes the temp files of unfinished atomic writes (a half-written model.safetensors) before exiting;
+    // `train` and `serve` install their own handlers (train checkpoints first, serve drains its requests).
+    if !matches!(cli.command, Command::Train(_) | Command::Serve(_)) {
+        if let Err(e) = ctrlc::set_handler(|| flexidepth::tmpfiles::exit_interrupted()) {
+            eprintln!("error: cannot install the Ctrl-C handler: {e}");
+            std::process::exit(1);
+        }
+    }
     if matches!(cli.command, Command::Train(_)) {
         flexidepth_train::single_threaded_elementwise();
     }
@@ -394,6 +414,7 @@ fn main() {
         Command::SweepReport(a) => cmd_sweep::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Frontier(a) => cmd_frontier::run(*a),
+        Command::Serve(a) => cmd_serve::run(*a),
     });
     if let Err(e) = res {
         eprintln!("error: {e:#}");

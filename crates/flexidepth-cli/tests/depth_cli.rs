@@ -287,3 +287,76 @@ fn perplexity_compare_full_writes_json() {
     let out = flexidepth(&["perplexity", "-f", f, "--json", "x.json"]);
     assert!(!out.status.success() && text(&out.stderr).contains("--compare-full"));
 }
+
+/// `frontier` on the shipped FFN adapter with tiny budgets of text: a FlexiDepth row per budget, a ShortGPT row per
+/// whole budget, the ship file with its threshold and hard gates stored; bad budgets are refused before loading.
+#[test]
+fn frontier_tunes_measures_and_ships() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("fr");
+    let ship = dir.path().join("ship");
+    let adapter = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../adapters/smollm2-135m-instruct/ffn-staged/flexidepth.safetensors"
+    );
+    let out = flexidepth(&[
+        "frontier",
+        "--depth",
+        adapter,
+        "--budgets",
+        "1,2.5",
+        "--iters",
+        "3",
+        "--tune-tokens",
+        "64",
+        "--max-tokens",
+        "64",
+        "-c",
+        "32",
+        "--ship-ratio",
+        "1.5",
+        "--ship-dir",
+        ship.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let points: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("frontier.json")).unwrap()).unwrap();
+    let methods: Vec<&str> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "flexi-ffn-hard:flexidepth",
+            "flexi-ffn-hard:flexidepth",
+            "flexi-ffn-hard:flexidepth",
+            "shortgpt"
+        ],
+        "budgets 1 and 2.5, the ship point, and ShortGPT for the whole budget only"
+    );
+    for p in points.as_array().unwrap() {
+        let ratio = p["heldout"]["ppl_ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.5, "{p}");
+    }
+    assert!(text(&out.stdout).contains("| shortgpt | 1 |"), "{}", text(&out.stdout));
+    for f in ["frontier.md", "frontier.svg"] {
+        assert!(out_dir.join(f).exists(), "{f}");
+    }
+    let shipped = ship.join("flexi-ffn-hard:flexidepth.ship.safetensors");
+    let meta = flexidepth::depth::file::read_depth_meta(&shipped).unwrap();
+    let tuned = points[2]["tuned"]["skip_threshold"].as_f64().unwrap() as f32;
+    assert_eq!(meta.skip_threshold, tuned);
+    assert_eq!(meta.gate_scaling, flexidepth::depth::GateScaling::Hard);
+
+    for bad in ["0", "-1", "30", "nan"] {
+        let flag = format!("--budgets={bad}");
+        let out = flexidepth(&["frontier", "--depth", adapter, &flag, "-o", out_dir.to_str().unwrap()]);
+        assert!(!out.status.success(), "--budgets {bad} accepted");
+        assert!(text(&out.stderr).contains("budget"), "{}", text(&out.stderr));
+    }
+}

@@ -305,7 +305,7 @@ pub fn time_prompt(model: &Model, policy: &dyn DepthPolicy, ids: &[u32]) -> Resu
 
 /// Generation: prefill `context` (untimed), then `n` greedy decode steps.
 pub fn time_generation(model: &Model, policy: &dyn DepthPolicy, context: &[u32], n: usize) -> Result<Timed> {
-    let mut cache: KvCache = model.new_cache(context.len() + n + 1);
+    let mut cache: KvCache = model.new_cache(context.len().saturating_add(n).saturating_add(1));
     let out = model.forward_with(context, &mut cache, Logits::Last, policy)?;
     let mut next = flexidepth::generate::sampler::argmax(&out.logits.squeeze(0)?.to_vec1::<f32>()?);
     let mut plans = Vec::with_capacity(n);

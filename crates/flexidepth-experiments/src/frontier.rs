@@ -147,6 +147,13 @@ pub fn flexi_points(
             ..policy
         };
         let heldout = depth_quality(model, heldout, &p)?;
+        if tuned.layers > n - b + 0.5 {
+            // Even skipping every routed row it can does not reach the budget (few routed layers, FFN-only unit).
+            progress(&format!(
+                "{method} budget {b}: not reached — at most {:.2} layers skipped per token on the tuning text",
+                n - tuned.layers
+            ));
+        }
         progress(&format!(
             "{method} budget {b}: threshold {:.5} ({:.2} layers on tuning text) → held-out {:.2} layers, ppl ratio {:.4}",
             tuned.skip_threshold, tuned.layers, heldout.mean_layers, heldout.ppl_ratio

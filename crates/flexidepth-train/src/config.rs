@@ -301,7 +301,6 @@ impl TrainConfig {
         toml::to_string_pretty(self).map_err(|e| Error::Input(format!("cannot write the config: {e}")))
     }
 
-    /// Refuse settings that cannot train.
     /// The routing of the training forward and of the depth files the run writes.
     pub fn routing(&self) -> flexidepth::depth::Routing {
         flexidepth::depth::Routing {
@@ -311,56 +310,85 @@ impl TrainConfig {
         }
     }
 
+    /// Refuse settings that cannot train or can only diverge, before any work: every hyper-parameter in its
+    /// domain (finite, and e.g. `adam.beta1` in [0, 1)), every count within bounds, stage names usable as file
+    /// names. Errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("training config: {m}")));
         if self.stages.is_empty() {
             return bad("no [[stage]]".into());
         }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("batch_size and grad_accum must be positive".into());
+        for (key, n, max) in [
+            ("batch_size", self.batch_size, MAX_SEQUENCES_PER_STEP),
+            ("grad_accum", self.grad_accum, MAX_SEQUENCES_PER_STEP),
+            ("router_reduction", self.router_reduction, usize::MAX),
+            ("proj_reduction", self.proj_reduction, usize::MAX),
+        ] {
+            if !(1..=max).contains(&n) {
+                return bad(format!("{key} must be in 1..={max}, not {n}"));
+            }
         }
-        if self.max_len < 2 {
-            return bad("max_len must be at least 2".into());
+        if self
+            .batch_size
+            .checked_mul(self.grad_accum)
+            .is_none_or(|n| n > MAX_SEQUENCES_PER_STEP)
+        {
+            return bad(format!(
+                "batch_size × grad_accum must be at most {MAX_SEQUENCES_PER_STEP} sequences per step"
+            ));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("lr must be positive, not {}", self.lr));
+        if !(2..=flexidepth::config::LIMITS.context).contains(&self.max_len) {
+            return bad(format!(
+                "max_len must be in 2..={}, not {}",
+                flexidepth::config::LIMITS.context,
+                self.max_len
+            ));
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad("warmup_ratio must be in [0, 1)".into());
+        if let Some(r) = &self.routed_layers {
+            flexidepth::depth::layer_range_bounds(r)
+                .map_err(|e| Error::Input(format!("training config: routed_layers: {e}")))?;
+        }
+        let a = &self.adam;
+        for (key, x, ok, domain) in [
+            ("lr", self.lr, self.lr > 0.0, "> 0"),
+            (
+                "warmup_ratio",
+                self.warmup_ratio,
+                (0.0..1.0).contains(&self.warmup_ratio),
+                "in [0, 1)",
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm,
+                self.max_grad_norm >= 0.0,
+                "≥ 0 (0 = no clipping)",
+            ),
+            ("adam.beta1", a.beta1, (0.0..1.0).contains(&a.beta1), "in [0, 1)"),
+            ("adam.beta2", a.beta2, (0.0..1.0).contains(&a.beta2), "in [0, 1)"),
+            ("adam.eps", a.eps, a.eps > 0.0, "> 0"),
+            ("adam.weight_decay", a.weight_decay, a.weight_decay >= 0.0, "≥ 0"),
+            (
+                "skip_threshold",
+                f64::from(self.skip_threshold),
+                (0.0..=1.0).contains(&self.skip_threshold),
+                "in [0, 1]",
+            ),
+        ] {
+            if !(x.is_finite() && ok) {
+                return bad(format!("{key} must be a finite number {domain}, not {x}"));
+            }
         }
         if !["f32", "f16", "bf16"].contains(&self.save_dtype.as_str()) {
             return bad(format!("save_dtype '{}' (use f32, f16 or bf16)", self.save_dtype));
         }
+        let mut names = std::collections::HashSet::new();
         for s in &self.stages {
-            if !(s.alpha >= 0.0 && s.alpha.is_finite()) {
-                return bad(format!("stage '{}': alpha must be ≥ 0", s.name));
-            }
-            if let Some(g) = s.target_gate {
-                if !(0.0..1.0).contains(&g) {
-                    return bad(format!("stage '{}': target_gate must be in [0, 1)", s.name));
-                }
-            }
-            if let Some(share) = s.skip_share {
-                if !(share > 0.0 && share < 1.0) {
-                    return bad(format!("stage '{}': skip_share must be in (0, 1)", s.name));
-                }
-            }
-            if s.tokens == Some(0) || (s.tokens == Some(1) && s.kind == StageKind::LocalFit) {
-                return bad(format!("stage '{}': needs at least 2 tokens", s.name));
-            }
-            if s.steps == Some(0) || s.epochs <= 0.0 {
+            check_stage(s)?;
+            if !names.insert(s.name.as_str()) {
                 return bad(format!(
-                    "stage '{}': needs a positive number of steps or epochs",
+                    "two stages are named '{}' (their files would overwrite each other)",
                     s.name
                 ));
-            }
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return bad(format!("stage name '{}' must be letters, digits, - or _", s.name));
             }
         }
         Ok(())
@@ -372,14 +400,79 @@ impl TrainConfig {
     }
 
     /// Optimizer steps of stage `i` over `n_sequences` (an incomplete last batch is dropped, as
-    /// `dataloader_drop_last`).
+    /// `dataloader_drop_last`), at most [`MAX_STAGE_STEPS`].
     pub fn stage_steps(&self, i: usize, n_sequences: usize) -> usize {
         let s = &self.stages[i];
         s.steps
             .unwrap_or_else(|| ((s.epochs * n_sequences as f64) / self.sequences_per_step() as f64).floor() as usize)
-            .max(1)
+            .clamp(1, MAX_STAGE_STEPS)
     }
 }
+
+/// Most sequences one optimizer step may take (`batch_size × grad_accum`): far above any real batch, far below what
+/// would make the step's list of sequences an allocation failure.
+pub const MAX_SEQUENCES_PER_STEP: usize = 1 << 16;
+/// Most optimizer steps a stage may take, however given (`steps`, or `epochs` over the data).
+pub const MAX_STAGE_STEPS: usize = 100_000_000;
+/// Longest stage name: it names files (`{name}.safetensors`, `{name}.replaceability.svg`), well within the 255
+/// bytes a file name may have.
+pub const MAX_STAGE_NAME: usize = 64;
+
+/// One stage's fields in their domains (see [`TrainConfig::validate`]).
+fn check_stage(s: &Stage) -> Result<()> {
+    let bad = |m: String| Err(Error::Input(format!("training config: stage '{}': {m}", s.name)));
+    if s.name.is_empty()
+        || s.name.len() > MAX_STAGE_NAME
+        || !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::Input(format!(
+            "training config: stage name '{}' must be 1 to {MAX_STAGE_NAME} letters, digits, - or _",
+            s.name
+        )));
+    }
+    if !(s.alpha >= 0.0 && s.alpha.is_finite()) {
+        return bad(format!("alpha must be a finite number ≥ 0, not {}", s.alpha));
+    }
+    if let Some(lr) = s.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad(format!("lr must be a finite number > 0, not {lr}"));
+        }
+    }
+    if let Some(g) = s.target_gate {
+        if !(0.0..1.0).contains(&g) {
+            return bad("target_gate must be in [0, 1)".into());
+        }
+    }
+    if let Some(share) = s.skip_share {
+        if !(share > 0.0 && share < 1.0) {
+            return bad("skip_share must be in (0, 1)".into());
+        }
+    }
+    if s.tokens == Some(0) || (s.tokens == Some(1) && s.kind == StageKind::LocalFit) {
+        return bad("needs at least 2 tokens".into());
+    }
+    if s.fit_epochs.is_some_and(|e| !(1..=MAX_FIT_EPOCHS).contains(&e)) {
+        return bad(format!("fit_epochs must be in 1..={MAX_FIT_EPOCHS}"));
+    }
+    if s.steps.is_some_and(|n| !(1..=MAX_STAGE_STEPS).contains(&n)) {
+        return bad(format!("steps must be in 1..={MAX_STAGE_STEPS}"));
+    }
+    if !(s.epochs > 0.0 && s.epochs <= MAX_EPOCHS) {
+        return bad(format!(
+            "epochs must be a number in (0, {MAX_EPOCHS}], not {}",
+            s.epochs
+        ));
+    }
+    Ok(())
+}
+
+/// Most passes over the data a stage may take.
+const MAX_EPOCHS: f64 = 1e6;
+/// Most epochs of a local fit.
+const MAX_FIT_EPOCHS: usize = 100_000;
 
 #[cfg(test)]
 mod tests {

@@ -271,7 +271,13 @@ impl<'a> Trainer<'a> {
             }
             var.set(t)?;
         }
+        check_resume_state(&self.config, self.sequences.len(), &ck.state, ck.optimizer_steps)
+            .map_err(|e| Error::bad_file(&path, e))?;
         self.opt.load_state(ck.optimizer_steps, &ck.tensors)?;
+        if ck.state.stage_step == 0 {
+            // At a stage's start the uninterrupted run has fresh moments (the checkpoint holds the last stage's).
+            self.opt = AdamW::new(self.config.adam.into());
+        }
         self.state = ck.state;
         let csv = self.config.out.join("log.csv");
         if csv.exists() {
@@ -323,7 +329,18 @@ impl<'a> Trainer<'a> {
                 let lr = cosine_lr(base_lr, step, total, warmup);
                 let mut g = step_grads_packed(self.model, &self.params, &seqs, &obj, self.config.batch_size)?;
                 let grad_norm = clip_grad_norm(&mut g.grads, self.config.max_grad_norm)?;
+                // Stop at the first non-finite number, before it reaches the parameters (or, if the update makes
+                // one, before anything is written): the last checkpoint stays the last good state.
+                let at = || format!("stage '{}' step {}", stage.name, step + 1);
+                if !(g.loss.is_finite() && grad_norm.is_finite()) {
+                    return Err(diverged(format!(
+                        "{}: the loss is {} and the gradient norm {grad_norm}",
+                        at(),
+                        g.loss
+                    )));
+                }
                 self.opt.step(&self.params, &g.grads, lr)?;
+                self.check_params_finite(&at())?;
                 let secs = t0.elapsed().as_secs_f64();
                 let seq_tokens: usize = seqs.iter().map(|s| s.len()).sum();
                 self.state.stage_step += 1;
@@ -456,8 +473,20 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Write the current routers and adapters as a depth-adapter file in the configured dtype.
+    /// Refuse parameters holding a NaN or an infinity (`at` says where the run stands).
+    fn check_params_finite(&self, at: &str) -> Result<()> {
+        for (name, t) in self.params.tensors() {
+            if flexidepth::finite::count_non_finite(&t)? > 0 {
+                return Err(diverged(format!("{at}: parameter '{name}' is no longer finite")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the current routers and adapters as a depth-adapter file in the configured dtype (never one holding a
+    /// NaN or an infinity).
     pub fn write_depth(&self, path: &std::path::Path) -> Result<()> {
+        self.check_params_finite(&format!("writing {}", path.display()))?;
         let dtype = match self.config.save_dtype.as_str() {
             "f16" => DType::F16,
             "bf16" => DType::BF16,
@@ -474,6 +503,58 @@ impl<'a> Trainer<'a> {
     fn write_log(&self) -> Result<()> {
         log::write_csv(&self.config.out.join("log.csv"), &self.log)
     }
+}
+
+/// The error of a run that produced a NaN or an infinity.
+fn diverged(msg: String) -> Error {
+    Error::Input(format!(
+        "training diverged at {msg}; nothing further was written (the last checkpoint is the last good state). \
+         Lower lr, or check the data and the depth file"
+    ))
+}
+
+/// Refuse a run state that does not fit `config` over `n_sequences` sequences: a stage or step out of range would
+/// spin forever or mark an unfinished run as done.
+fn check_resume_state(config: &TrainConfig, n_sequences: usize, s: &RunState, optimizer_steps: u64) -> Result<()> {
+    let bad = |m: String| {
+        Err(Error::Input(format!(
+            "the run state is inconsistent with the config: {m}"
+        )))
+    };
+    let n_stages = config.stages.len();
+    if s.stage > n_stages {
+        return bad(format!("stage {} of a run with {n_stages} stages", s.stage));
+    }
+    let steps = |i: usize| match config.stages[i].kind {
+        config::StageKind::Train => config.stage_steps(i, n_sequences),
+        // A local stage runs as one unit: it is either ahead of the state or behind it.
+        _ => 0,
+    };
+    let current = if s.stage < n_stages { steps(s.stage) } else { 0 };
+    if s.stage_step > 0 && s.stage_step >= current {
+        return bad(format!(
+            "step {} of stage {}, which has {current} steps",
+            s.stage_step, s.stage
+        ));
+    }
+    let before: usize = (0..s.stage).map(steps).sum();
+    if s.global_step != before + s.stage_step {
+        return bad(format!(
+            "global step {} where the stages before and the current step make {}",
+            s.global_step,
+            before + s.stage_step
+        ));
+    }
+    if s.stage_step > 0 && optimizer_steps != s.stage_step as u64 {
+        return bad(format!(
+            "{optimizer_steps} optimizer steps at step {} of the stage",
+            s.stage_step
+        ));
+    }
+    if !(s.elapsed_s.is_finite() && s.elapsed_s >= 0.0) {
+        return bad(format!("elapsed time {}", s.elapsed_s));
+    }
+    Ok(())
 }
 
 /// A fingerprint of everything in the config that changes the result (the output folder may move): FNV-1a of

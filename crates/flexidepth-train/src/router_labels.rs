@@ -4,15 +4,16 @@
 //! distribution at full depth from the one when **only row `t` skips only layer `l`** — K/V still written, the
 //! adapter scaled by `1 − w*` stands in (spec A3, with the fitted adapter at the target gate `w*` of
 //! [`crate::local_fit`]; every other row and layer runs unscaled). Only rows `≤ t` influence row `t`'s output and
-//! rows `< t` are unchanged, so the label is computed as a single-row pass of row `t` through layers `l..` over the
-//! full-depth KV cache ([`skip_kl_labels`]); [`skip_kl_brute_force`] runs the whole sequence for every (t, l) instead
-//! and is the reference the fast path is tested against.
+//! rows `< t` are unchanged, so all rows' labels of one layer come from one pass in which every row attends over the
+//! full-depth K/V of the rows before it and its own changed K/V ([`skip_kl_labels`]); [`skip_kl_brute_force`] runs
+//! the whole sequence for every (t, l) instead and is the reference the fast path is tested against.
 
 use candle_core::{Tensor, D};
 use flexidepth::depth::{DepthPolicy, FullDepth, SkipUnit};
 use flexidepth::error::{Error, Result};
+use flexidepth::model::attention::QueryPos;
 use flexidepth::model::layer::DecoderLayer;
-use flexidepth::model::ops::Fused;
+use flexidepth::model::ops::{Fused, Ops};
 use flexidepth::model::plan::{AttnStep, FfnStep, Gates, LayerInput, LayerPlan, RowStep};
 use flexidepth::model::{ForwardCtx, Model};
 
@@ -122,8 +123,11 @@ fn check(model: &Model, ids: &[u32], layers: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// The KL labels of `ids` for `layers` (each needs an attached adapter), fast path: per token, single-row passes
-/// over the full-depth KV cache. Cost per token: `Σ_l (n − l)` one-row layer passes and `|layers|` head products.
+/// The KL labels of `ids` for `layers` (each needs an attached adapter), fast path: for each routed layer, one
+/// pass of all rows through layers `l..` in which every row is its own counterfactual — it skips layer `l` while
+/// attending, at the later layers, over the full-depth K/V of the other rows and its own changed K/V
+/// ([`flexidepth::model::attention::Attention::attend_own_rows`]). Equal to [`skip_kl_brute_force`] (tested); cost
+/// per sequence `Σ_l (n − l)` layer passes over all rows and `|layers|` head products.
 pub fn skip_kl_labels(
     model: &Model,
     ids: &[u32],
@@ -133,40 +137,51 @@ pub fn skip_kl_labels(
 ) -> Result<SequenceLabels> {
     check(model, ids, layers)?;
     skip_step(unit)?;
-    let n = model.layers.len();
-    let (xs, full_logits, mut cache) = full_depth_states(model, ids)?;
-    let mut kl = vec![vec![0f32; ids.len()]; layers.len()];
-    let first = layers.iter().copied().min().unwrap_or(0);
-    #[allow(clippy::needless_range_loop)] // t is a position as much as an index
-    for t in 0..ids.len() {
-        let ctx = ForwardCtx::new(model, t, 1)?;
-        let p = full_logits.narrow(0, t, 1)?;
-        for (k, &l) in layers.iter().enumerate() {
-            let policy = SkipOne {
-                layer_idx: l,
-                row: 0,
-                unit,
-                gate,
-            };
-            // Writes row t's (changed) K/V at layers ≥ l; positions < t stay the full-depth ones.
-            let x = model
-                .run_layers(&Fused, xs[l].narrow(0, t, 1)?, l..n, &ctx, Some(&mut cache), &policy)?
-                .hidden;
-            kl[k][t] = kl_rows(&p, &model.head(&Fused, &x)?)?[0].max(0.0);
+    let (n, seq) = (model.layers.len(), ids.len());
+    let (xs, full_logits, cache) = full_depth_states(model, ids)?;
+    let ctx = ForwardCtx::new(model, 0, seq)?;
+    let norm = |x: &Tensor, w| Fused.rms_norm(x, w);
+    let mut kl = Vec::with_capacity(layers.len());
+    for &l in layers {
+        let layer = &model.layers[l];
+        // The skipped layer: its K/V are the full-depth ones (its input is unchanged); the adapter, scaled by
+        // 1 − gate, stands in for the whole layer or only for its FFN.
+        let h = match unit {
+            SkipUnit::Ffn => {
+                let (k, v) = cache.view(l, seq)?;
+                let u = norm(&xs[l], &layer.input_layernorm)?;
+                let attn =
+                    layer
+                        .self_attn
+                        .attend(&Fused, &u, ctx.rope, QueryPos::Contiguous(0), &k, &v, ctx.mask.as_ref())?;
+                (&xs[l] + attn)?
+            }
+            _ => xs[l].clone(),
+        };
+        let adapter = layer
+            .router_proj
+            .as_ref()
+            .ok_or_else(|| Error::Input(format!("router labels: layer {l} has no adapter")))?;
+        let y = adapter.forward(&Fused, &norm(&h, &layer.post_attention_layernorm)?)?;
+        let mut x = (h + (y * (1.0 - gate as f64))?)?;
+        // Later layers run in full; each row sees the others' full-depth K/V and its own.
+        for later in &model.layers[l + 1..n] {
+            let u = norm(&x, &later.input_layernorm)?;
+            let (own_k, own_v) = later.self_attn.project_kv(&Fused, &u, ctx.rope, 0)?;
+            let (k, v) = cache.view(later.layer_idx, seq)?;
+            let attn =
+                later
+                    .self_attn
+                    .attend_own_rows(&Fused, &u, ctx.rope, &k, &v, &own_k, &own_v, ctx.mask.as_ref())?;
+            let h = (&x + attn)?;
+            x = (&h + later.mlp.forward(&Fused, &norm(&h, &later.post_attention_layernorm)?)?)?;
         }
-        // Restore row t's full-depth K/V for the rows after it.
-        model.run_layers(
-            &Fused,
-            xs[first].narrow(0, t, 1)?,
-            first..n,
-            &ctx,
-            Some(&mut cache),
-            &FullDepth,
-        )?;
+        let q = model.head(&Fused, &x)?;
+        kl.push(kl_rows(&full_logits, &q)?.into_iter().map(|v| v.max(0.0)).collect());
     }
     let u = layers
         .iter()
-        .map(|&l| flexidepth::model::ops::Ops::rms_norm(&Fused, &xs[l], &model.layers[l].input_layernorm))
+        .map(|&l| Fused.rms_norm(&xs[l], &model.layers[l].input_layernorm))
         .collect::<Result<_>>()?;
     Ok(SequenceLabels {
         layers: layers.to_vec(),

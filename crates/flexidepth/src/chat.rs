@@ -160,8 +160,10 @@ impl ChatTemplate {
         }
         ctx.extend(input.extra.iter().cloned());
         let ctx: Value = ctx.into_iter().collect();
-        tmpl.render(ctx)
-            .map_err(|e| Error::Template(format!("cannot render: {e}")))
+        let input_bytes: usize = input.messages.iter().map(|m| m.to_string().len()).sum::<usize>()
+            + input.tools.as_ref().map_or(0, |t| t.to_string().len())
+            + input.documents.as_ref().map_or(0, |d| d.to_string().len());
+        crate::template_bounds::render(&tmpl, ctx, input_bytes)
     }
 }
 
@@ -225,6 +227,7 @@ fn rewrite_generation_blocks(source: &str) -> String {
 /// The Jinja environment of transformers' `_compile_jinja_template`.
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(crate::template_bounds::FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);

@@ -156,11 +156,49 @@ impl HfConfig {
     }
 }
 
+/// The bounds every model size and number is held to before anything is sized by it: far beyond every released
+/// model (the largest have ~130 layers, 256k vocabularies, 10M-token contexts), far below what would make an
+/// allocation abort or a product of two sizes overflow.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub rms_norm_eps: std::ops::RangeInclusive<f64>,
+    pub rope_theta: std::ops::RangeInclusive<f64>,
+}
+
+/// See [`Limits`].
+pub const LIMITS: Limits = Limits {
+    layers: 1024,
+    hidden_size: 1 << 16,
+    intermediate_size: 1 << 20,
+    heads: 1024,
+    head_dim: 1024,
+    vocab: 1 << 22,
+    context: 1 << 24,
+    // As f32 (the kernels' type) the epsilon must stay a positive normal number.
+    rms_norm_eps: std::ops::RangeInclusive::new(f32::MIN_POSITIVE as f64, 1.0),
+    rope_theta: std::ops::RangeInclusive::new(1.0, 1e12),
+};
+
 /// `eos_token_id` may be one id or a list of ids.
 pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        // An id past u32 becomes u32::MAX, which the vocabulary check then refuses (never a silent wrap).
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|x| vec![u32::try_from(x).unwrap_or(u32::MAX)])
+            .unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| u32::try_from(x).unwrap_or(u32::MAX))
+            .collect(),
         _ => vec![],
     }
 }
@@ -237,20 +275,23 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// Check the relations between sizes that the kernels rely on.
+    /// Check every size against [`LIMITS`] and the relations between sizes that the kernels rely on; the errors
+    /// name the HF key.
     pub fn validate(&self) -> Result<()> {
-        let sizes = [
-            self.vocab_size,
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_hidden_layers,
-            self.num_attention_heads,
-            self.num_key_value_heads,
-            self.head_dim,
-            self.max_position_embeddings,
-        ];
-        if sizes.contains(&0) {
-            return Err(Error::Config(format!("a size is zero: {self:?}")));
+        let l = &LIMITS;
+        for (key, value, max) in [
+            ("vocab_size", self.vocab_size, l.vocab),
+            ("hidden_size", self.hidden_size, l.hidden_size),
+            ("intermediate_size", self.intermediate_size, l.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers, l.layers),
+            ("num_attention_heads", self.num_attention_heads, l.heads),
+            ("num_key_value_heads", self.num_key_value_heads, l.heads),
+            ("head_dim", self.head_dim, l.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings, l.context),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(Error::Config(format!("'{key}' is {value}, outside 1..={max}")));
+            }
         }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::Config(format!(
@@ -264,9 +305,25 @@ impl ModelConfig {
                 self.head_dim
             )));
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0
-        {
-            return Err(Error::Config("rms_norm_eps and rope_theta must be positive".into()));
+        for (key, value, range) in [
+            ("rms_norm_eps", self.rms_norm_eps, &l.rms_norm_eps),
+            ("rope_theta", self.rope_theta, &l.rope_theta),
+        ] {
+            if !(value.is_finite() && range.contains(&value)) {
+                return Err(Error::Config(format!(
+                    "'{key}' is {value}, outside [{:e}, {:e}]",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
+        for id in self.bos_token_id.iter().chain(&self.eos_token_ids) {
+            if *id as usize >= self.vocab_size {
+                return Err(Error::Config(format!(
+                    "token id {id} (bos_token_id / eos_token_id) is outside the vocabulary of {}",
+                    self.vocab_size
+                )));
+            }
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use crate::error::{write_atomic, Error, Result};
 use crate::loader::ModelFiles;
 use candle_core::{DType, Device};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Storage dtype of the written weights.
@@ -46,7 +46,7 @@ pub fn convert_with_depth(
         ConvertDtype::Bf16 => (DType::BF16, "bfloat16"),
     };
     let device = Device::Cpu;
-    let mut tensors = HashMap::new();
+    let mut tensors = BTreeMap::new();
     for name in files.weights.names() {
         if files.config.tie_word_embeddings && name == "lm_head.weight" {
             continue;
@@ -69,21 +69,13 @@ pub fn convert_with_depth(
                 meta.num_hidden_layers
             )));
         }
+        crate::depth::check::check_depth(path, &meta, &depth, &files.config)?;
         for (name, t) in depth {
             tensors.insert(name, t.to_dtype(dt)?);
         }
         routing_layers = Some(meta.routed_layers);
     }
-    let st_path = out_dir.join("model.safetensors");
-    let tmp = crate::error::tmp_path(&st_path);
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            path: st_path.clone(),
-            err: std::io::Error::other(e.to_string()),
-        }
-    })?;
-    std::fs::rename(&tmp, &st_path).map_err(|e| Error::io(&st_path, e))?;
+    crate::weights::st_write::write_safetensors(&out_dir.join("model.safetensors"), &tensors)?;
 
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
     let mut config = files.config.to_hf_json(torch_dtype);

@@ -79,27 +79,11 @@ pub fn read_to_string(path: &std::path::Path) -> Result<String> {
     })
 }
 
-/// Write a file atomically: a temporary file in the same folder, then a rename, so that a crash or a full disk
-/// never leaves a half-written file under the final name.
+/// Write a file atomically: a temporary file in the same folder, then a rename, so that a crash, a full disk or a
+/// Ctrl-C never leaves a half-written file under the final name (nor the temporary one, see [`crate::tmpfiles`]).
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = tmp_path(path);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-/// The temporary name used by [`write_atomic`] and friends for `path`.
-pub(crate) fn tmp_path(path: &std::path::Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
+    let (tmp, mut f) = crate::tmpfiles::TmpFile::create(path)?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.persist(f)
 }

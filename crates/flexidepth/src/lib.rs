@@ -4,7 +4,7 @@
 //! safetensors by HF tensor name), [`tokenizer`] and [`chat`], [`model`] (the decoder stack), [`depth`] (depth
 //! policies and the FlexiDepth adapter file), [`cache`] (the KV cache, outside the model), [`generate`]
 //! (sampler, streaming, decode loop), [`trace`] (per-token depth records), [`convert`] (GGUF → HF folder) and
-//! [`loader`] (finding and opening models); [`rng`] is the one seeded generator for every reproducible draw. Training lives in `flexidepth-train`, experiments and reports in
+//! [`loader`] (finding and opening models); [`rng`] is the one seeded generator for every reproducible draw; [`tmpfiles`] tracks the temporary files of atomic writes. Training lives in `flexidepth-train`, experiments and reports in
 //! `flexidepth-experiments`; neither is a dependency of this crate.
 
 pub mod cache;
@@ -14,11 +14,14 @@ pub mod convert;
 pub mod depth;
 pub mod error;
 pub mod escape;
+pub mod finite;
 pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod rng;
+pub mod template_bounds;
+pub mod tmpfiles;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;

@@ -76,16 +76,56 @@ pub struct GenerationDefaults {
 }
 
 impl GenerationDefaults {
-    pub fn from_json(v: &Value) -> Self {
-        GenerationDefaults {
-            do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
-            temperature: v.get("temperature").and_then(|x| x.as_f64()),
-            top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
-            top_p: v.get("top_p").and_then(|x| x.as_f64()),
-            min_p: v.get("min_p").and_then(|x| x.as_f64()),
-            repetition_penalty: v.get("repetition_penalty").and_then(|x| x.as_f64()).map(|x| x as f32),
-            eos_token_ids: crate::config::token_ids(v.get("eos_token_id")),
+    /// Read a `generation_config.json` document. A key that is present (not `null`) must have its type: a
+    /// `"temperature": "hot"` is an error naming the key, not a silently ignored default.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        fn get<T>(v: &Value, key: &str, want: &str, f: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => f(x)
+                    .map(Some)
+                    .ok_or_else(|| Error::Config(format!("'{key}' must be {want}, not {x}"))),
+            }
         }
+        let ids_ok = match v.get("eos_token_id") {
+            None | Some(Value::Null) => true,
+            Some(Value::Array(a)) => a.iter().all(Value::is_u64),
+            Some(x) => x.is_u64(),
+        };
+        if !ids_ok {
+            return Err(Error::Config(
+                "'eos_token_id' must be a token id or a list of them".into(),
+            ));
+        }
+        Ok(GenerationDefaults {
+            do_sample: get(v, "do_sample", "a boolean", Value::as_bool)?,
+            temperature: get(v, "temperature", "a number", Value::as_f64)?,
+            top_k: get(v, "top_k", "a count", |x| {
+                x.as_u64().and_then(|k| usize::try_from(k).ok())
+            })?,
+            top_p: get(v, "top_p", "a number", Value::as_f64)?,
+            min_p: get(v, "min_p", "a number", Value::as_f64)?,
+            repetition_penalty: get(v, "repetition_penalty", "a number", |x| x.as_f64().map(|p| p as f32))?,
+            eos_token_ids: crate::config::token_ids(v.get("eos_token_id")),
+        })
+    }
+
+    /// Refuse defaults no generation could use: sampling values outside their domains, end ids outside the
+    /// vocabulary.
+    pub fn check(&self, vocab_size: usize) -> Result<()> {
+        // The raw value too: `do_sample: false` would hide a temperature no sampling could use.
+        if let Some(t) = self.temperature.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            return Err(Error::Config(format!(
+                "'temperature' {t} in generation_config.json must be a number ≥ 0"
+            )));
+        }
+        self.sampling().validate()?;
+        if let Some(id) = self.eos_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Config(format!(
+                "'eos_token_id' {id} is outside the vocabulary of {vocab_size}"
+            )));
+        }
+        Ok(())
     }
 
     /// The sampling parameters these defaults imply (`do_sample: false` means greedy).
@@ -141,15 +181,14 @@ impl ModelFiles {
             ModelPath::Gguf(p) => {
                 let mut gguf = GgufFile::open(p)?;
                 let config = gguf.config()?;
-                let tokenizer = Tokenizer::from_gguf(&gguf)?;
+                let vocab = config.vocab_size;
+                let tokenizer = Tokenizer::from_gguf(&gguf, vocab)?;
                 gguf.drop_tokenizer_arrays();
                 return_freed_memory();
                 // llama.cpp's end-of-generation set starts from the EOS, EOT and EOM ids of the metadata.
                 let mut eos_token_ids = config.eos_token_ids.clone();
                 for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-                    if let Some(id) = gguf.meta(key).and_then(|v| v.to_u32().ok()) {
-                        eos_token_ids.push(id);
-                    }
+                    eos_token_ids.extend(gguf.meta_token_id(key, vocab)?);
                 }
                 let generation = GenerationDefaults {
                     eos_token_ids,
@@ -174,16 +213,21 @@ impl ModelFiles {
                     other => other,
                 })?;
                 let weights = WeightSource::Safetensors(SafetensorsFiles::open_dir(dir)?);
+                crate::weights::layout::check_layer_count(&weights.names(), &config)
+                    .map_err(|e| Error::bad_file(&cfg_path, e))?;
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 let gen_path = dir.join("generation_config.json");
                 let mut generation = if gen_path.exists() {
-                    GenerationDefaults::from_json(&read_json(&gen_path)?)
+                    GenerationDefaults::from_json(&read_json(&gen_path)?).map_err(|e| Error::bad_file(&gen_path, e))?
                 } else {
                     GenerationDefaults::default()
                 };
                 if generation.eos_token_ids.is_empty() {
                     generation.eos_token_ids = config.eos_token_ids.clone();
                 }
+                generation
+                    .check(config.vocab_size)
+                    .map_err(|e| Error::bad_file(&gen_path, e))?;
                 Ok(ModelFiles {
                     path,
                     config,

@@ -42,6 +42,10 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     fn from_json(json: Value, chat_template: Option<String>, bos: Option<String>, eos: Option<String>) -> Result<Self> {
+        // tokenizers trusts its post-processor's references (and its BPE merges' lengths) and panics on a dangling
+        // one: check them first.
+        check_post_processor(&json["post_processor"])?;
+        check_bpe_merges(&json["model"])?;
         let inner: tokenizers::Tokenizer =
             serde_json::from_value(json).map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer: {e}")))?;
         let chat_template = chat_template.map(|src| ChatTemplate::new(src, bos.clone(), eos.clone()));
@@ -66,11 +70,17 @@ impl Tokenizer {
         } else {
             json!({})
         };
-        let token_str = |key: &str| -> Option<String> {
-            match cfg.get(key)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-                _ => None,
+        // A key of the wrong type is an error naming it, never silently no template or no special token.
+        let bad = |key: &str, want: &str| Error::bad_file(&cfg_path, format!("'{key}' must be {want}"));
+        let token_str = |key: &str| -> Result<Option<String>> {
+            match cfg.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Object(o)) => match o.get("content") {
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    _ => Err(bad(key, "a string or an object with a string 'content'")),
+                },
+                Some(_) => Err(bad(key, "a string or an object with a string 'content'")),
             }
         };
         let jinja = dir.join("chat_template.jinja");
@@ -78,23 +88,24 @@ impl Tokenizer {
             Some(crate::error::read_to_string(&jinja)?)
         } else {
             match cfg.get("chat_template") {
+                None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 // A list of named templates: take "default".
                 Some(Value::Array(list)) => list
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template"))
-                    .and_then(|t| t.as_str())
-                    .map(String::from),
-                _ => None,
+                    .map(|t| t.get("template").and_then(|t| t.as_str()).map(String::from))
+                    .map(|t| t.ok_or_else(|| bad("chat_template", "a string, or a list of {name, template} strings")))
+                    .transpose()?,
+                Some(_) => return Err(bad("chat_template", "a string, or a list of {name, template} strings")),
             }
         };
-        Self::from_json(json, template, token_str("bos_token"), token_str("eos_token"))
-            .map_err(|e| Error::bad_file(&path, e))
+        let (bos, eos) = (token_str("bos_token")?, token_str("eos_token")?);
+        Self::from_json(json, template, bos, eos).map_err(|e| Error::bad_file(&path, e))
     }
 
     /// The tokenizer embedded in a GGUF file.
-    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+    pub fn from_gguf(gguf: &GgufFile, vocab_size: usize) -> Result<Self> {
         let bad = |m: String| Error::bad_file(gguf.path(), m);
         let strings = |key: &str| -> Result<Vec<String>> {
             match gguf.meta(key) {
@@ -120,23 +131,48 @@ impl Tokenizer {
         }
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
+        if tokens.len() > vocab_size {
+            return Err(bad(format!(
+                "'tokenizer.ggml.tokens' holds {} tokens, more than the {vocab_size} rows of the embedding",
+                tokens.len()
+            )));
+        }
         let types: Vec<i64> = match gguf.meta("tokenizer.ggml.token_type") {
-            Some(GgufValue::Array(a)) => a.iter().map(|v| v.to_i32().map(i64::from).unwrap_or(1)).collect(),
-            _ => vec![1; tokens.len()],
+            Some(GgufValue::Array(a)) if a.len() == tokens.len() => a
+                .iter()
+                .map(|v| {
+                    v.to_i32()
+                        .map(i64::from)
+                        .map_err(|_| bad("'tokenizer.ggml.token_type' holds a non-i32 value".into()))
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => {
+                return Err(bad(format!(
+                    "'tokenizer.ggml.token_type' must be a list of {} token types",
+                    tokens.len()
+                )))
+            }
+            None => vec![1; tokens.len()],
         };
         let pre = match gguf.meta("tokenizer.ggml.pre") {
             Some(GgufValue::String(s)) => s.clone(),
-            _ => "default".to_string(),
+            Some(_) => return Err(bad("'tokenizer.ggml.pre' must be a string".into())),
+            None => "default".to_string(),
         };
-        let id_meta = |key: &str| gguf.meta(key).and_then(|v| v.to_u32().ok());
-        let add_bos = matches!(gguf.meta("tokenizer.ggml.add_bos_token"), Some(GgufValue::Bool(true)));
-        let bos_id = id_meta("tokenizer.ggml.bos_token_id");
-        let eos_id = id_meta("tokenizer.ggml.eos_token_id");
+        let id_meta = |key: &str| gguf.meta_token_id(key, tokens.len());
+        let add_bos = match gguf.meta("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(GgufValue::Bool(b)) => *b,
+            Some(_) => return Err(bad("'tokenizer.ggml.add_bos_token' must be a boolean".into())),
+        };
+        let bos_id = id_meta("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id_meta("tokenizer.ggml.eos_token_id")?;
         let json = gguf_tokenizer_json(&tokens, &types, &merges, &pre, if add_bos { bos_id } else { None })?;
         let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
         let template = match gguf.meta("tokenizer.chat_template") {
             Some(GgufValue::String(s)) => Some(s.clone()),
-            _ => None,
+            Some(_) => return Err(bad("'tokenizer.chat_template' must be a string".into())),
+            None => None,
         };
         Self::from_json(json, template, name(bos_id), name(eos_id))
     }
@@ -203,6 +239,85 @@ impl Tokenizer {
         }
         v
     }
+}
+
+/// Refuse a `post_processor` (of a `tokenizer.json` document) whose template names a special token it does not
+/// define, or defines one with unequal `ids` and `tokens` lists: tokenizers indexes them unchecked when encoding.
+fn check_post_processor(pp: &Value) -> Result<()> {
+    let bad = |m: String| Err(Error::Tokenizer(format!("post_processor: {m}")));
+    match pp.get("type").and_then(Value::as_str) {
+        Some("Sequence") => {
+            for p in pp.get("processors").and_then(Value::as_array).into_iter().flatten() {
+                check_post_processor(p)?;
+            }
+        }
+        Some("TemplateProcessing") => {
+            let specials = pp.get("special_tokens").and_then(Value::as_object);
+            for (name, tok) in specials.into_iter().flatten() {
+                let len = |k: &str| tok.get(k).and_then(Value::as_array).map(Vec::len);
+                if len("ids") != len("tokens") {
+                    return bad(format!("special token '{name}' has unequal 'ids' and 'tokens' lists"));
+                }
+            }
+            for part in ["single", "pair"] {
+                for piece in pp.get(part).and_then(Value::as_array).into_iter().flatten() {
+                    let Some(id) = piece
+                        .get("SpecialToken")
+                        .and_then(|t| t.get("id"))
+                        .and_then(Value::as_str)
+                    else {
+                        continue;
+                    };
+                    if !specials.is_some_and(|m| m.contains_key(id)) {
+                        return bad(format!(
+                            "the '{part}' template uses '{id}', which 'special_tokens' does not define"
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuse BPE merges tokenizers would panic on while building the model: each merge `a b` must name two tokens of
+/// the vocabulary, `b` must start with the `continuing_subword_prefix`, and their concatenation (prefix dropped)
+/// must be a token too (tokenizers copies it into a buffer as long as the longest token before looking it up).
+fn check_bpe_merges(model: &Value) -> Result<()> {
+    let (Some(vocab), Some(merges)) = (
+        model.get("vocab").and_then(Value::as_object),
+        model.get("merges").and_then(Value::as_array),
+    ) else {
+        return Ok(()); // not BPE, or malformed: tokenizers' own deserializer reports it
+    };
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    for m in merges {
+        let pair: Option<(&str, &str)> = match m {
+            Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
+            Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
+            _ => None,
+        };
+        let bad = |why: &str| Err(Error::Tokenizer(format!("BPE merge {m}: {why}")));
+        let Some((a, b)) = pair else {
+            return bad("not a pair of tokens");
+        };
+        if !vocab.contains_key(a) || !vocab.contains_key(b) {
+            return bad("names a token outside the vocabulary");
+        }
+        let Some(rest) = b.strip_prefix(prefix) else {
+            return bad(&format!(
+                "'{b}' does not start with the continuing_subword_prefix '{prefix}'"
+            ));
+        };
+        if !vocab.contains_key(&format!("{a}{rest}")) {
+            return bad("makes a token outside the vocabulary");
+        }
+    }
+    Ok(())
 }
 
 /// The `tokenizer.json` document for a byte-level BPE vocabulary from GGUF metadata.
@@ -321,6 +436,44 @@ mod tests {
         let ids = t.encode("<|s|>ab", false).unwrap();
         assert_eq!(ids, vec![0, ab]);
         assert_eq!(t.decode(&ids, true).unwrap(), "ab");
+    }
+
+    /// A post-processor naming a special token it does not define is refused when the tokenizer is built (the
+    /// tokenizers crate would panic on the first encode with special tokens).
+    #[test]
+    fn dangling_post_processor_references_are_refused() {
+        let tokens: Vec<String> = vec!["<s>".into(), "a".into()];
+        let mut json = gguf_tokenizer_json(&tokens, &[3, 1], &[], "gpt2", Some(0)).unwrap();
+        assert!(Tokenizer::from_json(json.clone(), None, None, None).is_ok());
+        json["post_processor"]["special_tokens"] = json!({});
+        let e = Tokenizer::from_json(json.clone(), None, None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("'<s>'") && e.contains("special_tokens"), "{e}");
+        json["post_processor"] = json!({"type": "Sequence", "processors": [{"type": "TemplateProcessing",
+            "single": [], "pair": [], "special_tokens": {"x": {"id": "x", "ids": [0, 1], "tokens": ["x"]}}}]});
+        let e = Tokenizer::from_json(json, None, None, None).err().unwrap().to_string();
+        assert!(e.contains("unequal"), "{e}");
+    }
+
+    /// Merges that would make tokenizers slice past its buffer (a merge longer than every token, a second part
+    /// shorter than the subword prefix) are refused, not handed over.
+    #[test]
+    fn bpe_merges_tokenizers_would_panic_on_are_refused() {
+        let tokens: Vec<String> = vec!["ab".into(), "cd".into(), "abcd".into()];
+        let mut json = gguf_tokenizer_json(&tokens, &[1, 1, 1], &["ab cd".into()], "gpt2", None).unwrap();
+        assert!(Tokenizer::from_json(json.clone(), None, None, None).is_ok());
+        let abcd = json["model"]["vocab"].as_object_mut().unwrap().remove("abcd").unwrap();
+        let e = Tokenizer::from_json(json.clone(), None, None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
+        json["model"]["vocab"]["abcd"] = abcd;
+        json["model"]["continuing_subword_prefix"] = json!("NaN");
+        let e = Tokenizer::from_json(json, None, None, None).err().unwrap().to_string();
+        assert!(e.contains("continuing_subword_prefix"), "{e}");
     }
 
     #[test]

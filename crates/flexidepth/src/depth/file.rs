@@ -269,6 +269,13 @@ pub fn load_parts(
         let key = |k: LayerKey| k.weight(layer_idx);
         let enc = key(LayerKey::RouterEnc);
         let r = *shape_of(weights, &enc)?.first().unwrap_or(&0);
+        // An empty bottleneck would reach candle's norm as a division by zero.
+        if r == 0 {
+            return Err(Error::bad_file(
+                weights.path(),
+                format!("'{enc}' has an empty bottleneck"),
+            ));
+        }
         let router = Router {
             router_enc: linear(weights, &enc, &[r, h], device)?,
             router_norm: RmsNorm::new(
@@ -283,6 +290,9 @@ pub fn load_parts(
         };
         let gate = key(LayerKey::AdapterGateProj);
         let m = *shape_of(weights, &gate)?.first().unwrap_or(&0);
+        if m == 0 {
+            return Err(Error::bad_file(weights.path(), format!("'{gate}' has an empty width")));
+        }
         let down = key(LayerKey::AdapterDownProj);
         let up = key(LayerKey::AdapterUpProj);
         let (down_shape, up_shape) = (shape_of(weights, &down)?, shape_of(weights, &up)?);
@@ -332,10 +342,13 @@ pub fn read_depth_tensors(path: &Path) -> Result<(DepthMeta, HashMap<String, Ten
     Ok((meta, tensors))
 }
 
-/// Read a depth-adapter file and attach it to `model` (refusing one made for another base).
+/// Read a depth-adapter file and attach it to `model`, refusing one made for another base and one that fails
+/// [`super::check::check_depth`] (a NaN in a router, a tensor left over, metadata out of range).
 pub fn attach_depth_file(model: &mut Model, path: &Path) -> Result<DepthMeta> {
-    let meta = read_depth_meta(path)?;
+    let (meta, tensors) = read_depth_tensors(path)?;
+    // The base first: the other checks hold the file against this model's sizes.
     meta.check_base(model)?;
+    super::check::check_depth(path, &meta, &tensors, &model.config)?;
     let weights = WeightSource::Safetensors(SafetensorsFiles::open(vec![path.to_path_buf()])?);
     let parts = load_parts(&weights, &model.config, &meta.routed_layers, &model.device().clone())
         .map_err(|e| Error::bad_file(path, e))?;

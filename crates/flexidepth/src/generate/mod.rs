@@ -181,7 +181,8 @@ pub fn generate(
             trace: opts.trace.then(|| TraceBuilder::new(model).trace),
         });
     }
-    let mut cache: KvCache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);
+    // Saturating: `-n 18446744073709551615` means "until the context is full", not a wrapped-around small cache.
+    let mut cache: KvCache = model.new_cache(prompt_ids.len().saturating_add(opts.max_new_tokens));
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut detok = TokenStream::new();
     let mut stops = StopStrings::new(opts.stop_strings.clone());

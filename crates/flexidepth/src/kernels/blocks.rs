@@ -56,7 +56,13 @@ pub struct BlockQ8 {
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
+        // `f32::max` drops NaN, so a non-finite activation (corrupt weights upstream) would quantize to zeros and
+        // vanish; a NaN scale instead carries it through the product to the logits, where it is refused.
+        let d = if chunk.iter().all(|v| v.is_finite()) {
+            amax / 127.0
+        } else {
+            f32::NAN
+        };
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(chunk) {

@@ -59,6 +59,10 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// Weight rows dotted with every activation row before the next ones are read (a multiple of 4, for the four-row
+/// kernel; 64 rows of the default model's Q4_1 are 23 KB, in cache).
+const WEIGHT_BLOCK: usize = 64;
+
 /// A weight matrix `[rows, cols]` in a GGUF block format.
 #[derive(Debug)]
 pub struct QuantMatrix {
@@ -104,6 +108,12 @@ impl QuantMatrix {
     }
 
     /// `y = x · Wᵀ` for `x: [m, cols]` (row-major), `y: [m, rows]`, with the given kernels.
+    ///
+    /// The loop runs over the weights outermost: each thread takes a range of weight rows and, a block of
+    /// [`WEIGHT_BLOCK`] rows at a time, dots it with every activation row while the block sits in cache — so `m`
+    /// rows (a batch of sequences) read the weights from memory once, not `m` times. Each output is the same dot
+    /// product of one weight row with one activation row whatever `m` is: a row's result does not depend on the
+    /// others.
     pub fn matmul_with(&self, dot: DotFn, dot4: Option<Dot4Fn>, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
@@ -131,12 +141,24 @@ impl QuantMatrix {
                 *o = dot(t, self.row(first + j), xi);
             }
         };
-        // Split the weight rows across threads (multiples of 4, a few chunks per thread for balance).
+        // Split the weight rows across threads (multiples of 4, a few chunks per thread for balance). A thread's
+        // results go to its own `[m, len]` block of `blocks`, copied into `y` afterwards.
         let chunk = (self.rows.div_ceil(rayon::current_num_threads() * 4).max(16) + 3) & !3;
-        for (xi, yi) in xq.chunks(nb).zip(y.chunks_mut(self.rows)) {
-            yi.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(ci, out)| rows_into(ci * chunk, out, xi));
+        let mut blocks = vec![0f32; m * self.rows];
+        blocks.par_chunks_mut(chunk * m).enumerate().for_each(|(ci, block)| {
+            let (first, len) = (ci * chunk, block.len() / m);
+            for sub in (0..len).step_by(WEIGHT_BLOCK) {
+                let n = WEIGHT_BLOCK.min(len - sub);
+                for (i, xi) in xq.chunks(nb).enumerate() {
+                    rows_into(first + sub, &mut block[i * len + sub..i * len + sub + n], xi);
+                }
+            }
+        });
+        for (ci, block) in blocks.chunks(chunk * m).enumerate() {
+            let (first, len) = (ci * chunk, block.len() / m);
+            for (i, out) in block.chunks(len).enumerate() {
+                y[i * self.rows + first..i * self.rows + first + len].copy_from_slice(out);
+            }
         }
     }
 
@@ -211,6 +233,34 @@ mod tests {
             .collect()
     }
 
+    /// A non-finite activation (corrupt weights upstream) is not rounded away: every kernel's product with its
+    /// block is non-finite, so it reaches the logits, where it is refused.
+    #[test]
+    fn non_finite_activations_are_not_quantized_away() {
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let (rows, cols) = (9, 64);
+            let (q, _) = matrix(t, rows, cols, 5);
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x = vec![0.25f32; cols];
+                x[40] = bad;
+                let kernels: [(&str, DotFn, Option<Dot4Fn>); 3] = [
+                    ("scalar", blocks::dot_scalar, None),
+                    ("one row", dot_fn(), None),
+                    ("four rows", dot_fn(), dot4_fn()),
+                ];
+                for (name, dot, dot4) in kernels {
+                    let mut y = vec![0f32; rows];
+                    q.matmul_with(dot, dot4, &x, 1, &mut y);
+                    assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
+                }
+            }
+            // Finite activations keep finite products.
+            let mut y = vec![0f32; rows];
+            q.matmul_with(blocks::dot_scalar, None, &vec![0.25f32; cols], 1, &mut y);
+            assert!(y.iter().all(|v| v.is_finite()), "{t:?}");
+        }
+    }
+
     /// Every kernel (scalar and the detected SIMD one), decode and prefill shapes, equals the f64 product of the
     /// dequantized weights with the 8-bit-rounded activations (float summation order aside), and stays within the
     /// rounding's reach of the plain f32 product.
@@ -249,6 +299,26 @@ mod tests {
                         "{t:?} {name} m={m}: {err} from the f32 product (scale {scale})"
                     );
                 }
+            }
+        }
+    }
+
+    /// A row of a multi-row product is the same, bit for bit, as that row multiplied alone.
+    #[test]
+    fn rows_of_a_product_equal_rows_alone() {
+        for t in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let (rows, cols) = (203, 64);
+            let (q, _) = matrix(t, rows, cols, 5);
+            let m = 7;
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 1.5)
+                .collect();
+            let mut y = vec![0f32; m * rows];
+            q.matmul(&x, m, &mut y);
+            for i in 0..m {
+                let mut alone = vec![0f32; rows];
+                q.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
+                assert_eq!(&y[i * rows..(i + 1) * rows], alone.as_slice(), "{t:?} row {i}");
             }
         }
     }

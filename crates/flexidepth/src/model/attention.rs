@@ -46,9 +46,14 @@ impl Attention {
         Ok(x.transpose(0, 1)?.contiguous()?)
     }
 
-    /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos`, each
-    /// `[kv_heads, seq, head_dim]`.
-    pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
+    /// Keys (rotated) and values of the normed hidden states `x: [seq, hidden]` at positions `pos..pos+seq`,
+    /// each `[kv_heads, seq, head_dim]`.
+    pub fn project_kv(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: usize) -> Result<(Tensor, Tensor)> {
+        self.project_kv_at(ops, x, rope, &QueryPos::Contiguous(pos))
+    }
+
+    /// [`Attention::project_kv`] of rows at any positions (the rows of a batch of sequences).
+    pub fn project_kv_at(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(
             ops,
             &ops.linear(x, &self.k_proj)?,
@@ -58,6 +63,12 @@ impl Attention {
         let k = ops.rope(&k, rope, pos)?;
         let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
+    }
+
+    /// Rotated queries of the normed hidden states `x: [seq, hidden]` at `pos`, `[heads, seq, head_dim]`.
+    pub fn project_q(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
+        let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
+        ops.rope(&q, rope, pos)
     }
 
     /// Queries of `x: [seq, hidden]` at `pos..` attend over `k`, `v: [kv_heads, kv_len, head_dim]` (the cache up to
@@ -74,9 +85,9 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = self.queries(ops, x, rope, &pos)?;
-        let out = self.attend_heads(&q, k, v, mask, ops)?;
-        self.output(ops, &out)
+        let q = self.project_q(ops, x, rope, &pos)?;
+        let probs = self.probs(ops, &q, k, mask, None)?;
+        self.output(ops, &probs.matmul(&v.contiguous()?)?)
     }
 
     /// Packed attention: the rows of `x: [rows, hidden]` (at `pos`) are split into `blocks`, and each block's
@@ -109,33 +120,39 @@ impl Attention {
                 "attention blocks cover {next} of {rows} rows"
             )));
         }
-        let q = self.queries(ops, x, rope, &pos)?;
-        let mut outs = blocks
+        let q = self.project_q(ops, x, rope, &pos)?;
+        let outs = blocks
             .iter()
             .map(|b| {
                 let q = q.narrow(1, b.rows.start, b.rows.len())?;
                 let k = k.narrow(1, b.keys.start, b.keys.len())?;
                 let v = v.narrow(1, b.keys.start, b.keys.len())?;
-                self.attend_heads(&q, &k, &v, b.mask.as_ref(), ops)
+                let out = self
+                    .probs(ops, &q, &k, b.mask.as_ref(), None)?
+                    .matmul(&v.contiguous()?)?;
+                // [kv_heads, group · rows, d] → [heads, rows, d], so that blocks concatenate along the rows.
+                Ok(out.reshape((self.num_heads, b.rows.len(), self.head_dim))?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = if outs.len() == 1 {
-            outs.swap_remove(0)
-        } else {
-            Tensor::cat(&outs, 1)?
-        };
+        let out = Tensor::cat(&outs, 1)?.reshape((
+            self.num_kv_heads,
+            (self.num_heads / self.num_kv_heads) * rows,
+            self.head_dim,
+        ))?;
         self.output(ops, &out)
     }
 
-    /// Rotated queries `[heads, seq, head_dim]` of `x: [seq, hidden]` at `pos`.
-    fn queries(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<Tensor> {
-        let q = self.split_heads(ops, &ops.linear(x, &self.q_proj)?, self.num_heads, self.q_norm.as_ref())?;
-        ops.rope(&q, rope, pos)
-    }
-
-    /// Attention of `q: [heads, seq, head_dim]` over `k`, `v: [kv_heads, kv_len, head_dim]` with an additive
-    /// `mask: [seq, kv_len]`: `[heads, seq, head_dim]`.
-    fn attend_heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, ops: &dyn Ops) -> Result<Tensor> {
+    /// Attention probabilities of queries `q: [heads, seq, head_dim]` over `k`, heads sharing a KV head folded into
+    /// rows: `[kv_heads, group · seq, kv_len]`. `diagonal = (eye, own)`: the score of query `i` against key `i`
+    /// becomes `own_i` (unscaled, `[kv_heads, group · seq, 1]`; see [`Attention::attend_own_rows`]).
+    fn probs(
+        &self,
+        ops: &dyn Ops,
+        q: &Tensor,
+        k: &Tensor,
+        mask: Option<&Tensor>,
+        diagonal: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let seq = q.dim(1)?;
         let group = self.num_heads / self.num_kv_heads;
         // Heads sharing a KV head are adjacent: fold them into the row dimension instead of repeating K/V.
@@ -143,7 +160,13 @@ impl Attention {
             .contiguous()?
             .reshape((self.num_kv_heads, group * seq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some((eye, own)) = diagonal {
+            // scores[i, i] += own_i·scale − scores[i, i]: only the diagonal changes.
+            let eye = eye.broadcast_as(scores.shape())?;
+            let current = (&scores * &eye)?.sum_keepdim(2)?;
+            scores = (&scores + eye.broadcast_mul(&((own * scale)? - current)?)?)?;
+        }
         let kv_len = k.dim(1)?;
         let scores = match mask {
             Some(m) => ops
@@ -151,16 +174,75 @@ impl Attention {
                 .reshape((self.num_kv_heads, group * seq, kv_len))?,
             None => scores,
         };
-        let probs = ops.softmax(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, group · seq, head_dim]
-        Ok(out.reshape((self.num_heads, seq, self.head_dim))?)
+        ops.softmax(&scores)
     }
 
-    /// `o_proj` of the heads `[heads, seq, head_dim]`: `[seq, hidden]`.
-    fn output(&self, ops: &dyn Ops, heads: &Tensor) -> Result<Tensor> {
-        let seq = heads.dim(1)?;
-        let out = heads.transpose(0, 1)?.reshape((seq, self.num_heads * self.head_dim))?;
-        ops.linear(&out, &self.o_proj)
+    /// `[kv_heads, group · seq, head_dim]` attention output → `o_proj` of it, `[seq, hidden]`.
+    fn output(&self, ops: &dyn Ops, out: &Tensor) -> Result<Tensor> {
+        ops.linear(&self.heads(out)?, &self.o_proj)
+    }
+
+    /// `[kv_heads, group · seq, head_dim]` attention output → the heads side by side, `[seq, heads · head_dim]`.
+    fn heads(&self, out: &Tensor) -> Result<Tensor> {
+        let seq = out.dim(1)? / (self.num_heads / self.num_kv_heads);
+        Ok(out
+            .reshape((self.num_heads, seq, self.head_dim))?
+            .transpose(0, 1)?
+            .reshape((seq, self.num_heads * self.head_dim))?)
+    }
+
+    /// Queries `q: [heads, seq, head_dim]` (from [`Attention::project_q`]) attend over `k`, `v: [kv_heads, kv_len,
+    /// head_dim]` with the optional additive `mask: [seq, kv_len]`; returns the heads side by side, `[seq, heads ·
+    /// head_dim]`, before `o_proj` (a batch of sequences attends one by one, then shares one `o_proj`).
+    pub fn attend_queries(
+        &self,
+        ops: &dyn Ops,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let probs = self.probs(ops, &q.contiguous()?, k, mask, None)?;
+        self.heads(&probs.matmul(&v.contiguous()?)?)
+    }
+
+    /// Causal attention of `seq` rows from position 0 in which every row is its own counterfactual: row `i`
+    /// attends over the keys and values `k`, `v` of the other rows (`[kv_heads, seq, head_dim]`, e.g. a full-depth
+    /// pass's) but over its **own** key and value from `own_k`, `own_v` (same shape). This equals running each row
+    /// alone over a cache that holds `k`, `v` for the rows before it, in one pass for all rows (the router labels'
+    /// fast path). `x: [seq, hidden]` normed, `mask` the causal mask; returns `o_proj` of the result, `[seq, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_own_rows(
+        &self,
+        ops: &dyn Ops,
+        x: &Tensor,
+        rope: &Rope,
+        k: &Tensor,
+        v: &Tensor,
+        own_k: &Tensor,
+        own_v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let seq = x.dim(0)?;
+        let group = self.num_heads / self.num_kv_heads;
+        let q = self.project_q(ops, x, rope, &QueryPos::Contiguous(0))?;
+        // [kv_heads, seq, d] → [kv_heads, group · seq, d], the layout of the folded queries.
+        let fold = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.unsqueeze(1)?
+                .broadcast_as((self.num_kv_heads, group, seq, self.head_dim))?
+                .reshape((self.num_kv_heads, group * seq, self.head_dim))?)
+        };
+        let qf = q.reshape((self.num_kv_heads, group * seq, self.head_dim))?;
+        let own = (&qf * fold(own_k)?)?.sum_keepdim(2)?;
+        let eye = Tensor::eye(seq, q.dtype(), q.device())?
+            .unsqueeze(0)?
+            .broadcast_as((group, seq, seq))?
+            .reshape((1, group * seq, seq))?;
+        let probs = self.probs(ops, &q, k, mask, Some((&eye, &own)))?;
+        // Σ_j p_ij v_j with v_i replaced by own_v_i.
+        let diag = (&probs * eye.broadcast_as(probs.shape())?)?.sum_keepdim(2)?;
+        let out = (probs.matmul(&v.contiguous()?)? + diag.broadcast_mul(&(fold(own_v)? - fold(v)?)?)?)?;
+        self.output(ops, &out)
     }
 }
 
@@ -252,7 +334,7 @@ mod tests {
         };
         let rope = Rope::new(hd, 10_000.0, 16, DType::F32, &dev).unwrap();
         let x = Tensor::rand(-1f32, 1., (seq, hidden), &dev).unwrap();
-        let (k, v) = attn.project_kv(&Fused, &x, &rope, &QueryPos::Contiguous(0)).unwrap();
+        let (k, v) = attn.project_kv(&Fused, &x, &rope, 0).unwrap();
         let mask = causal_mask(seq, 0, &dev, DType::F32).unwrap();
         let got = attn
             .attend(&Fused, &x, &rope, QueryPos::Contiguous(0), &k, &v, Some(&mask))

@@ -118,7 +118,7 @@ impl DecoderLayer {
             Some(p) => QueryPos::Rows(&p.row_pos),
             None => QueryPos::Contiguous(ctx.pos),
         };
-        let (k, v) = self.self_attn.project_kv(ops, u, ctx.rope, &pos)?;
+        let (k, v) = self.self_attn.project_kv_at(ops, u, ctx.rope, &pos)?;
         let kv_len = ctx.pos + ctx.seq_len;
         match cache {
             Some(_) if ctx.packed.is_some() => Err(Error::Input("packed sequences run without a KV cache".into())),

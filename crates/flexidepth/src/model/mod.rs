@@ -3,7 +3,9 @@
 
 pub mod adapter;
 pub mod attention;
+pub mod batch;
 pub mod embedding;
+pub mod invariant;
 pub mod keys;
 pub mod layer;
 pub mod linear;
@@ -20,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 pub use adapter::Adapter;
 use attention::Attention;
+pub use batch::{BatchOutput, BatchRow};
 use candle_core::{DType, Device, Tensor};
 use embedding::Embedding;
+pub use invariant::RowInvariant;
 use keys::LayerKey;
 use layer::DecoderLayer;
 use linear::Linear;
@@ -506,7 +510,8 @@ impl Model {
         Ok(self.forward_with(ids, cache, logits, &FullDepth)?.logits)
     }
 
-    /// [`Model::forward`] under a depth policy, returning what each layer did too.
+    /// [`Model::forward`] under a depth policy, returning what each layer did too. Logits holding a NaN or an
+    /// infinity (corrupt weights) are an error, never text or a perplexity.
     pub fn forward_with(
         &self,
         ids: &[u32],
@@ -514,7 +519,15 @@ impl Model {
         logits: Logits,
         policy: &dyn DepthPolicy,
     ) -> Result<ForwardOutput> {
-        self.forward_ops(&Fused, ids, Some(cache), logits, policy)
+        let out = self.forward_ops(&Fused, ids, Some(cache), logits, policy)?;
+        // One reduction instead of a copy: the sum of finite logits is finite, and a NaN or infinity poisons it.
+        let sum = out.logits.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !sum.is_finite() {
+            return Err(Error::Input(
+                "the model computed non-finite logits (NaN or infinity): its weights are corrupt".into(),
+            ));
+        }
+        Ok(out)
     }
 
     /// The general forward pass: `ops` (fused for inference, differentiable for training), an optional cache

@@ -4,11 +4,19 @@
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
+/// Positions whose tables are computed up front; later ones (a long context) are computed when asked for, so a
+/// model claiming a huge context window costs nothing until it is used.
+const TABLE_ROWS: usize = 1 << 15;
+
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// `[max_pos, head_dim / 2]`
+    /// `[head_dim / 2]`: θ^(-2i/d).
+    inv_freq: Vec<f32>,
+    /// `[min(max_pos, TABLE_ROWS), head_dim / 2]`
     cos: Tensor,
     sin: Tensor,
+    max_pos: usize,
+    dtype: DType,
 }
 
 impl Rope {
@@ -17,26 +25,43 @@ impl Rope {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for pos in 0..max_pos {
-            for &f in &inv_freq {
+        let rows = max_pos.min(TABLE_ROWS);
+        let (cos, sin) = Self::compute(&inv_freq, 0..rows as u32, dtype, device)?;
+        Ok(Rope {
+            inv_freq,
+            cos,
+            sin,
+            max_pos,
+            dtype,
+        })
+    }
+
+    /// `cos` and `sin` of `positions`, each `[positions, head_dim / 2]`.
+    fn compute(
+        inv_freq: &[f32],
+        positions: impl ExactSizeIterator<Item = u32>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * inv_freq.len());
+        let mut sin = Vec::with_capacity(n * inv_freq.len());
+        for pos in positions {
+            for &f in inv_freq {
                 let angle = pos as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
-        Ok(Rope {
-            cos: Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?,
-        })
+        Ok((
+            Tensor::from_vec(cos, (n, inv_freq.len()), device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (n, inv_freq.len()), device)?.to_dtype(dtype)?,
+        ))
     }
 
     /// Rotate `x: [heads, seq, head_dim]` whose first row sits at position `pos`.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let seq = x.dim(1)?;
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
+        let (cos, sin) = self.tables(pos, x.dim(1)?)?;
         let y = candle_nn::rotary_emb::rope(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?;
         Ok(y.squeeze(0)?)
     }
@@ -44,24 +69,52 @@ impl Rope {
     /// Rotate `x: [heads, rows, head_dim]` whose rows sit at the positions in `pos_idx` (`[rows]`, u32): the rows
     /// of a batch that run a layer need not be contiguous.
     pub fn apply_rows(&self, x: &Tensor, pos_idx: &Tensor) -> Result<Tensor> {
-        let cos = self.cos.index_select(pos_idx, 0)?;
-        let sin = self.sin.index_select(pos_idx, 0)?;
+        let (cos, sin) = self.tables_rows(pos_idx)?;
         let y = candle_nn::rotary_emb::rope(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?;
         Ok(y.squeeze(0)?)
     }
 
     /// The `cos` and `sin` tables of the positions in `pos_idx` (`[rows]`, u32), each `[rows, head_dim / 2]`.
     pub fn tables_rows(&self, pos_idx: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(pos_idx, 0)?, self.sin.index_select(pos_idx, 0)?))
+        // The whole window is in the table (every model up to 32k positions): no need to read the positions.
+        if self.max_pos <= self.table_rows() {
+            return Ok((self.cos.index_select(pos_idx, 0)?, self.sin.index_select(pos_idx, 0)?));
+        }
+        let positions: Vec<u32> = pos_idx.to_vec1()?;
+        if positions.iter().all(|&p| (p as usize) < self.table_rows()) {
+            return Ok((self.cos.index_select(pos_idx, 0)?, self.sin.index_select(pos_idx, 0)?));
+        }
+        self.check(positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0))?;
+        Self::compute(&self.inv_freq, positions.into_iter(), self.dtype, self.cos.device())
     }
 
     /// The `cos` and `sin` tables of positions `pos..pos + seq`, each `[seq, head_dim / 2]`.
     pub fn tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.narrow(0, pos, seq)?, self.sin.narrow(0, pos, seq)?))
+        let end = pos.saturating_add(seq);
+        if end <= self.table_rows() {
+            return Ok((self.cos.narrow(0, pos, seq)?, self.sin.narrow(0, pos, seq)?));
+        }
+        self.check(end)?;
+        Self::compute(&self.inv_freq, pos as u32..end as u32, self.dtype, self.cos.device())
+    }
+
+    /// Positions below `end` must be inside the context window.
+    fn check(&self, end: usize) -> Result<()> {
+        if end > self.max_pos {
+            return Err(crate::error::Error::ContextOverflow {
+                tokens: end,
+                context: self.max_pos,
+            });
+        }
+        Ok(())
+    }
+
+    fn table_rows(&self) -> usize {
+        self.cos.dims()[0]
     }
 
     pub fn max_pos(&self) -> usize {
-        self.cos.dims()[0]
+        self.max_pos
     }
 }
 
@@ -108,6 +161,29 @@ mod tests {
         let want = rope.apply(&x, 7).unwrap().to_vec3::<f32>().unwrap();
         let idx = Tensor::new(&[7u32, 8, 9], &dev).unwrap();
         assert_eq!(rope.apply_rows(&x, &idx).unwrap().to_vec3::<f32>().unwrap(), want);
+    }
+
+    /// Positions past the precomputed table are computed on demand, to the same values.
+    #[test]
+    fn positions_past_the_table_match_and_the_window_is_enforced() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 10_000.0, TABLE_ROWS + 8, DType::F32, &dev).unwrap();
+        let (c, s) = rope.tables(TABLE_ROWS - 2, 4).unwrap();
+        let (c2, s2) = rope.tables(TABLE_ROWS - 2, 2).unwrap();
+        assert_eq!(
+            c.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(),
+            c2.to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(
+            s.narrow(0, 0, 2).unwrap().to_vec2::<f32>().unwrap(),
+            s2.to_vec2::<f32>().unwrap()
+        );
+        let idx = Tensor::new(&[3u32, TABLE_ROWS as u32 + 1], &dev).unwrap();
+        let (c3, _) = rope.tables_rows(&idx).unwrap();
+        let want = rope.tables(TABLE_ROWS + 1, 1).unwrap().0.to_vec2::<f32>().unwrap();
+        assert_eq!(c3.narrow(0, 1, 1).unwrap().to_vec2::<f32>().unwrap(), want);
+        assert!(rope.tables(TABLE_ROWS + 4, 5).is_err());
+        assert_eq!(rope.max_pos(), TABLE_ROWS + 8);
     }
 
     #[test]

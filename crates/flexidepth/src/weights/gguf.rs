@@ -1,4 +1,5 @@
-//! GGUF files: header and metadata through candle's reader, tensor bytes through a memory map.
+//! GGUF files: the header parsed and checked from a memory map ([`super::gguf_header`]), every metadata key the
+//! model reads checked for its type and range ([`GgufFile::config`]), tensor bytes read from the same map.
 //!
 //! llama.cpp's converter permutes the rows of `attn_q`/`attn_k` for the `llama` architecture so that its RoPE
 //! kernel can rotate adjacent pairs. We undo that on the raw rows at load (rows are independent runs of quant
@@ -8,7 +9,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::blocks::BlockType;
 use crate::kernels::QuantMatrix;
-use crate::weights::names;
+use crate::weights::{gguf_header, names};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -22,24 +23,33 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// Open and check a GGUF file: its header ([`super::gguf_header`]'s rules) and `general.architecture`. The
+    /// model's own keys are checked by [`GgufFile::config`].
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; a file changed under us while running is outside what we can guard.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let content =
+            gguf_header::parse(&mmap).map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
         let arch_name = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
-            _ => return Err(Error::bad_file(path, "GGUF metadata has no 'general.architecture'")),
+            Some(other) => {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "GGUF metadata 'general.architecture' must be a string, not {}",
+                        describe(other)
+                    ),
+                ))
+            }
+            None => return Err(Error::bad_file(path, "GGUF metadata has no 'general.architecture'")),
         };
-        let file = GgufFile {
+        Ok(GgufFile {
             path: path.to_path_buf(),
             mmap,
             content,
             arch_name,
-        };
-        file.check_tensor_bounds()?;
-        Ok(file)
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -60,22 +70,6 @@ impl GgufFile {
 
     pub fn arch(&self) -> Result<Arch> {
         Arch::from_gguf(&self.arch_name)
-    }
-
-    /// A truncated file is found here, with the tensor that runs past the end named.
-    fn check_tensor_bounds(&self) -> Result<()> {
-        let len = self.mmap.len() as u64;
-        for (name, info) in &self.content.tensor_infos {
-            let start = self.content.tensor_data_offset.saturating_add(info.offset);
-            let end = start.saturating_add(byte_len(info.ggml_dtype, info.shape.elem_count()) as u64);
-            if end > len {
-                return Err(Error::bad_file(
-                    &self.path,
-                    format!("tensor '{name}' ends at byte {end} but the file has {len} bytes (truncated download?)"),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Drop the mapped pages covering `start..start + len` (rounded out to whole pages).
@@ -100,77 +94,195 @@ impl GgufFile {
         self.content.metadata.get(key)
     }
 
-    fn meta_arch_u64(&self, key: &str) -> Result<u64> {
+    fn bad(&self, msg: String) -> Error {
+        Error::bad_file(&self.path, msg)
+    }
+
+    /// A count under `{arch}.{key}`: any integer type, in `1..=max`. `None` when absent; a value of another type
+    /// or out of range is an error naming the key.
+    fn meta_count(&self, key: &str, max: usize) -> Result<Option<usize>> {
         let full = format!("{}.{key}", self.arch_name);
-        let v = self
-            .meta(&full)
-            .ok_or_else(|| Error::bad_file(&self.path, format!("GGUF metadata is missing '{full}'")))?;
-        v.to_u64()
-            .or_else(|_| v.to_u32().map(u64::from))
-            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-            .map_err(|_| Error::bad_file(&self.path, format!("GGUF metadata '{full}' is not an integer")))
+        let Some(v) = self.meta(&full) else { return Ok(None) };
+        let n = int_value(v).ok_or_else(|| {
+            self.bad(format!(
+                "GGUF metadata '{full}' must be an integer, not {}",
+                describe(v)
+            ))
+        })?;
+        if !(1..=max as i128).contains(&n) {
+            return Err(self.bad(format!("GGUF metadata '{full}' is {n}, outside 1..={max}")));
+        }
+        Ok(Some(n as usize))
     }
 
-    fn meta_arch_f64(&self, key: &str) -> Option<f64> {
-        let v = self.meta(&format!("{}.{key}", self.arch_name))?;
-        // GGUF stores these as f32: take the shortest decimal that round-trips (1e-5, not 9.999999747e-6), so a
-        // converted config.json says what the original one said.
-        v.to_f32()
-            .map(|x| x.to_string().parse().unwrap_or(f64::from(x)))
-            .or_else(|_| v.to_f64())
-            .ok()
+    /// A required count (see [`Self::meta_count`]).
+    fn meta_count_req(&self, key: &str, max: usize) -> Result<usize> {
+        self.meta_count(key, max)?
+            .ok_or_else(|| self.bad(format!("GGUF metadata is missing '{}.{key}'", self.arch_name)))
     }
 
-    fn meta_u32(&self, key: &str) -> Option<u32> {
-        let v = self.meta(key)?;
-        v.to_u32().or_else(|_| v.to_i32().map(|x| x as u32)).ok()
+    /// A float under `{arch}.{key}` (stored as f32 or f64), finite and in `range`; `None` when absent.
+    fn meta_float(&self, key: &str, range: std::ops::RangeInclusive<f64>) -> Result<Option<f64>> {
+        let full = format!("{}.{key}", self.arch_name);
+        let x = match self.meta(&full) {
+            None => return Ok(None),
+            // GGUF stores these as f32: take the shortest decimal that round-trips (1e-5, not 9.999999747e-6),
+            // so a converted config.json says what the original one said.
+            Some(gguf_file::Value::F32(x)) => x.to_string().parse().unwrap_or(f64::from(*x)),
+            Some(gguf_file::Value::F64(x)) => *x,
+            Some(other) => {
+                return Err(self.bad(format!(
+                    "GGUF metadata '{full}' must be a float, not {}",
+                    describe(other)
+                )))
+            }
+        };
+        if !(x.is_finite() && range.contains(&x)) {
+            return Err(self.bad(format!(
+                "GGUF metadata '{full}' is {x}, outside [{}, {}]",
+                range.start(),
+                range.end()
+            )));
+        }
+        Ok(Some(x))
     }
 
-    /// The model config from the metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...).
+    /// A token id under `key` (any integer type), below `vocab`; `None` when absent.
+    pub(crate) fn meta_token_id(&self, key: &str, vocab: usize) -> Result<Option<u32>> {
+        let Some(v) = self.meta(key) else { return Ok(None) };
+        match int_value(v) {
+            Some(id) if (0..vocab as i128).contains(&id) => Ok(Some(id as u32)),
+            Some(id) => Err(self.bad(format!(
+                "GGUF metadata '{key}' is {id}, not a token id of the vocabulary of {vocab}"
+            ))),
+            None => Err(self.bad(format!("GGUF metadata '{key}' must be an integer, not {}", describe(v)))),
+        }
+    }
+
+    /// The model config from the metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...). Every key must
+    /// be of its type and in range, and `block_count` must be the number of blocks the file holds tensors for
+    /// (checked before anything is sized by it).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.arch()?;
-        if let Some(gguf_file::Value::String(kind)) = self.meta(&format!("{}.rope.scaling.type", self.arch_name)) {
-            if kind != "none" {
-                return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'")));
+        let lim = &crate::config::LIMITS;
+        match self.meta(&format!("{}.rope.scaling.type", self.arch_name)) {
+            None => {}
+            Some(gguf_file::Value::String(kind)) if kind == "none" => {}
+            Some(gguf_file::Value::String(kind)) => {
+                return Err(Error::Unsupported(format!("GGUF rope scaling '{kind}'")))
+            }
+            Some(other) => {
+                return Err(self.bad(format!(
+                    "GGUF metadata '{}.rope.scaling.type' must be a string, not {}",
+                    self.arch_name,
+                    describe(other)
+                )))
             }
         }
-        let hidden_size = self.meta_arch_u64("embedding_length")? as usize;
-        let num_attention_heads = self.meta_arch_u64("attention.head_count")? as usize;
+        let hidden_size = self.meta_count_req("embedding_length", lim.hidden_size)?;
+        let num_attention_heads = self.meta_count_req("attention.head_count", lim.heads)?;
         let num_key_value_heads = self
-            .meta_arch_u64("attention.head_count_kv")
-            .map(|v| v as usize)
+            .meta_count("attention.head_count_kv", lim.heads)?
             .unwrap_or(num_attention_heads);
-        let head_dim = self
-            .meta_arch_u64("attention.key_length")
-            .map(|v| v as usize)
-            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = match self.meta_count("attention.key_length", lim.head_dim)? {
+            Some(d) => d,
+            None => hidden_size / num_attention_heads,
+        };
         let embed = self
             .content
             .tensor_infos
             .get("token_embd.weight")
             .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
-        let vocab_size = embed.shape.dims()[0];
+        let &[vocab_size, _] = embed.shape.dims() else {
+            return Err(self.bad(format!(
+                "tensor 'token_embd.weight' has shape {:?}, not [vocab, hidden]",
+                embed.shape.dims()
+            )));
+        };
+        let num_hidden_layers = self.meta_count_req("block_count", lim.layers)?;
+        let blocks = self.blocks_present();
+        if num_hidden_layers != blocks {
+            return Err(self.bad(format!(
+                "GGUF metadata '{}.block_count' is {num_hidden_layers}, but the file holds tensors for {blocks} blocks",
+                self.arch_name
+            )));
+        }
         let tie = !self.content.tensor_infos.contains_key("output.weight");
-        let eos = self.meta_u32("tokenizer.ggml.eos_token_id");
+        let eos = self.meta_token_id("tokenizer.ggml.eos_token_id", vocab_size)?;
         let config = ModelConfig {
             arch,
             vocab_size,
             hidden_size,
-            intermediate_size: self.meta_arch_u64("feed_forward_length")? as usize,
-            num_hidden_layers: self.meta_arch_u64("block_count")? as usize,
+            intermediate_size: self.meta_count_req("feed_forward_length", lim.intermediate_size)?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self.meta_arch_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            rope_theta: self.meta_arch_f64("rope.freq_base").unwrap_or(10_000.0),
-            max_position_embeddings: self.meta_arch_u64("context_length").unwrap_or(4096) as usize,
+            rms_norm_eps: self
+                .meta_float("attention.layer_norm_rms_epsilon", lim.rms_norm_eps.clone())?
+                .unwrap_or(1e-6),
+            rope_theta: self
+                .meta_float("rope.freq_base", lim.rope_theta.clone())?
+                .unwrap_or(10_000.0),
+            max_position_embeddings: self.meta_count("context_length", lim.context)?.unwrap_or(4096),
             tie_word_embeddings: tie,
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            bos_token_id: self.meta_u32("tokenizer.ggml.bos_token_id"),
+            bos_token_id: self.meta_token_id("tokenizer.ggml.bos_token_id", vocab_size)?,
             eos_token_ids: eos.into_iter().collect(),
         };
         config.validate()?;
+        self.check_layout(&config)?;
         Ok(config)
+    }
+
+    /// One more than the highest `blk.N` index among the tensors (0 without blocks).
+    fn blocks_present(&self) -> usize {
+        self.content
+            .tensor_infos
+            .keys()
+            .filter_map(|n| n.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok())
+            .max()
+            .map_or(0, |m| m.saturating_add(1))
+    }
+
+    /// As llama.cpp's loader: every tensor the architecture needs is present with its shape, and every tensor in
+    /// the file is one of them.
+    fn check_layout(&self, config: &ModelConfig) -> Result<()> {
+        let expected: std::collections::HashMap<String, Vec<usize>> =
+            crate::weights::layout::expected_tensors(config).into_iter().collect();
+        for (hf, shape) in &expected {
+            match self.info(hf) {
+                None => {
+                    return Err(Error::MissingTensor(
+                        names::hf_to_gguf(hf).unwrap_or_else(|| hf.clone()),
+                    ))
+                }
+                Some((found, _)) if &found != shape => {
+                    return Err(Error::Shape {
+                        name: hf.clone(),
+                        expected: shape.clone(),
+                        found,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let mut unused: Vec<&String> = self
+            .content
+            .tensor_infos
+            .keys()
+            .filter(|g| names::gguf_to_hf(g).is_none_or(|hf| !expected.contains_key(&hf)))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(self.bad(format!(
+                "{} tensor(s) the {} architecture does not use (first: '{}')",
+                unused.len(),
+                self.arch_name,
+                unused[0]
+            )));
+        }
+        Ok(())
     }
 
     /// HF names of all tensors the name table knows.
@@ -207,11 +319,12 @@ impl GgufFile {
         let raw = &self.mmap[start..start + n];
         let permuted_heads = if self.arch_name == "llama" {
             if g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias") {
-                self.meta_arch_u64("attention.head_count").ok()
+                self.meta_count("attention.head_count", usize::MAX)?
             } else if g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias") {
-                self.meta_arch_u64("attention.head_count_kv")
-                    .or_else(|_| self.meta_arch_u64("attention.head_count"))
-                    .ok()
+                match self.meta_count("attention.head_count_kv", usize::MAX)? {
+                    Some(n) => Some(n),
+                    None => self.meta_count("attention.head_count", usize::MAX)?,
+                }
             } else {
                 None
             }
@@ -221,7 +334,7 @@ impl GgufFile {
         let bytes = match permuted_heads {
             Some(n_head) => {
                 let rows = dims[0];
-                let bytes = unpermute_rows(raw, rows, n / rows, n_head as usize)
+                let bytes = unpermute_rows(raw, rows, n / rows, n_head)
                     .map_err(|m| Error::bad_file(&self.path, format!("tensor '{g}': {m}")))?;
                 self.release_range(start, n);
                 bytes
@@ -284,6 +397,31 @@ impl RawTensor {
     /// As a candle quantized tensor (a copy).
     pub fn to_qtensor(&self, device: &Device) -> Result<QTensor> {
         Ok(qtensor_from_ggml(self.dtype, &self.bytes, self.dims.clone(), device)?)
+    }
+}
+
+/// An integer metadata value of any width (`None` for another type).
+fn int_value(v: &gguf_file::Value) -> Option<i128> {
+    use gguf_file::Value as V;
+    Some(match v {
+        V::U8(x) => i128::from(*x),
+        V::I8(x) => i128::from(*x),
+        V::U16(x) => i128::from(*x),
+        V::I16(x) => i128::from(*x),
+        V::U32(x) => i128::from(*x),
+        V::I32(x) => i128::from(*x),
+        V::U64(x) => i128::from(*x),
+        V::I64(x) => i128::from(*x),
+        _ => return None,
+    })
+}
+
+/// A metadata value's type and, for a scalar, its value, for error messages.
+pub(crate) fn describe(v: &gguf_file::Value) -> String {
+    match v {
+        gguf_file::Value::String(s) => format!("the string {:?}", s.chars().take(40).collect::<String>()),
+        gguf_file::Value::Array(a) => format!("an array of {} values", a.len()),
+        other => format!("{other:?}"),
     }
 }
 

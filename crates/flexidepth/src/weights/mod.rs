@@ -4,7 +4,10 @@
 //! clear error at load and never a panic in a matmul.
 
 pub mod gguf;
+mod gguf_header;
+pub mod layout;
 pub mod names;
+pub mod st_write;
 
 use crate::error::{Error, Result};
 use candle_core::safetensors::{Load, MmapedSafetensors};
@@ -92,7 +95,8 @@ impl SafetensorsFiles {
         v
     }
 
-    fn path(&self) -> PathBuf {
+    /// The first file (the one errors name).
+    pub fn path(&self) -> PathBuf {
         self.files.first().cloned().unwrap_or_default()
     }
 }
@@ -109,6 +113,14 @@ impl WeightSource {
         match self {
             WeightSource::Gguf(g) => g.hf_names(),
             WeightSource::Safetensors(s) => s.names(),
+        }
+    }
+
+    /// The file the weights come from (the first shard), for error messages.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            WeightSource::Gguf(g) => g.path().to_path_buf(),
+            WeightSource::Safetensors(s) => s.path(),
         }
     }
 

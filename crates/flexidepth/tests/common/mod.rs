@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod tiny;
+pub mod tiny_gguf;
 
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
