@@ -41,7 +41,8 @@ pub struct Args {
     /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L.
     #[arg(long, default_value = "full,flexi,skip,prune:4")]
     pub configs: String,
-    /// Depth-adapter file for flexi/skip rows; without it, freshly initialised routers (seed 42) are used.
+    /// Depth-adapter file for flexi/skip rows; without it, the model's shipped adapter (`adapters/shipped.toml`), else
+    /// freshly initialised routers (seed 42).
     #[arg(long)]
     pub depth: Option<PathBuf>,
     /// Output format (llama-bench's -o; --output is kept as a hidden alias).
@@ -138,7 +139,7 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
             let format: WeightFormat = dtype.format();
             let mut model = files.load_model(format, &candle_core::Device::Cpu)?;
             if configs.iter().any(|c| c.needs_routers()) && model.routed_layers().is_empty() {
-                attach_routers(&mut model, args.depth.as_deref())?;
+                attach_routers(&mut model, model_name, args.depth.as_deref())?;
             }
             let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
             let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
@@ -196,16 +197,26 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
-/// Routers for flexi/skip rows: the given depth file, else fresh ones (seed 42) in a temporary file.
-fn attach_routers(model: &mut Model, depth: Option<&std::path::Path>) -> Result<()> {
-    use flexidepth::depth::file;
-    if let Some(path) = depth {
+/// Routers for flexi/skip rows: the given depth file, else the adapter shipped for `model_name`
+/// (`adapters/shipped.toml`), else fresh ones (seed 42).
+fn attach_routers(model: &mut Model, model_name: &str, depth: Option<&std::path::Path>) -> Result<()> {
+    use flexidepth::depth::{file, shipped};
+    let shipped = match depth {
+        Some(_) => None,
+        None => shipped::shipped_depth(model_name)?,
+    };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if let Some(path) = depth.or(shipped.as_deref()) {
         file::attach_depth_file(model, path).with_context(|| format!("cannot attach {}", path.display()))?;
+        if depth.is_none() {
+            ONCE.call_once(|| eprintln!("bench: no --depth given; using the shipped adapter {}", path.display()));
+        }
         return Ok(());
     }
     let (meta, tensors) = file::fresh_depth(model, None, 16, 16, 42)?;
     file::attach_tensors(model, &meta, &tensors)?;
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| eprintln!("bench: no --depth given; using freshly initialised routers (seed 42)"));
+    ONCE.call_once(|| {
+        eprintln!("bench: no --depth given and no shipped adapter; using freshly initialised routers (seed 42)")
+    });
     Ok(())
 }

@@ -8,12 +8,14 @@
 //! - [`early_exit::EarlyExit`]: final norm and head after a layer (LayerSkip-style, Elhoushi et al. 2024).
 //!
 //! [`spec::PolicySpec`] names them on command lines and in tables (`full`, `flexi:0.5`, `prune:4`, ...), and
-//! [`file`] reads and writes FlexiDepth's router/adapter files ([`check`] vets them before use).
+//! [`file`] reads and writes FlexiDepth's router/adapter files ([`check`] vets them before use); [`shipped`] finds
+//! the adapter this repository ships for a model.
 
 pub mod check;
 pub mod early_exit;
 pub mod file;
 pub mod flexidepth;
+pub mod shipped;
 pub mod shortgpt;
 pub mod spec;
 
