@@ -7,7 +7,7 @@ use crate::{LoadArgs, OutType};
 use anyhow::{Context, Result};
 use flexidepth::depth::file::{attach_depth_file, read_depth_tensors, write_depth_file};
 use flexidepth::depth::FlexiDepth;
-use flexidepth_experiments::eval::{self, depth_quality, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW};
+use flexidepth_experiments::eval::{self, depth_quality_vs, FullReference, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW};
 use flexidepth_experiments::frontier::{self, FrontierPoint, TuneTarget};
 use std::path::{Path, PathBuf};
 
@@ -79,6 +79,9 @@ pub fn run(args: Args) -> Result<()> {
     let tuning = eval::windows(&tune_ids, args.ctx, args.tune_tokens)?;
     let heldout = eval::heldout_windows(tok, args.ctx, args.max_tokens)?;
     let t0 = std::time::Instant::now();
+    // Full depth's log-probabilities, once: every point and bisection step compares against them.
+    let tuning = FullReference::new(&model, &tuning)?;
+    let heldout = FullReference::new(&model, &heldout)?;
     let mut note = |m: &str| eprintln!("{m}");
     let mut points = Vec::new();
     for path in &args.depth {
@@ -109,7 +112,7 @@ pub fn run(args: Args) -> Result<()> {
                 skip_threshold: Some(tuned.skip_threshold),
                 ..policy
             };
-            let q = depth_quality(&model, &heldout, &p)?;
+            let q = depth_quality_vs(&model, &heldout, &p)?;
             note(&format!(
                 "{name} ship (tuning ratio ≤ {ratio}): threshold {:.5}, tuning {:.2} layers ratio {:.4} → held-out \
                  {:.2} layers, ratio {:.4}",
@@ -134,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     model.detach_depth();
-    let calib: Vec<u32> = tuning.iter().flatten().copied().take(1024).collect();
+    let calib: Vec<u32> = tuning.windows().iter().flatten().copied().take(1024).collect();
     points.extend(frontier::shortgpt_points(
         &model,
         &args.budgets,
@@ -149,8 +152,8 @@ pub fn run(args: Args) -> Result<()> {
         "frontier: {} points in {:.1} s ({} tuning windows, {} held-out windows of {} tokens)",
         points.len(),
         t0.elapsed().as_secs_f64(),
-        tuning.len(),
-        heldout.len(),
+        tuning.windows().len(),
+        heldout.windows().len(),
         args.ctx
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! Perplexity: mean next-token negative log-likelihood of a text, in one window, like `llama-perplexity`; and the
-//! quality of a FlexiDepth model against its own full depth ([`depth_quality`]) on held-out windows.
+//! quality of a FlexiDepth model against its own full depth ([`depth_quality`], or [`depth_quality_vs`] against a
+//! [`FullReference`] computed once) on held-out windows.
 
 use candle_core::{DType, Tensor, D};
 use flexidepth::depth::{DepthPolicy, FlexiDepth, FullDepth};
@@ -292,52 +293,97 @@ impl DepthQuality {
     }
 }
 
+/// Full depth's next-token log-probabilities on a set of windows, computed once and compared against any
+/// number of policies ([`depth_quality_vs`]): a threshold search compares dozens of policies with one reference.
+/// Holds `[len − 1, vocab]` f32 per window (Qwen2.5's 152k vocabulary: 0.6 MB per position).
+pub struct FullReference {
+    windows: Vec<Vec<u32>>,
+    logp: Vec<Tensor>,
+    /// Sum over predicted positions of the layer weight bytes full depth reads.
+    read_full: f64,
+}
+
+impl FullReference {
+    /// Run full depth (exactly the base model) over each window from an empty cache.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when there is no window or a window has fewer than 2 tokens.
+    pub fn new(model: &Model, windows: &[Vec<u32>]) -> Result<Self> {
+        if windows.is_empty() {
+            return Err(Error::Input("depth quality needs at least one window".into()));
+        }
+        let bytes = model.layer_bytes();
+        let (mut logp, mut read_full) = (Vec::with_capacity(windows.len()), 0.0f64);
+        for ids in windows {
+            if ids.len() < 2 {
+                return Err(Error::Input(format!(
+                    "every window needs at least 2 tokens, one has {}",
+                    ids.len()
+                )));
+            }
+            let (lp, plan) = window_logp(model, &ids[..ids.len() - 1], &FullDepth)?;
+            read_full += (0..ids.len() - 1)
+                .map(|row| plan.weight_bytes(row, &bytes) as f64)
+                .sum::<f64>();
+            logp.push(lp);
+        }
+        Ok(FullReference {
+            windows: windows.to_vec(),
+            logp,
+            read_full,
+        })
+    }
+
+    /// The windows, as given.
+    pub fn windows(&self) -> &[Vec<u32>] {
+        &self.windows
+    }
+}
+
+/// Log-softmax (f32) of the logits of `inputs` under `policy` from an empty cache, and the executed plan.
+fn window_logp(
+    model: &Model,
+    inputs: &[u32],
+    policy: &dyn DepthPolicy,
+) -> Result<(Tensor, flexidepth::model::plan::ExecutedPlan)> {
+    let mut cache = model.new_cache(inputs.len());
+    let out = model.forward_with(inputs, &mut cache, Logits::All, policy)?;
+    let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
+    Ok((logp, out.plan))
+}
+
 /// Compare `policy` with full depth (exactly the base model) on `windows`: both perplexities, their ratio,
 /// KL(full ‖ policy) and top-1 agreement per position, and the layers used. Each window is one forward pass per
 /// policy from an empty cache; log-softmax and KL are computed in f32.
 pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPolicy) -> Result<DepthQuality> {
+    depth_quality_vs(model, &FullReference::new(model, windows)?, policy)
+}
+
+/// [`depth_quality`] against a full-depth reference computed once.
+pub fn depth_quality_vs(model: &Model, reference: &FullReference, policy: &dyn DepthPolicy) -> Result<DepthQuality> {
     let bytes = model.layer_bytes();
     let (mut nll_full, mut nll_flexi, mut kl, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    let (mut predicted, mut layers, mut read, mut read_full) = (0usize, 0.0f64, 0.0f64, 0.0f64);
-    for ids in windows {
-        if ids.len() < 2 {
-            return Err(Error::Input(format!(
-                "every window needs at least 2 tokens, one has {}",
-                ids.len()
-            )));
-        }
+    let (mut predicted, mut layers, mut read) = (0usize, 0.0f64, 0.0f64);
+    for (ids, lp) in reference.windows.iter().zip(&reference.logp) {
         let inputs = &ids[..ids.len() - 1];
         let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
-        let run = |p: &dyn DepthPolicy| -> Result<(Tensor, flexidepth::model::plan::ExecutedPlan)> {
-            let mut cache = model.new_cache(inputs.len());
-            let out = model.forward_with(inputs, &mut cache, Logits::All, p)?;
-            let logp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
-            Ok((logp, out.plan))
-        };
-        let (lp, full_plan) = run(&FullDepth)?;
-        let (lq, plan) = run(policy)?;
+        let (lq, plan) = window_logp(model, inputs, policy)?;
         let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
         nll_full -= sum(lp.gather(&targets, 1)?)?;
         nll_flexi -= sum(lq.gather(&targets, 1)?)?;
-        kl += sum((lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?)?;
+        kl += sum((lp.exp()? * (lp - &lq)?)?.sum(D::Minus1)?)?;
         let same = lp.argmax(D::Minus1)?.eq(&lq.argmax(D::Minus1)?)?;
         agree += same.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
         layers += (0..inputs.len()).map(|row| plan.layers_used(row, &bytes)).sum::<f64>();
         read += (0..inputs.len())
             .map(|row| plan.weight_bytes(row, &bytes) as f64)
             .sum::<f64>();
-        read_full += (0..inputs.len())
-            .map(|row| full_plan.weight_bytes(row, &bytes) as f64)
-            .sum::<f64>();
         predicted += inputs.len();
-    }
-    if predicted == 0 {
-        return Err(Error::Input("depth quality needs at least one window".into()));
     }
     let n = predicted as f64;
     let (full_mean_nll, flexi_mean_nll) = (nll_full / n, nll_flexi / n);
     Ok(DepthQuality {
-        windows: windows.len(),
+        windows: reference.windows.len(),
         n_predicted: predicted,
         full_mean_nll,
         full_ppl: full_mean_nll.exp(),
@@ -349,7 +395,7 @@ pub fn depth_quality(model: &Model, windows: &[Vec<u32>], policy: &dyn DepthPoli
         mean_layers: layers / n,
         num_layers: model.config.num_hidden_layers,
         mean_weight_bytes: read / n,
-        full_weight_bytes: read_full / n,
+        full_weight_bytes: reference.read_full / n,
         policy: policy.label(),
         depth_mode: None,
         skip_threshold: None,

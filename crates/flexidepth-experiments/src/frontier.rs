@@ -7,7 +7,7 @@
 //! measured on the held-out windows with [`depth_quality`]. The threshold is never chosen on held-out text.
 
 use crate::corpus::{paragraphs, read_novel, HELDOUT_FROM_CHAPTER, HELDOUT_NOVEL};
-use crate::eval::{depth_quality, DepthQuality};
+use crate::eval::{depth_quality_vs, DepthQuality, FullReference};
 use crate::plot::{stack, Axis, LineChart};
 use flexidepth::depth::shortgpt::StaticPrune;
 use flexidepth::depth::{DepthPolicy, FlexiDepth};
@@ -65,12 +65,13 @@ pub struct Tuned {
     pub ppl_ratio: Option<f64>,
 }
 
-/// Bisect `policy`'s threshold in `[0, 1]` (higher skips more) on `tuning` for `target`, `iters` halvings.
+/// Bisect `policy`'s threshold in `[0, 1]` (higher skips more) on `tuning` (its windows, and full depth's
+/// log-probabilities on them for a ratio target) for `target`, `iters` halvings.
 /// `Layers`: the threshold whose mean layers are closest to the target from above (never fewer layers than asked
 /// by more than the last step's change). `PplRatio`: the highest threshold whose ratio is `≤` the target.
 pub fn tune_threshold(
     model: &Model,
-    tuning: &[Vec<u32>],
+    tuning: &FullReference,
     policy: FlexiDepth,
     target: TuneTarget,
     iters: usize,
@@ -83,18 +84,18 @@ pub fn tune_threshold(
     // `lo` always satisfies the target (threshold 0 runs every row: full-depth layers, ratio ≈ 1).
     let mut best = Tuned {
         skip_threshold: 0.0,
-        layers: mean_layers(model, tuning, &at(0.0))?,
+        layers: mean_layers(model, tuning.windows(), &at(0.0))?,
         ppl_ratio: None,
     };
     for _ in 0..iters {
         let mid = 0.5 * (lo + hi);
         let (ok, layers, ratio) = match target {
             TuneTarget::Layers(want) => {
-                let l = mean_layers(model, tuning, &at(mid))?;
+                let l = mean_layers(model, tuning.windows(), &at(mid))?;
                 (l >= want, l, None)
             }
             TuneTarget::PplRatio(max) => {
-                let q = depth_quality(model, tuning, &at(mid))?;
+                let q = depth_quality_vs(model, tuning, &at(mid))?;
                 (q.ppl_ratio <= max, q.mean_layers, Some(q.ppl_ratio))
             }
         };
@@ -133,8 +134,8 @@ pub fn flexi_points(
     method: &str,
     policy: FlexiDepth,
     budgets: &[f64],
-    tuning: &[Vec<u32>],
-    heldout: &[Vec<u32>],
+    tuning: &FullReference,
+    heldout: &FullReference,
     iters: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<FrontierPoint>> {
@@ -146,7 +147,7 @@ pub fn flexi_points(
             skip_threshold: Some(tuned.skip_threshold),
             ..policy
         };
-        let heldout = depth_quality(model, heldout, &p)?;
+        let heldout = depth_quality_vs(model, heldout, &p)?;
         if tuned.layers > n - b + 0.5 {
             // Even skipping every routed row it can does not reach the budget (few routed layers, FFN-only unit).
             progress(&format!(
@@ -174,13 +175,13 @@ pub fn shortgpt_points(
     model: &Model,
     budgets: &[f64],
     calibration: &[u32],
-    heldout: &[Vec<u32>],
+    heldout: &FullReference,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<FrontierPoint>> {
     let mut out = Vec::new();
     for &b in budgets.iter().filter(|b| b.fract() == 0.0 && **b >= 1.0) {
         let p = StaticPrune::shortgpt(model, calibration, b as usize)?;
-        let heldout = depth_quality(model, heldout, &p)?;
+        let heldout = depth_quality_vs(model, heldout, &p)?;
         progress(&format!(
             "shortgpt remove {b} (layers {:?}): held-out ppl ratio {:.4}",
             p.removed, heldout.ppl_ratio

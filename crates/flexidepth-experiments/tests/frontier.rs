@@ -8,7 +8,7 @@ mod common;
 use common::tiny::{config, depth_weights, routed_model, weights};
 use flexidepth::config::Arch;
 use flexidepth::depth::{FlexiDepth, SkipUnit};
-use flexidepth_experiments::eval::depth_quality;
+use flexidepth_experiments::eval::{depth_quality, FullReference};
 use flexidepth_experiments::frontier::{mean_layers, tune_threshold, TuneTarget};
 
 const ROUTED: [usize; 2] = [1, 2];
@@ -26,6 +26,7 @@ fn tuned_thresholds_are_the_edge_of_their_target() {
     let c = config(Arch::Llama);
     let m = routed_model(&c, &weights(&c), &depth_weights(&c, &ROUTED, 0), &ROUTED);
     let w = windows();
+    let reference = FullReference::new(&m, &w).unwrap();
     let step = 1.0 / (1u32 << ITERS) as f32;
     for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
         let policy = FlexiDepth {
@@ -42,7 +43,7 @@ fn tuned_thresholds_are_the_edge_of_their_target() {
         );
         assert!(full > none + 0.5, "{unit:?}: {full} vs {none}");
         let want = 0.5 * (full + none);
-        let t = tune_threshold(&m, &w, policy, TuneTarget::Layers(want), ITERS).unwrap();
+        let t = tune_threshold(&m, &reference, policy, TuneTarget::Layers(want), ITERS).unwrap();
         assert_eq!(t.layers, mean_layers(&m, &w, &at(t.skip_threshold)).unwrap());
         assert!(t.layers >= want, "{unit:?}: {} < {want}", t.layers);
         assert!(
@@ -53,7 +54,7 @@ fn tuned_thresholds_are_the_edge_of_their_target() {
         let worst = depth_quality(&m, &w, &at(1.0)).unwrap().ppl_ratio;
         assert!(worst > 1.0, "{unit:?}: skipping every routed layer must cost ({worst})");
         let max = 1.0 + 0.5 * (worst - 1.0);
-        let t = tune_threshold(&m, &w, policy, TuneTarget::PplRatio(max), ITERS).unwrap();
+        let t = tune_threshold(&m, &reference, policy, TuneTarget::PplRatio(max), ITERS).unwrap();
         let ratio = t.ppl_ratio.unwrap();
         assert!(ratio <= max, "{unit:?}: {ratio} > {max}");
         assert_eq!(ratio, depth_quality(&m, &w, &at(t.skip_threshold)).unwrap().ppl_ratio);
