@@ -231,10 +231,13 @@ fn write_trace_outputs(args: &Args, trace: &flexidepth::trace::DepthTrace) -> Re
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.show_depth {
-        eprintln!(
-            "{}",
+        // Colours only for a terminal, as llama.cpp's --color; a pipe or file gets bracketed layer counts.
+        let map = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             flexidepth_experiments::depthmap::to_ansi(&shown, args.trace_prompt)
-        );
+        } else {
+            flexidepth_experiments::depthmap::to_plain(&shown, args.trace_prompt)
+        };
+        eprintln!("{map}");
     }
     eprintln!(
         "layers used: {:.2} of {} per generated token (routed layers {}..={})",

@@ -369,9 +369,27 @@ fn cli_command() -> clap::Command {
 }
 
 fn main() {
-    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+    let parsed = cli_command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(e) => {
+            // clap's `exit` ignores a failed write: `--help > /dev/full` would exit 0 having printed nothing.
+            use std::io::Write;
+            if e.use_stderr() {
+                e.exit();
+            }
+            let mut out = std::io::stdout();
+            let text = if std::io::IsTerminal::is_terminal(&out) {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            if let Err(err) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {err}");
+                std::process::exit(1);
+            }
+            std::process::exit(e.exit_code())
+        }
     };
     let is_bench = matches!(cli.command, Command::Bench(_));
     if let Err(e) = set_threads(cli.threads.as_deref(), is_bench) {

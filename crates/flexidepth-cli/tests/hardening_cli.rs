@@ -190,7 +190,11 @@ fn unbounded_chat_templates_are_refused() {
 fn a_full_stdout_is_a_clean_error() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path());
-    for args in [vec!["info", "-m", &m], vec!["tokenize", "-m", &m, "-p", "hi"]] {
+    let help: [Vec<&str>; 3] = [vec!["--help"], vec!["generate", "--help"], vec!["--version"]];
+    for args in [vec!["info", "-m", &m], vec!["tokenize", "-m", &m, "-p", "hi"]]
+        .into_iter()
+        .chain(help)
+    {
         let o = Command::new(env!("CARGO_BIN_EXE_flexidepth"))
             .args(&args)
             .stdout(std::fs::File::create("/dev/full").unwrap())

@@ -175,6 +175,23 @@ pub fn to_ansi(trace: &DepthTrace, include_prompt: bool) -> String {
     out
 }
 
+/// Plain text for a pipe or file (no colour codes): each token followed by its layers used in brackets
+/// (`Paris[27.5]`; prompt tokens marked `|…|`), then the summary line.
+pub fn to_plain(trace: &DepthTrace, include_prompt: bool) -> String {
+    let mut out = String::new();
+    for t in shown(trace, include_prompt) {
+        let text: String = t.text.chars().map(printable).collect();
+        let text = if t.prompt { format!("|{text}|") } else { text };
+        let _ = write!(out, "{text}[{:.1}]", t.layers_used);
+    }
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(&summary(trace));
+    out.push('\n');
+    out
+}
+
 /// A self-contained HTML page: the text shaded per token, with tooltips, a legend and a summary line.
 pub fn to_html(trace: &DepthTrace, include_prompt: bool, title: &str) -> String {
     let mut out = String::new();
@@ -530,6 +547,18 @@ mod tests {
         let mut t = sample();
         t.tokens[1].text = "\x1b[2J\r".into(); // control characters cannot reach the terminal
         assert!(!to_ansi(&t, false).contains("\x1b[2J") && !to_ansi(&t, false).contains('\r'));
+    }
+
+    #[test]
+    fn plain_has_layer_counts_and_no_escape_codes() {
+        let p = to_plain(&sample(), false);
+        assert!(p.contains(" <script>[8.0]") && p.contains(" a & b[4.0]"), "{p}");
+        assert!(!p.contains('\x1b') && !p.contains("PROMPTX"));
+        assert!(p.trim_end().ends_with("mean 5.60 layers/token (of 8)"), "{p}");
+        assert!(to_plain(&sample(), true).contains("|PROMPTX|["));
+        let mut t = sample();
+        t.tokens[1].text = "\x1b[2J\r".into();
+        assert!(!to_plain(&t, false).contains('\x1b') && !to_plain(&t, false).contains('\r'));
     }
 
     #[test]
