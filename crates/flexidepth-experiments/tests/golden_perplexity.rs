@@ -32,7 +32,7 @@ fn perplexity_matches_reference_within_half_a_percent() {
     }
 }
 
-/// The quantized compute path (GGUF blocks kept in memory; Q4_K/Q6_K/Q5_0 re-quantized to Q8_0) against the f32
+/// The quantized compute path (GGUF blocks kept in memory as stored, Q4_K/Q6_K/Q5_0 included) against the f32
 /// reference, for both models: the same greedy choice at 90% of the fixture positions, perplexity within 2%.
 #[test]
 fn quantized_path_agrees_with_f32() {

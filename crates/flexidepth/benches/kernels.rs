@@ -1,4 +1,4 @@
-//! Throughput of the quantized matrix-vector kernels on the default model's shapes (decode: one activation row).
+//! Throughput of the quantized matrix-vector kernels on the default models' shapes (decode: one activation row).
 //! Run: `cargo bench -p flexidepth --bench kernels` (RAYON_NUM_THREADS sets the threads). Prints GB/s of weights.
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -21,6 +21,11 @@ fn main() {
         ("lm_head 49152x576 Q8_0", GgmlDType::Q8_0, 49152, 576),
         ("big 49152x576 Q4_1", GgmlDType::Q4_1, 49152, 576),
         ("mid 4096x576 Q8_0", GgmlDType::Q8_0, 4096, 576),
+        // Qwen2.5-Coder-0.5B's own block types and shapes.
+        ("qwen gate/up 4864x896 Q5_0", GgmlDType::Q5_0, 4864, 896),
+        ("qwen down 896x4864 Q4_K", GgmlDType::Q4K, 896, 4864),
+        ("qwen down 896x4864 Q6_K", GgmlDType::Q6K, 896, 4864),
+        ("qwen down 896x4864 Q5_K", GgmlDType::Q5K, 896, 4864),
     ];
     println!("threads: {}", rayon::current_num_threads());
     for (name, t, rows, cols) in shapes {

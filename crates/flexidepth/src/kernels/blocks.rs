@@ -1,13 +1,18 @@
-//! GGUF block formats we multiply ourselves (Q4_0, Q4_1, Q8_0, as llama.cpp's ggml lays them out), the 8-bit
+//! GGUF block formats we multiply ourselves (as llama.cpp's ggml lays them out, `ggml-common.h`), the 8-bit
 //! activation blocks they are multiplied with, and the scalar dot products every SIMD kernel is tested against.
 //!
-//! A block covers 32 consecutive weights of a row:
+//! A 32-weight block (multiplied with [`BlockQ8`] activations):
 //! - Q4_0: `d: f16, qs: [u8; 16]`, weight `j` is `d · (nibble_j − 8)`;
 //! - Q4_1: `d: f16, m: f16, qs: [u8; 16]`, weight `j` is `d · nibble_j + m`;
+//! - Q5_0: `d: f16, qh: [u8; 4], qs: [u8; 16]`, weight `j` is `d · ((nibble_j | bit_j(qh) << 4) − 16)`, `qh` read as
+//!   a little-endian u32;
 //! - Q8_0: `d: f16, qs: [i8; 32]`, weight `j` is `d · qs[j]`;
 //!
 //! where nibble `j < 16` is the low half of `qs[j]` and nibble `j ≥ 16` the high half of `qs[j − 16]`.
+//! The 256-weight K-quant super-blocks (Q4_K, Q5_K, Q6_K, multiplied with [`super::kquants::BlockQ8K`]
+//! activations) are described in [`super::kquants`].
 
+use super::kquants::{self, BlockQ8K, QK_K};
 use half::f16;
 
 /// Weights per block.
@@ -18,7 +23,11 @@ pub const QK: usize = 32;
 pub enum BlockType {
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl BlockType {
@@ -27,8 +36,26 @@ impl BlockType {
         match self {
             BlockType::Q4_0 => 18,
             BlockType::Q4_1 => 20,
+            BlockType::Q5_0 => 22,
             BlockType::Q8_0 => 34,
+            BlockType::Q4K => 144,
+            BlockType::Q5K => 176,
+            BlockType::Q6K => 210,
         }
+    }
+
+    /// Weights per block: [`QK`] (32), or [`QK_K`] (256) for the K-quants.
+    pub fn block_elems(self) -> usize {
+        if self.is_k_quant() {
+            QK_K
+        } else {
+            QK
+        }
+    }
+
+    /// A K-quant: 256-weight super-blocks, multiplied with Q8_K activations (as ggml pairs them).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, BlockType::Q4K | BlockType::Q5K | BlockType::Q6K)
     }
 
     pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<Self> {
@@ -36,10 +63,22 @@ impl BlockType {
         match t {
             G::Q4_0 => Some(BlockType::Q4_0),
             G::Q4_1 => Some(BlockType::Q4_1),
+            G::Q5_0 => Some(BlockType::Q5_0),
             G::Q8_0 => Some(BlockType::Q8_0),
+            G::Q4K => Some(BlockType::Q4K),
+            G::Q5K => Some(BlockType::Q5K),
+            G::Q6K => Some(BlockType::Q6K),
             _ => None,
         }
     }
+}
+
+/// Activations as a kernel takes them: 32-value [`BlockQ8`] blocks for the 32-weight block types, 256-value
+/// [`BlockQ8K`] super-blocks for the K-quants (see [`BlockType::is_k_quant`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Acts<'a> {
+    Q8(&'a [BlockQ8]),
+    Q8K(&'a [BlockQ8K]),
 }
 
 /// One block of activations quantized to 8 bits: `x_j ≈ d · qs[j]`; `sum` is `Σ qs[j]` (for the offset terms of
@@ -80,7 +119,20 @@ pub fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// Dot product of one weight row (`blocks` blocks of `t`) with quantized activations, scalar reference.
-pub fn dot_scalar(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
+///
+/// # Panics
+/// When `x` is not the activation type of `t` (Q8_K for a K-quant, Q8 otherwise): [`super::QuantMatrix`] always
+/// quantizes the activations for its block type.
+pub fn dot_scalar(t: BlockType, row: &[u8], x: Acts) -> f32 {
+    match x {
+        Acts::Q8(x) if !t.is_k_quant() => dot_q8_blocks(t, row, x),
+        Acts::Q8K(x) if t.is_k_quant() => kquants::dot_scalar(t, row, x),
+        _ => panic!("{t:?} weights with activations quantized for another block type"),
+    }
+}
+
+/// A row of 32-weight blocks · Q8 activations.
+fn dot_q8_blocks(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
     let bb = t.block_bytes();
     let mut acc = 0f32;
     for (b, y) in row.chunks_exact(bb).zip(x) {
@@ -99,17 +151,36 @@ pub fn dot_scalar(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
                     d * y.d * isum as f32 + f16_at(b, 2) * y.d * y.sum as f32
                 }
             }
+            BlockType::Q5_0 => {
+                let mut q = [0u8; QK];
+                q5_0_values(b, &mut q);
+                let isum: i32 = q.iter().zip(&y.qs).map(|(&q, &v)| q as i32 * v as i32).sum();
+                f16_at(b, 0) * y.d * (isum - 16 * y.sum) as f32
+            }
             BlockType::Q8_0 => {
                 let isum: i32 = (0..QK).map(|j| b[2 + j] as i8 as i32 * y.qs[j] as i32).sum();
                 f16_at(b, 0) * y.d * isum as f32
             }
+            BlockType::Q4K | BlockType::Q5K | BlockType::Q6K => unreachable!("K-quants take Q8_K activations"),
         };
     }
     acc
 }
 
-/// Dequantize one weight row into `out` (used for embedding lookups and tests).
+/// The 5-bit values (0..32, before the −16 offset) of a Q5_0 block, in weight order.
+fn q5_0_values(b: &[u8], out: &mut [u8; QK]) {
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..16 {
+        out[j] = (b[6 + j] & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+        out[j + 16] = (b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+}
+
+/// Dequantize one weight row (whole blocks of `t`) into `out` (used for embedding lookups and tests).
 pub fn dequantize_row(t: BlockType, row: &[u8], out: &mut [f32]) {
+    if t.is_k_quant() {
+        return kquants::dequantize_row(t, row, out);
+    }
     let bb = t.block_bytes();
     for (b, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
         let d = f16_at(b, 0);
@@ -125,11 +196,19 @@ pub fn dequantize_row(t: BlockType, row: &[u8], out: &mut [f32]) {
                     o[j + 16] = d * (qs[j] >> 4) as f32 + m;
                 }
             }
+            BlockType::Q5_0 => {
+                let mut q = [0u8; QK];
+                q5_0_values(b, &mut q);
+                for (o, &q) in o.iter_mut().zip(&q) {
+                    *o = d * (q as i32 - 16) as f32;
+                }
+            }
             BlockType::Q8_0 => {
                 for j in 0..QK {
                     o[j] = d * b[2 + j] as i8 as f32;
                 }
             }
+            BlockType::Q4K | BlockType::Q5K | BlockType::Q6K => unreachable!("handled above"),
         }
     }
 }

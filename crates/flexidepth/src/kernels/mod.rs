@@ -1,22 +1,27 @@
 //! Our own CPU kernels for quantized matrix products, where measurements showed candle's in the way: candle 0.11
-//! has no SIMD path for Q4_1 (every linear layer of the default model). Weights stay in their GGUF block format;
-//! activations are quantized to 8 bits per 32-value block, and each weight row is dotted with them by an AVX2
-//! kernel (chosen at runtime, scalar fallback), rows split across threads.
+//! has no SIMD path for Q4_1 (every linear layer of the default model). Weights stay in their GGUF block format
+//! (Q4_0, Q4_1, Q5_0, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K); activations are quantized to 8 bits, per 32 values
+//! for the 32-weight blocks and per 256 (Q8_K) for the K-quants, as ggml pairs them, and each weight row is dotted
+//! with them by an AVX2 kernel (chosen at runtime, scalar fallback), rows split across threads.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
 pub mod blocks;
+pub mod kquants;
 
 use crate::error::{Error, Result};
-use blocks::{quantize_q8, BlockQ8, BlockType, QK};
+use blocks::{quantize_q8, Acts, BlockQ8, BlockType};
+use kquants::{quantize_q8k, BlockQ8K};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// A dot-product kernel: one weight row (its blocks) with quantized activations.
-pub type DotFn = fn(BlockType, &[u8], &[BlockQ8]) -> f32;
+/// A dot-product kernel: one weight row (its blocks) with activations quantized for its block type.
+pub type DotFn = fn(BlockType, &[u8], Acts) -> f32;
 
 /// Four weight rows with the same activations (`None`: no multi-row kernel on this CPU).
-pub type Dot4Fn = fn(BlockType, [&[u8]; 4], &[BlockQ8]) -> [f32; 4];
+pub type Dot4Fn = fn(BlockType, [&[u8]; 4], Acts) -> [f32; 4];
 
 /// The four-row kernel this CPU runs, if any.
 pub fn dot4_fn() -> Option<Dot4Fn> {
@@ -63,6 +68,41 @@ pub fn kernel_name() -> &'static str {
 /// kernel; 64 rows of the default model's Q4_1 are 23 KB, in cache).
 const WEIGHT_BLOCK: usize = 64;
 
+/// Activations of `m` rows quantized for one block type (see [`Acts`]).
+enum QuantActs {
+    Q8(Vec<BlockQ8>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl QuantActs {
+    /// `x: [m, cols]` quantized per row for weights of type `t` (`cols` a multiple of its block).
+    fn new(t: BlockType, x: &[f32], cols: usize) -> Self {
+        let nb = cols / t.block_elems();
+        let m = x.len() / cols;
+        if t.is_k_quant() {
+            let mut q = vec![BlockQ8K::default(); m * nb];
+            for (q, row) in q.chunks_mut(nb).zip(x.chunks(cols)) {
+                quantize_q8k(row, q);
+            }
+            QuantActs::Q8K(q)
+        } else {
+            let mut q = vec![BlockQ8::default(); m * nb];
+            for (q, row) in q.chunks_mut(nb).zip(x.chunks(cols)) {
+                quantize_q8(row, q);
+            }
+            QuantActs::Q8(q)
+        }
+    }
+
+    /// Activation row `i` (of `nb` blocks).
+    fn row(&self, i: usize, nb: usize) -> Acts<'_> {
+        match self {
+            QuantActs::Q8(q) => Acts::Q8(&q[i * nb..(i + 1) * nb]),
+            QuantActs::Q8K(q) => Acts::Q8K(&q[i * nb..(i + 1) * nb]),
+        }
+    }
+}
+
 /// A weight matrix `[rows, cols]` in a GGUF block format.
 #[derive(Debug)]
 pub struct QuantMatrix {
@@ -73,11 +113,17 @@ pub struct QuantMatrix {
 }
 
 impl QuantMatrix {
+    /// `data`: `rows` rows of `cols / block_elems` blocks each, as stored in GGUF.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `cols` is not a multiple of the type's block (32 weights, 256 for a K-quant: ggml
+    /// refuses such rows too) or `data` is not the size of that many blocks.
     pub fn new(block_type: BlockType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
-        let need = rows * (cols / QK) * block_type.block_bytes();
-        if !cols.is_multiple_of(QK) || data.len() != need {
+        let qk = block_type.block_elems();
+        let need = rows * (cols / qk) * block_type.block_bytes();
+        if !cols.is_multiple_of(qk) || data.len() != need {
             return Err(Error::Input(format!(
-                "{block_type:?} matrix [{rows}, {cols}]: {} bytes, expected {need} (columns a multiple of {QK})",
+                "{block_type:?} matrix [{rows}, {cols}]: {} bytes, expected {need} (columns a multiple of {qk})",
                 data.len()
             )));
         }
@@ -90,7 +136,7 @@ impl QuantMatrix {
     }
 
     pub fn row_bytes(&self) -> usize {
-        self.cols / QK * self.block_type.block_bytes()
+        self.cols / self.block_type.block_elems() * self.block_type.block_bytes()
     }
 
     pub fn row(&self, r: usize) -> &[u8] {
@@ -117,17 +163,14 @@ impl QuantMatrix {
     pub fn matmul_with(&self, dot: DotFn, dot4: Option<Dot4Fn>, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
-        let nb = self.cols / QK;
-        let mut xq = vec![BlockQ8::default(); m * nb];
-        for (q, row) in xq.chunks_mut(nb).zip(x.chunks(self.cols)) {
-            quantize_q8(row, q);
-        }
         let t = self.block_type;
+        let nb = self.cols / t.block_elems();
+        let xq = QuantActs::new(t, x, self.cols);
         // Measured (benches/kernels.rs): four rows at once is 1.5–2.2× faster for the 4-bit types at every size,
         // but slower for Q8_0 (the sign trick costs two extra ops per row and block), so Q8_0 goes row by row.
         let dot4 = dot4.filter(|_| t != BlockType::Q8_0);
         // Weight rows `first..first + out.len()` against one activation row.
-        let rows_into = |first: usize, out: &mut [f32], xi: &[BlockQ8]| {
+        let rows_into = |first: usize, out: &mut [f32], xi: Acts| {
             let mut k = 0;
             if let Some(dot4) = dot4 {
                 while k + 4 <= out.len() {
@@ -149,8 +192,8 @@ impl QuantMatrix {
             let (first, len) = (ci * chunk, block.len() / m);
             for sub in (0..len).step_by(WEIGHT_BLOCK) {
                 let n = WEIGHT_BLOCK.min(len - sub);
-                for (i, xi) in xq.chunks(nb).enumerate() {
-                    rows_into(first + sub, &mut block[i * len + sub..i * len + sub + n], xi);
+                for i in 0..m {
+                    rows_into(first + sub, &mut block[i * len + sub..i * len + sub + n], xq.row(i, nb));
                 }
             }
         });
@@ -178,154 +221,4 @@ impl QuantMatrix {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-
-    /// A random matrix quantized by candle (ggml's own quantizers), as our type.
-    fn matrix(t: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
-        let dev = Device::Cpu;
-        let vals: Vec<f32> = (0..rows * cols)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0) * 0.7)
-            .collect();
-        let w = Tensor::from_vec(vals, (rows, cols), &dev).unwrap();
-        let q = QTensor::quantize(&w, t).unwrap();
-        let dense: Vec<f32> = q.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let bytes = q.data().unwrap().to_vec();
-        (
-            QuantMatrix::new(BlockType::from_ggml(t).unwrap(), rows, cols, bytes).unwrap(),
-            dense,
-        )
-    }
-
-    /// `x · Wᵀ` in f64.
-    fn reference(dense: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
-        (0..m)
-            .flat_map(|i| {
-                (0..rows).map(move |r| {
-                    (0..cols)
-                        .map(|k| x[i * cols + k] as f64 * dense[r * cols + k] as f64)
-                        .sum::<f64>() as f32
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn dequantized_rows_match_candle() {
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (q, dense) = matrix(t, 5, 64, 1);
-            let mut row = vec![0f32; 64];
-            for r in 0..5 {
-                q.dequantize_row(r, &mut row);
-                assert_eq!(row, dense[r * 64..(r + 1) * 64], "{t:?} row {r}");
-            }
-        }
-    }
-
-    /// The activations as the kernels see them: quantized to 8 bits per block, then back to f32.
-    fn through_q8(x: &[f32]) -> Vec<f32> {
-        let mut q = vec![BlockQ8::default(); x.len() / QK];
-        quantize_q8(x, &mut q);
-        q.iter()
-            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
-            .collect()
-    }
-
-    /// A non-finite activation (corrupt weights upstream) is not rounded away: every kernel's product with its
-    /// block is non-finite, so it reaches the logits, where it is refused.
-    #[test]
-    fn non_finite_activations_are_not_quantized_away() {
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, cols) = (9, 64);
-            let (q, _) = matrix(t, rows, cols, 5);
-            for bad in [f32::NAN, f32::INFINITY] {
-                let mut x = vec![0.25f32; cols];
-                x[40] = bad;
-                let kernels: [(&str, DotFn, Option<Dot4Fn>); 3] = [
-                    ("scalar", blocks::dot_scalar, None),
-                    ("one row", dot_fn(), None),
-                    ("four rows", dot_fn(), dot4_fn()),
-                ];
-                for (name, dot, dot4) in kernels {
-                    let mut y = vec![0f32; rows];
-                    q.matmul_with(dot, dot4, &x, 1, &mut y);
-                    assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
-                }
-            }
-            // Finite activations keep finite products.
-            let mut y = vec![0f32; rows];
-            q.matmul_with(blocks::dot_scalar, None, &vec![0.25f32; cols], 1, &mut y);
-            assert!(y.iter().all(|v| v.is_finite()), "{t:?}");
-        }
-    }
-
-    /// Every kernel (scalar and the detected SIMD one), decode and prefill shapes, equals the f64 product of the
-    /// dequantized weights with the 8-bit-rounded activations (float summation order aside), and stays within the
-    /// rounding's reach of the plain f32 product.
-    #[test]
-    fn kernels_match_the_dequantized_product() {
-        // Rows of 8 and of 9 blocks; 67 rows leave a remainder for the four-row kernel.
-        let shapes = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
-            .into_iter()
-            .flat_map(|t| [(t, 256), (t, 288)]);
-        for (t, cols) in shapes {
-            let rows = 67;
-            let (q, dense) = matrix(t, rows, cols, 3);
-            for m in [1, 2, 5] {
-                let x: Vec<f32> = (0..m * cols)
-                    .map(|i| ((i * 7919 % 997) as f32 / 498.0 - 1.0) * 2.0)
-                    .collect();
-                let exact = reference(&dense, rows, cols, &through_q8(&x), m);
-                let plain = reference(&dense, rows, cols, &x, m);
-                let scale = plain.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let kernels: [(&str, DotFn, Option<Dot4Fn>); 3] = [
-                    ("scalar", blocks::dot_scalar, None),
-                    ("one row", dot_fn(), None),
-                    ("four rows", dot_fn(), dot4_fn()),
-                ];
-                for (name, dot, dot4) in kernels {
-                    let mut y = vec![0f32; m * rows];
-                    q.matmul_with(dot, dot4, &x, m, &mut y);
-                    let err = y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                    assert!(
-                        err < 1e-5 * scale,
-                        "{t:?} {name} m={m}: {err} from the exact product (scale {scale})"
-                    );
-                    let err = y.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                    assert!(
-                        err < 0.03 * scale,
-                        "{t:?} {name} m={m}: {err} from the f32 product (scale {scale})"
-                    );
-                }
-            }
-        }
-    }
-
-    /// A row of a multi-row product is the same, bit for bit, as that row multiplied alone.
-    #[test]
-    fn rows_of_a_product_equal_rows_alone() {
-        for t in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, cols) = (203, 64);
-            let (q, _) = matrix(t, rows, cols, 5);
-            let m = 7;
-            let x: Vec<f32> = (0..m * cols)
-                .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 1.5)
-                .collect();
-            let mut y = vec![0f32; m * rows];
-            q.matmul(&x, m, &mut y);
-            for i in 0..m {
-                let mut alone = vec![0f32; rows];
-                q.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
-                assert_eq!(&y[i * rows..(i + 1) * rows], alone.as_slice(), "{t:?} row {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn bad_sizes_are_refused() {
-        assert!(QuantMatrix::new(BlockType::Q4_1, 2, 33, vec![0; 40]).is_err());
-        assert!(QuantMatrix::new(BlockType::Q4_1, 2, 32, vec![0; 39]).is_err());
-    }
-}
+mod tests;

@@ -19,7 +19,7 @@ pub enum LinearWeight {
     Dense(Tensor),
     /// Quantized blocks multiplied by candle's quantized kernels (activations stay f32).
     Quantized(QMatMul),
-    /// Q4_0 / Q4_1 / Q8_0 blocks multiplied by our own kernels ([`crate::kernels`]).
+    /// GGUF blocks with our own kernels (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K; [`crate::kernels`]).
     Packed(Arc<QuantMatrix>),
 }
 

@@ -366,8 +366,9 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
-    /// Blocks our kernels multiply: the tensor itself when its type has a kernel, else re-quantized to Q8_0
-    /// (near-lossless from the 4–6-bit K-quants and Q5_0). `None` for a non-matrix or a CPU-less device.
+    /// Blocks our kernels multiply: the tensor itself, as stored, when its type has a kernel (Q4_0, Q4_1, Q5_0,
+    /// Q8_0, Q4_K, Q5_K, Q6_K), else re-quantized to Q8_0 (near-lossless from the other 2–6-bit types). `None` for a
+    /// non-matrix.
     pub fn into_matrix(self) -> Result<Option<QuantMatrix>> {
         let &[rows, cols] = &self.dims[..] else { return Ok(None) };
         if let Some(t) = BlockType::from_ggml(self.dtype) {

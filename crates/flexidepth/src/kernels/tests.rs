@@ -1,0 +1,273 @@
+//! The kernels against the exact dequantized product, and our dequantization against candle's (ggml's), for every
+//! block type, the scalar path and the SIMD kernels this CPU runs.
+
+use super::*;
+use blocks::QK;
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use kquants::QK_K;
+
+const ALL: [GgmlDType; 7] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// A random matrix quantized by candle (ggml's own quantizers), as our type, with candle's dequantization.
+fn matrix(t: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
+    let dev = Device::Cpu;
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0) * 0.7)
+        .collect();
+    let w = Tensor::from_vec(vals, (rows, cols), &dev).unwrap();
+    let q = QTensor::quantize(&w, t).unwrap();
+    let dense: Vec<f32> = q.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let bytes = q.data().unwrap().to_vec();
+    (
+        QuantMatrix::new(BlockType::from_ggml(t).unwrap(), rows, cols, bytes).unwrap(),
+        dense,
+    )
+}
+
+/// splitmix64: a reproducible stream of random words.
+fn random_words(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
+        s = s.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A matrix of random blocks (every bit of quants and packed scales random; the f16 scales finite, in ±[0, 0.01)),
+/// as our type, with candle's dequantization of the same bytes.
+fn random_matrix(t: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
+    let bt = BlockType::from_ggml(t).unwrap();
+    let n = rows * cols / bt.block_elems() * bt.block_bytes();
+    let mut next = random_words(seed);
+    let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+    // Where each block keeps its f16 scales.
+    let f16_at: &[usize] = match bt {
+        BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+        BlockType::Q6K => &[208],
+        _ => &[0],
+    };
+    for b in bytes.chunks_exact_mut(bt.block_bytes()) {
+        for &at in f16_at {
+            let v = (next() % 20_000) as f32 / 1e6 - 0.01;
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    let q = qtensor_from_ggml(t, &bytes, vec![rows, cols], &Device::Cpu).unwrap();
+    let dense: Vec<f32> = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (QuantMatrix::new(bt, rows, cols, bytes).unwrap(), dense)
+}
+
+/// `x · Wᵀ` in f64.
+fn reference(dense: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+    (0..m)
+        .flat_map(|i| {
+            (0..rows).map(move |r| {
+                (0..cols)
+                    .map(|k| x[i * cols + k] as f64 * dense[r * cols + k] as f64)
+                    .sum::<f64>() as f32
+            })
+        })
+        .collect()
+}
+
+/// Our dequantization equals candle's bit for bit, on candle-quantized and on random blocks.
+#[test]
+fn dequantized_rows_match_candle() {
+    for t in ALL {
+        let cols = 512;
+        for (kind, (q, dense)) in [
+            ("quantized", matrix(t, 5, cols, 1)),
+            ("random", random_matrix(t, 5, cols, 2)),
+        ] {
+            let mut row = vec![0f32; cols];
+            for r in 0..5 {
+                q.dequantize_row(r, &mut row);
+                assert_eq!(row, dense[r * cols..(r + 1) * cols], "{t:?} {kind} row {r}");
+            }
+            assert_eq!(q.dequantize(), dense, "{t:?} {kind} whole matrix");
+        }
+    }
+}
+
+/// The activations as the kernels see them for weights of type `t`: quantized to 8 bits per block (Q8) or
+/// super-block (Q8_K), then back to f32.
+fn through_acts(t: BlockType, x: &[f32]) -> Vec<f32> {
+    if t.is_k_quant() {
+        let mut q = vec![kquants::BlockQ8K::default(); x.len() / QK_K];
+        kquants::quantize_q8k(x, &mut q);
+        for b in &q {
+            for (g, &s) in b.qs.chunks_exact(16).zip(&b.bsums) {
+                assert_eq!(
+                    g.iter().map(|&v| v as i16).sum::<i16>(),
+                    s,
+                    "bsums are the 16-value sums"
+                );
+            }
+        }
+        q.iter()
+            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+            .collect()
+    } else {
+        let mut q = vec![BlockQ8::default(); x.len() / QK];
+        quantize_q8(x, &mut q);
+        q.iter()
+            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+            .collect()
+    }
+}
+
+/// Scalar, the detected SIMD one-row kernel, and the detected multi-row kernel.
+fn kernels() -> [(&'static str, DotFn, Option<Dot4Fn>); 3] {
+    [
+        ("scalar", blocks::dot_scalar, None),
+        ("one row", dot_fn(), None),
+        ("four rows", dot_fn(), dot4_fn()),
+    ]
+}
+
+/// A non-finite activation (corrupt weights upstream) is not rounded away: every kernel's product with its
+/// block is non-finite, so it reaches the logits, where it is refused.
+#[test]
+fn non_finite_activations_are_not_quantized_away() {
+    for t in ALL {
+        let (rows, cols) = (9, 256);
+        let (q, _) = matrix(t, rows, cols, 5);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = vec![0.25f32; cols];
+            x[40] = bad;
+            for (name, dot, dot4) in kernels() {
+                let mut y = vec![0f32; rows];
+                q.matmul_with(dot, dot4, &x, 1, &mut y);
+                assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
+            }
+        }
+        // Finite activations keep finite products.
+        let mut y = vec![0f32; rows];
+        q.matmul_with(blocks::dot_scalar, None, &vec![0.25f32; cols], 1, &mut y);
+        assert!(y.iter().all(|v| v.is_finite()), "{t:?}");
+    }
+}
+
+/// Every kernel (scalar and the detected SIMD ones), decode and prefill shapes, equals the f64 product of the
+/// dequantized weights with the 8-bit-rounded activations (float summation order aside), and stays within the
+/// rounding's reach of the plain f32 product. 67 rows leave a remainder for the four-row kernel; rows of 8 and 9
+/// blocks, or of 1 and 3 super-blocks.
+#[test]
+fn kernels_match_the_dequantized_product() {
+    for t in ALL {
+        let bt = BlockType::from_ggml(t).unwrap();
+        let widths = if bt.is_k_quant() { [256, 768] } else { [256, 288] };
+        for cols in widths {
+            let rows = 67;
+            for (kind, (q, dense)) in [
+                ("quantized", matrix(t, rows, cols, 3)),
+                ("random", random_matrix(t, rows, cols, 4)),
+            ] {
+                for m in [1, 2, 5] {
+                    let x: Vec<f32> = (0..m * cols)
+                        .map(|i| ((i * 7919 % 997) as f32 / 498.0 - 1.0) * 2.0)
+                        .collect();
+                    let exact = reference(&dense, rows, cols, &through_acts(bt, &x), m);
+                    let plain = reference(&dense, rows, cols, &x, m);
+                    let scale = plain.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    // Q8_K has one activation scale per 256 values, not per 32: a coarser rounding.
+                    let reach = if bt.is_k_quant() { 0.06 } else { 0.03 };
+                    for (name, dot, dot4) in kernels() {
+                        let mut y = vec![0f32; m * rows];
+                        q.matmul_with(dot, dot4, &x, m, &mut y);
+                        let err = y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(
+                            err < 1e-5 * scale,
+                            "{t:?} {kind} [{rows}, {cols}] {name} m={m}: {err} from the exact product (scale {scale})"
+                        );
+                        let err = y.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(
+                            err < reach * scale,
+                            "{t:?} {kind} [{rows}, {cols}] {name} m={m}: {err} from the f32 product (scale {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The SIMD kernels this CPU runs are the ones its features allow (so the tests above covered them).
+#[test]
+fn the_detected_kernels_are_the_cpus_own() {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    assert_eq!(kernel_name(), if avx2 { "avx2" } else { "scalar" });
+    assert_eq!(dot4_fn().is_some(), avx2);
+}
+
+/// A row of a multi-row product is the same, bit for bit, as that row multiplied alone.
+#[test]
+fn rows_of_a_product_equal_rows_alone() {
+    for t in [
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let (rows, cols) = (203, 512);
+        let (q, _) = matrix(t, rows, cols, 5);
+        let m = 7;
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 1.5)
+            .collect();
+        let mut y = vec![0f32; m * rows];
+        q.matmul(&x, m, &mut y);
+        for i in 0..m {
+            let mut alone = vec![0f32; rows];
+            q.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
+            assert_eq!(&y[i * rows..(i + 1) * rows], alone.as_slice(), "{t:?} row {i}");
+        }
+    }
+}
+
+/// Sizes that are not whole blocks are refused: 32 weights, or 256 for a K-quant (as ggml refuses them).
+#[test]
+fn bad_sizes_are_refused() {
+    assert!(QuantMatrix::new(BlockType::Q4_1, 2, 33, vec![0; 40]).is_err());
+    assert!(QuantMatrix::new(BlockType::Q4_1, 2, 32, vec![0; 39]).is_err());
+    // 288 columns are nine Q5_0 blocks but not whole K-quant super-blocks.
+    assert!(QuantMatrix::new(BlockType::Q5_0, 2, 288, vec![0; 2 * 9 * 22]).is_ok());
+    for t in [BlockType::Q4K, BlockType::Q5K, BlockType::Q6K] {
+        assert!(
+            QuantMatrix::new(t, 2, 288, vec![0; 2 * t.block_bytes()]).is_err(),
+            "{t:?}"
+        );
+        assert!(
+            QuantMatrix::new(t, 2, 512, vec![0; 4 * t.block_bytes() - 1]).is_err(),
+            "{t:?}"
+        );
+        assert!(
+            QuantMatrix::new(t, 2, 512, vec![0; 4 * t.block_bytes()]).is_ok(),
+            "{t:?}"
+        );
+    }
+}
