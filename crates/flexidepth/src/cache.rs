@@ -68,8 +68,9 @@ impl KvCache {
             let v = Tensor::zeros(shape, self.dtype, &self.device)?;
             if let Some((old_k, old_v)) = slot.as_ref() {
                 if self.len > 0 {
-                    k.slice_set(&old_k.narrow(1, 0, self.len)?, 1, 0)?;
-                    v.slice_set(&old_v.narrow(1, 0, self.len)?, 1, 0)?;
+                    // A narrow along the position axis of several KV heads is strided; slice_set wants it packed.
+                    k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 }
             }
             *slot = Some((k, v));
@@ -201,6 +202,29 @@ mod tests {
         assert_eq!(c.len(), 2);
         c.truncate(10);
         assert_eq!(c.len(), 2, "truncate never extends");
+    }
+
+    #[test]
+    fn growing_keeps_every_kv_head() {
+        let config = ModelConfig {
+            num_key_value_heads: 3,
+            ..cfg()
+        };
+        let kv3 = |seq: usize, start: f32| -> Tensor {
+            let data: Vec<f32> = (0..3 * seq * 4).map(|i| start + i as f32).collect();
+            Tensor::from_vec(data, (3, seq, 4), &Device::Cpu).unwrap()
+        };
+        let mut c = KvCache::new(&config, 512, DType::F32, &Device::Cpu);
+        c.reserve(64).unwrap();
+        for l in 0..2 {
+            c.write(l, 0, &kv3(64, 0.), &kv3(64, 1000.)).unwrap();
+        }
+        c.set_len(64);
+        c.reserve(65).unwrap();
+        assert!(c.capacity() >= 128);
+        let (k, v) = c.view(0, 64).unwrap();
+        assert_eq!(k.to_vec3::<f32>().unwrap(), kv3(64, 0.).to_vec3::<f32>().unwrap());
+        assert_eq!(v.to_vec3::<f32>().unwrap(), kv3(64, 1000.).to_vec3::<f32>().unwrap());
     }
 
     #[test]
