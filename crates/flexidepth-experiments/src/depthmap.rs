@@ -413,6 +413,7 @@ mod tests {
             prompt,
             layers_used,
             routed,
+            dmtd_head: None,
         }
     }
 
