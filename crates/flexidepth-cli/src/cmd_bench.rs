@@ -39,8 +39,9 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q")]
     pub dtype: Vec<crate::DtypeArg>,
     /// Depth policies (comma list): full, flexi[:THRESHOLD] (default: the depth file's), flexi-ffn[:THRESHOLD],
-    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L, dmtd:TAU (Direct Multi-Token Decoding in
-    /// cycles of TAU; its prompt rows are full depth, as its prefill is).
+    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L, dmtd:TAU[:shadow] (Direct Multi-Token Decoding in
+    /// cycles of TAU, with cyclical refilling or the no-refill shadow ablation; its prompt rows are full depth,
+    /// as its prefill is).
     #[arg(long, default_value = "full,flexi,skip,prune:4")]
     pub configs: String,
     /// Decoding layers D of dmtd rows (default: the model config's DMTD layout; required without one).
@@ -130,19 +131,25 @@ fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
 #[derive(Debug, Clone, Copy)]
 enum BenchConfig {
     Policy(PolicySpec),
-    Dmtd(usize),
+    Dmtd(usize, flexidepth::dmtd::History),
 }
 
 impl std::str::FromStr for BenchConfig {
     type Err = flexidepth::Error;
     fn from_str(s: &str) -> flexidepth::Result<Self> {
         match s.strip_prefix("dmtd:") {
-            Some(tau) => match tau.parse::<usize>() {
-                Ok(t) if t >= 1 => Ok(BenchConfig::Dmtd(t)),
-                _ => Err(flexidepth::Error::Input(format!(
-                    "config '{s}': the DMTD cycle length must be a whole number ≥ 1"
-                ))),
-            },
+            Some(rest) => {
+                let (tau, history) = match rest.split_once(':') {
+                    Some((tau, history)) => (tau, history.parse()?),
+                    None => (rest, flexidepth::dmtd::History::Real),
+                };
+                match tau.parse::<usize>() {
+                    Ok(t) if t >= 1 => Ok(BenchConfig::Dmtd(t, history)),
+                    _ => Err(flexidepth::Error::Input(format!(
+                        "config '{s}': the DMTD cycle length must be a whole number ≥ 1"
+                    ))),
+                }
+            }
             None => s.parse().map(BenchConfig::Policy),
         }
     }
@@ -189,11 +196,12 @@ fn runners(
         .iter()
         .map(|c| match c {
             BenchConfig::Policy(spec) => Ok(Runner::Policy(spec.build(model, &ids[..ids.len().min(256)])?)),
-            BenchConfig::Dmtd(tau) => {
+            BenchConfig::Dmtd(tau, history) => {
                 let dmtd = crate::dmtd_args::DmtdArgs {
                     tau: Some(*tau),
                     decoding_layers: args.dmtd_decoding_layers,
                     encoding_layers: args.dmtd_encoding_layers,
+                    history: *history,
                     ..Default::default()
                 };
                 let opts = dmtd.options(model.config.num_hidden_layers, files.dmtd)?;
