@@ -120,7 +120,7 @@ pub fn dmtd_logits(c: &ModelConfig, w: &Weights, ids: &[u32], prompt_len: usize,
         .collect();
     let all: Vec<usize> = (0..n).collect();
     let e = layers(c, w, 0..e_end, x, &all);
-    let is_head = |j: usize| j >= prompt_len && (j - prompt_len) % r.tau == 0;
+    let is_head = |j: usize| j >= prompt_len && (j - prompt_len).is_multiple_of(r.tau);
     let think_rows: Vec<usize> = all
         .iter()
         .copied()
