@@ -1,6 +1,7 @@
 //! `flexidepth bench`: llama-bench-style prompt-processing and generation speed, one row per depth
 //! configuration (full depth, FlexiDepth thresholds, all-skip, static removal of k layers), with the layers used
-//! and the weights-read bound beside the measured speed-up. Comma lists sweep parameters.
+//! and the weights-read bound beside the measured speed-up; `dmtd:τ` rows decode with Direct Multi-Token Decoding.
+//! Comma lists sweep parameters.
 
 use anyhow::{Context, Result};
 use flexidepth::depth::PolicySpec;
@@ -38,9 +39,17 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q")]
     pub dtype: Vec<crate::DtypeArg>,
     /// Depth policies (comma list): full, flexi[:THRESHOLD] (default: the depth file's), flexi-ffn[:THRESHOLD],
-    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L.
+    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L, dmtd:TAU[:shadow] (Direct Multi-Token Decoding in
+    /// cycles of TAU, with cyclical refilling or the no-refill shadow ablation; its prompt rows are full depth,
+    /// as its prefill is).
     #[arg(long, default_value = "full,flexi,skip,prune:4")]
     pub configs: String,
+    /// Decoding layers D of dmtd rows (default: the model config's DMTD layout; required without one).
+    #[arg(long = "dmtd-decoding-layers", value_name = "D")]
+    pub dmtd_decoding_layers: Option<usize>,
+    /// Encoding layers E of dmtd rows (default: the model config's, else 0).
+    #[arg(long = "dmtd-encoding-layers", value_name = "E")]
+    pub dmtd_encoding_layers: Option<usize>,
     /// Depth-adapter file for flexi/skip rows; without it, the model's shipped adapter (`adapters/shipped.toml`), else
     /// freshly initialised routers (seed 42).
     #[arg(long)]
@@ -119,8 +128,92 @@ fn tests(args: &Args) -> Result<Vec<(String, usize, usize, usize)>> {
     Ok(out)
 }
 
+/// One `--configs` entry: a depth policy, or DMTD with cycle length τ.
+#[derive(Debug, Clone, Copy)]
+enum BenchConfig {
+    Policy(PolicySpec),
+    Dmtd(usize, flexidepth::dmtd::History),
+}
+
+impl std::str::FromStr for BenchConfig {
+    type Err = flexidepth::Error;
+    fn from_str(s: &str) -> flexidepth::Result<Self> {
+        match s.strip_prefix("dmtd:") {
+            Some(rest) => {
+                let (tau, history) = match rest.split_once(':') {
+                    Some((tau, history)) => (tau, history.parse()?),
+                    None => (rest, flexidepth::dmtd::History::Real),
+                };
+                match tau.parse::<usize>() {
+                    Ok(t) if t >= 1 => Ok(BenchConfig::Dmtd(t, history)),
+                    _ => Err(flexidepth::Error::Input(format!(
+                        "config '{s}': the DMTD cycle length must be a whole number ≥ 1"
+                    ))),
+                }
+            }
+            None => s.parse().map(BenchConfig::Policy),
+        }
+    }
+}
+
+/// What one config runs: a built depth policy, or DMTD options.
+enum Runner {
+    Policy(Box<dyn flexidepth::depth::DepthPolicy>),
+    Dmtd(flexidepth::dmtd::DmtdOptions),
+}
+
+impl Runner {
+    fn label(&self) -> String {
+        match self {
+            Runner::Policy(p) => p.label(),
+            Runner::Dmtd(o) => o.label(),
+        }
+    }
+
+    /// One timed run of a test: `p` prompt tokens, or `n` generated after a context of `d`.
+    fn time(&self, model: &Model, ids: &[u32], p: usize, n: usize, d: usize) -> flexidepth::Result<bench::Timed> {
+        let full = flexidepth::model::plan::FullDepth;
+        match (self, p > 0) {
+            (Runner::Policy(policy), true) => bench::time_prompt(model, policy.as_ref(), &ids[..p]),
+            (Runner::Policy(policy), false) => bench::time_generation(model, policy.as_ref(), &ids[..d.max(1)], n),
+            // DMTD's prefill is a full-depth pass.
+            (Runner::Dmtd(_), true) => bench::time_prompt(model, &full, &ids[..p]),
+            (Runner::Dmtd(o), false) => {
+                flexidepth_experiments::bench_dmtd::time_generation(model, *o, &ids[..d.max(1)], n)
+            }
+        }
+    }
+}
+
+/// The runners of `configs` on `model` (`files` for its declared DMTD layout).
+fn runners(
+    args: &Args,
+    configs: &[BenchConfig],
+    files: &ModelFiles,
+    model: &Model,
+    ids: &[u32],
+) -> Result<Vec<Runner>> {
+    configs
+        .iter()
+        .map(|c| match c {
+            BenchConfig::Policy(spec) => Ok(Runner::Policy(spec.build(model, &ids[..ids.len().min(256)])?)),
+            BenchConfig::Dmtd(tau, history) => {
+                let dmtd = crate::dmtd_args::DmtdArgs {
+                    tau: Some(*tau),
+                    decoding_layers: args.dmtd_decoding_layers,
+                    encoding_layers: args.dmtd_encoding_layers,
+                    history: *history,
+                    ..Default::default()
+                };
+                let opts = dmtd.options(model.config.num_hidden_layers, files.dmtd)?;
+                Ok(Runner::Dmtd(opts.expect("--dmtd was given")))
+            }
+        })
+        .collect()
+}
+
 fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
-    let configs: Vec<PolicySpec> = list(&args.configs, "policy")?;
+    let configs: Vec<BenchConfig> = list(&args.configs, "policy")?;
     let tests = tests(args)?;
     if !(1..=MAX_REPETITIONS).contains(&args.repetitions) {
         anyhow::bail!("-r takes 1..={MAX_REPETITIONS} repetitions, not {}", args.repetitions);
@@ -138,27 +231,23 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
         for &dtype in &args.dtype {
             let format: WeightFormat = dtype.format();
             let mut model = files.load_model(format, &candle_core::Device::Cpu)?;
-            if configs.iter().any(|c| c.needs_routers()) && model.routed_layers().is_empty() {
+            let needs_routers = configs
+                .iter()
+                .any(|c| matches!(c, BenchConfig::Policy(p) if p.needs_routers()));
+            if needs_routers && model.routed_layers().is_empty() {
                 attach_routers(&mut model, model_name, args.depth.as_deref())?;
             }
             let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
             let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
             // Built once per model (ShortGPT's choice of layers needs forward passes over calibration tokens).
-            let policies = configs
-                .iter()
-                .map(|c| c.build(&model, &ids[..ids.len().min(256)]))
-                .collect::<flexidepth::Result<Vec<_>>>()?;
+            let policies = runners(args, &configs, &files, &model, &ids)?;
             for (label, p, n, d) in &tests {
                 bar.set_message(format!("{model_name} {} {label}", dtype.name()));
                 // Configs interleaved inside each repetition, so machine noise lands on all of them alike.
                 let mut runs: Vec<Vec<bench::Timed>> = configs.iter().map(|_| Vec::new()).collect();
                 for rep in 0..=reps {
                     for (ci, policy) in policies.iter().enumerate() {
-                        let timed = if *p > 0 {
-                            bench::time_prompt(&model, policy.as_ref(), &ids[..*p])?
-                        } else {
-                            bench::time_generation(&model, policy.as_ref(), &ids[..(*d).max(1)], *n)?
-                        };
+                        let timed = policy.time(&model, &ids, *p, *n, *d)?;
                         if rep > 0 {
                             runs[ci].push(timed); // repetition 0 is the warm-up
                         }

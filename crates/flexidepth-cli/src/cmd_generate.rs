@@ -13,7 +13,10 @@ pub struct Args {
     pub model: LoadArgs,
     #[command(flatten)]
     pub depth: DepthArgs,
-    /// Write the depth trace (one JSON object per token: gate and decision per routed layer) to this file.
+    #[command(flatten)]
+    pub dmtd: crate::dmtd_args::DmtdArgs,
+    /// Write the depth trace (one JSON object per token: gate and decision per routed layer; under --dmtd the
+    /// thinking layers, and whether the token was a cycle head) to this file.
     #[arg(long)]
     pub trace: Option<std::path::PathBuf>,
     /// Write a depth map; the extension picks the format: .html, .svg or .txt (ANSI colours).
@@ -130,8 +133,12 @@ pub fn run(args: Args) -> Result<()> {
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
     let routed = !model.routed_layers().is_empty();
-    if !routed && (args.trace.is_some() || args.depth_map.is_some() || args.show_depth) {
-        bail!("--trace, --depth-map and --show-depth need a model with routers: give --depth FILE");
+    let dmtd = args.dmtd.options(model.config.num_hidden_layers, files.dmtd)?;
+    if dmtd.is_some() && routed {
+        bail!("--dmtd decodes the base model: it does not combine with routers (--depth or a FlexiDepth model)");
+    }
+    if !routed && dmtd.is_none() && (args.trace.is_some() || args.depth_map.is_some() || args.show_depth) {
+        bail!("--trace, --depth-map and --show-depth need a model with routers (give --depth FILE) or --dmtd");
     }
     let tok = &files.tokenizer;
     let (text, prompt_ids) = if let Some(msg) = &args.chat {
@@ -170,15 +177,26 @@ pub fn run(args: Args) -> Result<()> {
         eos_token_ids: files.eos_token_ids(),
         stop_strings,
         policy: std::sync::Arc::new(depth),
-        trace: routed,
+        trace: routed || dmtd.is_some(),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let gen = generate(&model, tok, &prompt_ids, &opts, &mut |piece| {
+    let mut on_text = |piece: &str| {
         out.write_all(piece.as_bytes())
             .and_then(|_| out.flush())
             .map_err(|e| flexidepth::Error::Input(format!("cannot write to stdout: {e}")))
-    })?;
+    };
+    let gen = match dmtd {
+        Some(d) => {
+            eprintln!(
+                "{}: thinking layers {:?} run at cycle heads only",
+                d.label(),
+                d.layout.thinking()
+            );
+            flexidepth::dmtd::generate(&model, tok, &prompt_ids, &opts, d, &mut on_text)?
+        }
+        None => generate(&model, tok, &prompt_ids, &opts, &mut on_text)?,
+    };
     writeln!(out).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
     let s = &gen.stats;
     eprintln!("stop reason: {:?}", s.stop_reason);
@@ -239,8 +257,14 @@ fn write_trace_outputs(args: &Args, trace: &flexidepth::trace::DepthTrace) -> Re
         };
         eprintln!("{map}");
     }
+    let heads = trace.tokens.iter().filter(|t| t.dmtd_head == Some(true)).count();
+    let what = if trace.tokens.iter().any(|t| t.dmtd_head.is_some()) {
+        format!("DMTD: {heads} cycle heads; thinking layers")
+    } else {
+        "routed layers".to_string()
+    };
     eprintln!(
-        "layers used: {:.2} of {} per generated token (routed layers {}..={})",
+        "layers used: {:.2} of {} per generated token ({what} {}..={})",
         trace.mean_layers_generated(),
         trace.num_layers,
         trace.routed_layers.first().copied().unwrap_or(0),

@@ -430,6 +430,7 @@ mod tests {
             prompt,
             layers_used,
             routed,
+            dmtd_head: None,
         }
     }
 

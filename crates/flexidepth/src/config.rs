@@ -27,6 +27,8 @@ impl Arch {
             "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
             // The released FlexiDepth model: Llama plus routers (`routing_layers` in its config).
             "DDLlamaForCausalLM" => Ok(Arch::Llama),
+            // Released DMTD checkpoints (spec B2): standard Qwen3 weights plus the layer-group keys.
+            "DMTDQwen3ForCausalLM" | "MTPQwen3ForCausalLM" => Ok(Arch::Qwen3),
             other => Err(Error::UnknownArchitecture(other.to_string())),
         }
     }
@@ -120,6 +122,15 @@ pub struct HfConfig {
     /// The routed layers of the official FlexiDepth layout (`DDLlamaForCausalLM`, `model_type: ddllama`).
     #[serde(default)]
     pub routing_layers: Option<Vec<usize>>,
+    /// DMTD layer groups and cycle length (spec B2; read by `crate::dmtd::hf_keys::read_layout`).
+    #[serde(default)]
+    pub num_encoding_layers: Option<usize>,
+    #[serde(default)]
+    pub num_thinking_layers: Option<usize>,
+    #[serde(default)]
+    pub num_decoding_layers: Option<usize>,
+    #[serde(default)]
+    pub mtp_horizon: Option<usize>,
 }
 
 /// One token id or a list of them (`eos_token_id` takes both forms).

@@ -27,7 +27,7 @@ impl std::str::FromStr for ConvertDtype {
 }
 
 /// Write `files` as an HF folder in `out_dir` (created if needed; files are replaced atomically). A model in the
-/// official FlexiDepth layout keeps its routers and `routing_layers`.
+/// official FlexiDepth layout keeps its routers and `routing_layers`; a DMTD checkpoint keeps its layer-group keys.
 pub fn convert_to_hf(files: &ModelFiles, out_dir: &Path, dtype: ConvertDtype) -> Result<()> {
     convert_with_depth(files, None, out_dir, dtype)
 }
@@ -86,6 +86,9 @@ pub fn convert_with_depth(
             config["model_type"] = json!("ddllama");
         }
         config["routing_layers"] = json!(layers);
+    }
+    if let Some(layout) = &files.dmtd {
+        crate::dmtd::hf_keys::write_keys(&mut config, files.config.arch, layout);
     }
     write_atomic(&out_dir.join("config.json"), &pretty(&config))?;
     write_atomic(&out_dir.join("tokenizer.json"), &pretty(&files.tokenizer.to_json()?))?;

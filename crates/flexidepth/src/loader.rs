@@ -163,6 +163,9 @@ pub struct ModelFiles {
     /// Routed layers of a model in the official FlexiDepth layout (`routing_layers` in `config.json`), whose
     /// router tensors sit in the model's own weights.
     pub routing_layers: Option<Vec<usize>>,
+    /// The DMTD layout a `config.json` declares (`num_encoding_layers`, ..., `mtp_horizon`; spec B2): the
+    /// defaults of `generate --dmtd`.
+    pub dmtd: Option<crate::dmtd::DmtdLayout>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -201,14 +204,17 @@ impl ModelFiles {
                     tokenizer,
                     generation,
                     routing_layers: None,
+                    dmtd: None,
                 })
             }
             ModelPath::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
                 let cfg_json = read_json(&cfg_path)?;
-                let hf =
-                    HfConfig::from_json(&cfg_json).and_then(|hf| Ok((ModelConfig::from_hf(&hf)?, hf.routing_layers)));
-                let (config, routing_layers) = hf.map_err(|e| match e {
+                let hf = HfConfig::from_json(&cfg_json).and_then(|hf| {
+                    let dmtd = crate::dmtd::hf_keys::read_layout(&hf)?;
+                    Ok((ModelConfig::from_hf(&hf)?, hf.routing_layers, dmtd))
+                });
+                let (config, routing_layers, dmtd) = hf.map_err(|e| match e {
                     Error::Config(m) => Error::Config(format!("{}: {m}", cfg_path.display())),
                     other => other,
                 })?;
@@ -235,6 +241,7 @@ impl ModelFiles {
                     tokenizer,
                     generation,
                     routing_layers,
+                    dmtd,
                 })
             }
         }

@@ -25,8 +25,11 @@ pub struct TokenDepth {
     /// Layers used (`crate::model::plan::ExecutedPlan::layers_used`): 1 per layer run in full, 0 per layer skipped
     /// or absent, the share of the layer's weight bytes read for a partial (FFN-only, attention-only) skip.
     pub layers_used: f64,
-    /// One entry per routed layer, in layer order.
+    /// One entry per routed layer, in layer order (under DMTD: the thinking layers, run at heads only).
     pub routed: Vec<LayerDecision>,
+    /// Under DMTD (`generate --dmtd`), whether a generated token was a cycle head; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmtd_head: Option<bool>,
 }
 
 /// The depth trace of a generation.

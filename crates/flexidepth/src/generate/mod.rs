@@ -12,6 +12,7 @@ use crate::model::plan::LayerBytes;
 use crate::model::{ForwardOutput, Logits, Model};
 use crate::tokenizer::Tokenizer;
 use crate::trace::{DepthTrace, LayerDecision, TokenDepth};
+use candle_core::Tensor;
 pub use sampler::{Sampler, SamplingParams};
 use std::time::Instant;
 pub use stream::{StopStrings, TokenStream};
@@ -93,13 +94,13 @@ pub struct Generation {
 }
 
 /// Collects per-token routing into a [`DepthTrace`].
-struct TraceBuilder {
-    trace: DepthTrace,
+pub(crate) struct TraceBuilder {
+    pub(crate) trace: DepthTrace,
     bytes: Vec<LayerBytes>,
 }
 
 impl TraceBuilder {
-    fn new(model: &Model) -> Self {
+    pub(crate) fn new(model: &Model) -> Self {
         TraceBuilder {
             trace: DepthTrace {
                 num_layers: model.config.num_hidden_layers,
@@ -136,10 +137,72 @@ impl TraceBuilder {
                 prompt,
                 layers_used: out.plan.layers_used(row, &self.bytes),
                 routed,
+                dmtd_head: None,
             });
         }
         Ok(())
     }
+}
+
+/// A model stepping through one sequence, as the decode loop drives it: plain (or depth-routed) decoding, or
+/// DMTD's cyclical decoding (`crate::dmtd::generate`). Each call returns the logits `[1, vocab]` of the last row
+/// fed and, with a tracer, records the rows' depth.
+pub(crate) trait Stepper {
+    /// Feed the prompt.
+    fn prefill(&mut self, ids: &[u32], tracer: Option<&mut TraceBuilder>, tokenizer: &Tokenizer) -> Result<Tensor>;
+    /// Feed one token at position [`Stepper::len`].
+    fn step(&mut self, id: u32, tracer: Option<&mut TraceBuilder>, tokenizer: &Tokenizer) -> Result<Tensor>;
+    /// Positions filled.
+    fn len(&self) -> usize;
+    /// Positions the session holds at most.
+    fn max_len(&self) -> usize;
+}
+
+/// Decoding through [`Model::forward_with`] under a depth policy, on a KV cache.
+struct PolicyStepper<'a> {
+    model: &'a Model,
+    cache: KvCache,
+    policy: &'a dyn DepthPolicy,
+}
+
+impl PolicyStepper<'_> {
+    fn feed(
+        &mut self,
+        ids: &[u32],
+        prompt: bool,
+        tracer: Option<&mut TraceBuilder>,
+        tok: &Tokenizer,
+    ) -> Result<Tensor> {
+        let pos = self.cache.len();
+        let out = self
+            .model
+            .forward_with(ids, &mut self.cache, Logits::Last, self.policy)?;
+        if let Some(t) = tracer {
+            t.record(tok, ids, pos, prompt, &out)?;
+        }
+        Ok(out.logits)
+    }
+}
+
+impl Stepper for PolicyStepper<'_> {
+    fn prefill(&mut self, ids: &[u32], tracer: Option<&mut TraceBuilder>, tok: &Tokenizer) -> Result<Tensor> {
+        self.feed(ids, true, tracer, tok)
+    }
+    fn step(&mut self, id: u32, tracer: Option<&mut TraceBuilder>, tok: &Tokenizer) -> Result<Tensor> {
+        self.feed(&[id], false, tracer, tok)
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn max_len(&self) -> usize {
+        self.cache.max_len()
+    }
+}
+
+/// Positions a session needs for `prompt_len` tokens and up to `max_new_tokens` more. Saturating:
+/// `-n 18446744073709551615` means "until the context is full", not a wrapped-around small cache.
+pub(crate) fn session_len(prompt_len: usize, max_new_tokens: usize) -> usize {
+    prompt_len.saturating_add(max_new_tokens)
 }
 
 /// Generate from `prompt_ids`, calling `on_text` with each piece of text as soon as it is complete.
@@ -152,6 +215,26 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    let mut stepper = PolicyStepper {
+        model,
+        cache: model.new_cache(session_len(prompt_ids.len(), opts.max_new_tokens)),
+        policy: opts.policy.as_ref(),
+    };
+    let tracer = opts.trace.then(|| TraceBuilder::new(model));
+    run_loop(&mut stepper, model, tokenizer, prompt_ids, opts, tracer, on_text)
+}
+
+/// The decode loop of [`generate`] on any [`Stepper`] (`opts.policy` is the stepper's business); `tracer` records
+/// the depth trace when given. Errors as [`generate`].
+pub(crate) fn run_loop(
+    stepper: &mut dyn Stepper,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    mut tracer: Option<TraceBuilder>,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
     if prompt_ids.is_empty() {
@@ -178,11 +261,9 @@ pub fn generate(
                 decode_s: 0.0,
                 stop_reason: StopReason::MaxTokens,
             },
-            trace: opts.trace.then(|| TraceBuilder::new(model).trace),
+            trace: tracer.map(|t| t.trace),
         });
     }
-    // Saturating: `-n 18446744073709551615` means "until the context is full", not a wrapped-around small cache.
-    let mut cache: KvCache = model.new_cache(prompt_ids.len().saturating_add(opts.max_new_tokens));
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut detok = TokenStream::new();
     let mut stops = StopStrings::new(opts.stop_strings.clone());
@@ -197,13 +278,8 @@ pub fn generate(
         Ok(())
     };
 
-    let mut tracer = opts.trace.then(|| TraceBuilder::new(model));
     let start = Instant::now();
-    let out = model.forward_with(prompt_ids, &mut cache, Logits::Last, opts.policy.as_ref())?;
-    if let Some(t) = tracer.as_mut() {
-        t.record(tokenizer, prompt_ids, 0, true, &out)?;
-    }
-    let mut logits = out.logits;
+    let mut logits = stepper.prefill(prompt_ids, tracer.as_mut(), tokenizer)?;
     let prefill_s = start.elapsed().as_secs_f64();
     let mut first_token_at = None;
     let mut stop_reason = StopReason::MaxTokens;
@@ -230,16 +306,11 @@ pub fn generate(
         if step + 1 == opts.max_new_tokens {
             break;
         }
-        if cache.len() + 1 > cache.max_len() {
+        if stepper.len() + 1 > stepper.max_len() {
             stop_reason = StopReason::ContextFull;
             break;
         }
-        let pos = cache.len();
-        let out = model.forward_with(&[next], &mut cache, Logits::Last, opts.policy.as_ref())?;
-        if let Some(t) = tracer.as_mut() {
-            t.record(tokenizer, &[next], pos, false, &out)?;
-        }
-        logits = out.logits;
+        logits = stepper.step(next, tracer.as_mut(), tokenizer)?;
     }
     if stop_reason != StopReason::StopString {
         let rest = detok.finish(tokenizer)?;
@@ -250,10 +321,8 @@ pub fn generate(
     let end = Instant::now();
     // The last token was never fed back; a trace still wants its depth (after the timer stops).
     if let (Some(t), Some(&last)) = (tracer.as_mut(), ids.last()) {
-        if cache.len() < cache.max_len() && t.trace.tokens.len() < prompt_ids.len() + ids.len() {
-            let pos = cache.len();
-            let out = model.forward_with(&[last], &mut cache, Logits::Last, opts.policy.as_ref())?;
-            t.record(tokenizer, &[last], pos, false, &out)?;
+        if stepper.len() < stepper.max_len() && t.trace.tokens.len() < prompt_ids.len() + ids.len() {
+            stepper.step(last, Some(t), tokenizer)?;
         }
     }
     let first = first_token_at.unwrap_or(end);

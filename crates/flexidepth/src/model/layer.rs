@@ -119,13 +119,14 @@ impl DecoderLayer {
             None => QueryPos::Contiguous(ctx.pos),
         };
         let (k, v) = self.self_attn.project_kv_at(ops, u, ctx.rope, &pos)?;
-        let kv_len = ctx.pos + ctx.seq_len;
+        // Slots equal positions except for a single row in DMTD's shadow history (`ForwardCtx::at_slot`).
+        let kv_len = ctx.slot + ctx.seq_len;
         match cache {
             Some(_) if ctx.packed.is_some() => Err(Error::Input("packed sequences run without a KV cache".into())),
             Some(cache) => {
-                cache.write(self.layer_idx, ctx.pos, &k, &v)?;
+                cache.write(self.layer_idx, ctx.slot, &k, &v)?;
                 for (i, _) in hide.iter().enumerate().filter(|(_, h)| **h) {
-                    cache.hide(self.layer_idx, ctx.pos + i);
+                    cache.hide(self.layer_idx, ctx.slot + i);
                 }
                 let (k, v) = cache.view(self.layer_idx, kv_len)?;
                 let hidden = cache.hidden(self.layer_idx, kv_len).map(|h| h.to_vec());

@@ -68,6 +68,10 @@ pub struct ForwardCtx<'a> {
     pub mask: Option<Tensor>,
     /// Several sequences packed into the rows (a training batch); `None` for one sequence.
     pub packed: Option<Packed>,
+    /// Cache slot of the first row: `pos`, except for one row whose K/V go to another slot than its position
+    /// (DMTD's shadow history, spec B4.6: thinking layers keep prompt and heads in contiguous slots, rotated at
+    /// their true positions). See [`ForwardCtx::at_slot`].
+    pub slot: usize,
 }
 
 /// Sequences packed one after another into the rows of one pass without a KV cache, each from position 0: a row
@@ -97,6 +101,22 @@ impl<'a> ForwardCtx<'a> {
             rope: &model.rope,
             mask,
             packed: None,
+            slot: pos,
+        })
+    }
+
+    /// The context of one row at position `pos` whose K/V are written at cache slot `slot` and which attends over
+    /// slots `0..=slot` (every key visible: slots hold earlier positions only). Only DMTD's shadow history uses it.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `slot > pos` (a slot ahead of its position would hold keys from the future).
+    pub fn at_slot(model: &'a Model, pos: usize, slot: usize) -> Result<Self> {
+        if slot > pos {
+            return Err(Error::Input(format!("cache slot {slot} is past position {pos}")));
+        }
+        Ok(ForwardCtx {
+            slot,
+            ..ForwardCtx::new(model, pos, 1)?
         })
     }
 
@@ -147,6 +167,7 @@ impl<'a> ForwardCtx<'a> {
                 row_pos: Tensor::new(row_pos, &model.device)?,
                 masks,
             }),
+            slot: 0,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod dmtd_ref;
 pub mod tiny;
 pub mod tiny_gguf;
 

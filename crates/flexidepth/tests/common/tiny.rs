@@ -139,20 +139,20 @@ pub fn model_from(c: &ModelConfig, w: &Weights) -> Model {
 
 // ---- the reference ----
 
-fn matvec(w: &[f32], b: Option<&[f32]>, out: usize, x: &[f32]) -> Vec<f32> {
+pub fn matvec(w: &[f32], b: Option<&[f32]>, out: usize, x: &[f32]) -> Vec<f32> {
     let inp = x.len();
     (0..out)
         .map(|o| w[o * inp..(o + 1) * inp].iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + b.map_or(0.0, |b| b[o]))
         .collect()
 }
 
-fn rmsnorm(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let r = 1.0 / (ms + eps as f32).sqrt();
     x.iter().zip(w).map(|(v, g)| v * r * g).collect()
 }
 
-fn rope(x: &mut [f32], pos: usize, theta: f64) {
+pub fn rope(x: &mut [f32], pos: usize, theta: f64) {
     let d = x.len();
     for i in 0..d / 2 {
         let a = pos as f64 * theta.powf(-((2 * i) as f64) / d as f64);
@@ -163,11 +163,11 @@ fn rope(x: &mut [f32], pos: usize, theta: f64) {
     }
 }
 
-fn silu(x: f32) -> f32 {
+pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
 
