@@ -82,6 +82,8 @@ pub fn run(args: Args) -> Result<()> {
     let calibration = flexidepth_experiments::bench::bench_ids(&files.tokenizer, 256)?;
     let policy: Box<dyn flexidepth::depth::DepthPolicy> = match spec {
         Some(s) => s.build(&model, &calibration)?,
+        // Without routers the FlexiDepth policy is the base model: say so in the tables.
+        None if model.routed_layers().is_empty() => Box::new(flexidepth::model::plan::FullDepth),
         None => Box::new(flexi),
     };
     let chat = if args.chat {

@@ -29,7 +29,7 @@ fn acc_takes_the_raw_loglikelihood_and_acc_norm_divides_by_characters() {
     // Characters, not bytes: "é" is one character.
     let accented = vec!["éé".to_string(), "abc".to_string()];
     assert_eq!(acc_and_norm(&[-4.0, -6.5], &accented, 1), (0.0, 0.0)); // -2.0 > -2.1667
-    // Ties go to the first choice, as numpy's argmax.
+                                                                       // Ties go to the first choice, as numpy's argmax.
     assert_eq!(argmax(&[1.0, 1.0, 0.5]), 0);
 }
 
@@ -43,10 +43,20 @@ fn mean_stderr_is_the_sample_standard_error() {
 
 #[test]
 fn winogrande_fills_the_blank_and_scores_the_rest_of_the_sentence() {
-    let item = winogrande_item(0, "The trophy did not fit in the case because _ was too big.", "the trophy", "the case", "1")
-        .unwrap();
+    let item = winogrande_item(
+        0,
+        "The trophy did not fit in the case because _ was too big.",
+        "the trophy",
+        "the case",
+        "1",
+    )
+    .unwrap();
     match item.kind {
-        Kind::Partial { contexts, continuation, gold } => {
+        Kind::Partial {
+            contexts,
+            continuation,
+            gold,
+        } => {
             assert_eq!(
                 contexts,
                 vec![
@@ -86,7 +96,10 @@ fn gsm8k_filters_on_tricky_strings() {
     // Case matters to the strict pattern ("the answer is" does not match).
     assert_eq!(gsm8k_extract("So the answer is 7.").0, INVALID);
     // No number at all.
-    assert_eq!(gsm8k_extract("I do not know"), (INVALID.to_string(), INVALID.to_string()));
+    assert_eq!(
+        gsm8k_extract("I do not know"),
+        (INVALID.to_string(), INVALID.to_string())
+    );
     assert_eq!(em(INVALID, "7"), 0.0);
     // The gold side: the text after ####, and "####" ignored if present in a prediction.
     assert_eq!(gsm8k::gold("Janet sells 9 eggs.\n#### 18"), "18");
@@ -120,7 +133,7 @@ fn coqa_normalises_like_squad_and_averages_leave_one_out() {
     assert!(close(squad_f1("the black cat", "a black dog"), 0.5));
     assert_eq!(squad_f1("", ""), 1.0);
     assert_eq!(squad_f1("the", "cat"), 0.0); // gold normalises to nothing
-    // Two golds: leave "white" out -> best against {"white kitten"}: em 0, f1 2/3; leave "white kitten" out -> 1, 1.
+                                             // Two golds: leave "white" out -> best against {"white kitten"}: em 0, f1 2/3; leave "white kitten" out -> 1, 1.
     let golds = vec!["white".to_string(), "white kitten".to_string()];
     let (em, f1) = coqa_scores(&golds, "White");
     assert!(close(em, 0.5));
@@ -130,8 +143,14 @@ fn coqa_normalises_like_squad_and_averages_leave_one_out() {
         coqa::unique_answers(&["white".into(), "White".into(), "grey".into()]),
         vec!["white".to_string(), "grey".to_string()]
     );
-    let turns = vec![("Q1".to_string(), "A1".to_string()), ("Q2".to_string(), "A2".to_string())];
-    assert_eq!(coqa::prompt("Story.", &turns), "Story.\n\nQ: Q1\n\nA: A1\n\nQ: Q2\n\nA:");
+    let turns = vec![
+        ("Q1".to_string(), "A1".to_string()),
+        ("Q2".to_string(), "A2".to_string()),
+    ];
+    assert_eq!(
+        coqa::prompt("Story.", &turns),
+        "Story.\n\nQ: Q1\n\nA: A1\n\nQ: Q2\n\nA:"
+    );
 }
 
 #[test]
@@ -166,10 +185,19 @@ fn pass_at_1_passes_fails_and_times_out() {
         timeout: Duration::from_millis(1500),
         ..Limits::default()
     };
-    assert_eq!(run_program(&checked("    return x * 2\n"), limits).unwrap(), Outcome::Passed);
-    assert_eq!(run_program(&checked("    return x + 3\n"), limits).unwrap(), Outcome::Failed);
+    assert_eq!(
+        run_program(&checked("    return x * 2\n"), limits).unwrap(),
+        Outcome::Passed
+    );
+    assert_eq!(
+        run_program(&checked("    return x + 3\n"), limits).unwrap(),
+        Outcome::Failed
+    );
     let start = Instant::now();
-    assert_eq!(run_program(&checked("    while True:\n        pass\n"), limits).unwrap(), Outcome::TimedOut);
+    assert_eq!(
+        run_program(&checked("    while True:\n        pass\n"), limits).unwrap(),
+        Outcome::TimedOut
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
     // Memory and file-size limits: 2 GiB under a 1 GiB address space, a 2 MiB file under 1 MiB.
     assert_eq!(
@@ -204,7 +232,10 @@ fn choices_from_the_shared_context_equal_each_choice_alone() {
         assert_eq!(distinct.len(), choices.len(), "{spec}: choices must differ");
         for (c, s) in choices.iter().zip(&shared) {
             let alone = lm.alone(context, c).unwrap();
-            assert!((s.logprob - alone.logprob).abs() < 1e-4, "{spec} {c:?}: {s:?} vs {alone:?}");
+            assert!(
+                (s.logprob - alone.logprob).abs() < 1e-4,
+                "{spec} {c:?}: {s:?} vs {alone:?}"
+            );
             assert_eq!(s.is_greedy, alone.is_greedy, "{spec} {c:?}");
             assert!(s.logprob < 0.0);
         }
@@ -250,7 +281,10 @@ fn partial_scoring_scores_the_shared_continuation_after_each_option() {
     let l1 = lm.alone("hi a", " is here.").unwrap().logprob;
     let l2 = lm.alone("hi hi", " is here.").unwrap().logprob;
     let got: Vec<f64> = serde_json::from_value(rec.output["logliks"].clone()).unwrap();
-    assert!((got[0] - l1).abs() < 1e-4 && (got[1] - l2).abs() < 1e-4, "{got:?} vs {l1} {l2}");
+    assert!(
+        (got[0] - l1).abs() < 1e-4 && (got[1] - l2).abs() < 1e-4,
+        "{got:?} vs {l1} {l2}"
+    );
     assert_ne!(l1, l2);
     assert_eq!(rec.scores["acc,none"], (l2 > l1) as u8 as f64);
     // HumanEval refuses to run without the opt-in.

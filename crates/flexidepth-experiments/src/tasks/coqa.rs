@@ -73,13 +73,18 @@ pub fn coqa() -> Result<Vec<Item>> {
                 })
                 .collect();
             if turns.len() != turn + 1 || turns[turn].0 != doc_str(&doc, "question")? {
-                return Err(Error::Input(format!("CoQA story {story_id}: the conversation does not match turn {turn}")));
+                return Err(Error::Input(format!(
+                    "CoQA story {story_id}: the conversation does not match turn {turn}"
+                )));
             }
             Ok(Item {
                 id: format!("coqa/{story_id}"),
                 kind: Kind::Coqa {
                     prompt: prompt(doc_str(&doc, "story")?, &turns),
-                    golds: unique_answers(&strs(doc.get("answers").unwrap_or(&serde_json::Value::Null), "answers")?),
+                    golds: unique_answers(&strs(
+                        doc.get("answers").unwrap_or(&serde_json::Value::Null),
+                        "answers",
+                    )?),
                 },
             })
         })

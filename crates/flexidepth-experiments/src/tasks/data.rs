@@ -60,7 +60,13 @@ fn string_values(a: &ArrayRef, name: &str) -> Result<Vec<String>> {
         .as_string_opt::<i32>()
         .ok_or_else(|| Error::Input(format!("column '{name}' is not a string column")))?;
     Ok((0..s.len())
-        .map(|i| if s.is_null(i) { String::new() } else { s.value(i).to_string() })
+        .map(|i| {
+            if s.is_null(i) {
+                String::new()
+            } else {
+                s.value(i).to_string()
+            }
+        })
         .collect())
 }
 
@@ -146,7 +152,11 @@ pub fn read_request_docs_file(path: &Path) -> Result<Vec<serde_json::Value>> {
         .enumerate()
         .map(|(i, mut v)| match v.get_mut("doc").map(serde_json::Value::take) {
             Some(doc) if doc.is_object() => Ok(doc),
-            _ => Err(Error::Input(format!("{}: request {} has no 'doc' object", path.display(), i + 1))),
+            _ => Err(Error::Input(format!(
+                "{}: request {} has no 'doc' object",
+                path.display(),
+                i + 1
+            ))),
         })
         .collect()
 }

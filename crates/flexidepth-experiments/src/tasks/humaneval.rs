@@ -107,7 +107,11 @@ pub fn run_program(source: &str, limits: Limits) -> Result<Outcome> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                return Ok(if status.success() { Outcome::Passed } else { Outcome::Failed });
+                return Ok(if status.success() {
+                    Outcome::Passed
+                } else {
+                    Outcome::Failed
+                });
             }
             Ok(None) if start.elapsed() >= limits.timeout => {
                 let _ = child.kill();

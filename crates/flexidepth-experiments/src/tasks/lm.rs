@@ -114,6 +114,9 @@ impl<'a> Lm<'a> {
         }
         let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
         let mut cache = self.model.new_cache(ctx.len() + longest);
+        // All at once: growing a cache that holds positions fails in `KvCache::reserve` (it copies a non-contiguous
+        // view), so it is never grown here.
+        cache.reserve(ctx.len() + longest)?;
         let out = self.model.forward_with(&ctx, &mut cache, Logits::Last, self.policy)?;
         self.cost.add(&out.plan, &self.bytes);
         let first = log_softmax_rows(&out.logits)?;
@@ -170,6 +173,7 @@ impl<'a> Lm<'a> {
         let budget = max_new_tokens.min(window - ids.len());
         let eos = self.tokenizer.end_of_generation_ids();
         let mut cache = self.model.new_cache(ids.len() + budget);
+        cache.reserve(ids.len() + budget)?; // never grown (see `choices`)
         let mut generated: Vec<u32> = Vec::new();
         let mut feed = ids;
         while generated.len() < budget {

@@ -136,8 +136,16 @@ pub fn squad_exact(gold: &str, pred: &str) -> f64 {
 
 /// SQuAD's `compute_f1`: token-overlap F1 of the normalised answers (1 when both are empty, 0 when one is).
 pub fn squad_f1(gold: &str, pred: &str) -> f64 {
-    let g: Vec<String> = normalize_answer(gold).split(' ').filter(|t| !t.is_empty()).map(String::from).collect();
-    let p: Vec<String> = normalize_answer(pred).split(' ').filter(|t| !t.is_empty()).map(String::from).collect();
+    let g: Vec<String> = normalize_answer(gold)
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    let p: Vec<String> = normalize_answer(pred)
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
     if g.is_empty() || p.is_empty() {
         return (g == p) as u8 as f64;
     }

@@ -36,7 +36,11 @@ pub fn hellaswag_preprocess(text: &str) -> String {
 pub fn hellaswag() -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for b in read_arrow("hellaswag/none", "validation")? {
-        let (act, a, bb) = (strings(&b, "activity_label")?, strings(&b, "ctx_a")?, strings(&b, "ctx_b")?);
+        let (act, a, bb) = (
+            strings(&b, "activity_label")?,
+            strings(&b, "ctx_a")?,
+            strings(&b, "ctx_b")?,
+        );
         let (endings, labels) = (string_lists(&b, "endings")?, strings(&b, "label")?);
         for i in 0..b.num_rows() {
             let query = hellaswag_preprocess(&format!("{}: {} {}", act[i], a[i], capitalize(&bb[i])));
@@ -196,10 +200,17 @@ pub fn mmlu(shots: usize) -> Result<Vec<Item>> {
 fn rows(batches: &[arrow_array::RecordBatch]) -> Result<Vec<(String, Vec<String>, usize)>> {
     let mut out = Vec::new();
     for b in batches {
-        let (q, c, a) = (strings(b, "question")?, string_lists(b, "choices")?, integers(b, "answer")?);
+        let (q, c, a) = (
+            strings(b, "question")?,
+            string_lists(b, "choices")?,
+            integers(b, "answer")?,
+        );
         for i in 0..b.num_rows() {
             if c[i].len() != 4 || !(0..4).contains(&a[i]) {
-                return Err(Error::Input(format!("MMLU item '{}' is not 4 choices with an answer", q[i])));
+                return Err(Error::Input(format!(
+                    "MMLU item '{}' is not 4 choices with an answer",
+                    q[i]
+                )));
             }
             out.push((q[i].clone(), c[i].clone(), a[i] as usize));
         }

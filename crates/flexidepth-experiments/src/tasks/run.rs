@@ -81,7 +81,11 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
             scores.insert(key("acc_norm", "none"), norm);
             (context, serde_json::json!({ "logliks": lls, "gold": gold }))
         }
-        Kind::Partial { contexts, continuation, gold } => {
+        Kind::Partial {
+            contexts,
+            continuation,
+            gold,
+        } => {
             let mut lls = Vec::with_capacity(contexts.len());
             let mut shown = Vec::new();
             for c in contexts {
@@ -101,8 +105,14 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
             let text = lm.generate_until(&prompt, &stops, super::gsm8k::MAX_NEW_TOKENS)?;
             let (strict, flexible) = gsm8k_extract(&text);
             let ignore = metrics::gsm8k_ignore();
-            scores.insert(key("exact_match", "strict-match"), exact_match(&strict, answer, &ignore, true));
-            scores.insert(key("exact_match", "flexible-extract"), exact_match(&flexible, answer, &ignore, true));
+            scores.insert(
+                key("exact_match", "strict-match"),
+                exact_match(&strict, answer, &ignore, true),
+            );
+            scores.insert(
+                key("exact_match", "flexible-extract"),
+                exact_match(&flexible, answer, &ignore, true),
+            );
             let out = serde_json::json!({ "text": text, "strict-match": strict, "flexible-extract": flexible, "gold": answer });
             (prompt, out)
         }
@@ -114,9 +124,16 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
             let (em, f1) = coqa_scores(golds, &pred);
             scores.insert(key("em", "none"), em);
             scores.insert(key("f1", "none"), f1);
-            (prompt, serde_json::json!({ "text": text, "prediction": pred, "golds": golds }))
+            (
+                prompt,
+                serde_json::json!({ "text": text, "prediction": pred, "golds": golds }),
+            )
         }
-        Kind::HumanEval { prompt, test, entry_point } => {
+        Kind::HumanEval {
+            prompt,
+            test,
+            entry_point,
+        } => {
             if !opts.confirm_run_unsafe_code {
                 return Err(Error::Input(
                     "humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it".into(),
@@ -125,9 +142,13 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
             let shown = wrap(opts.chat, prompt)?;
             let stops: Vec<String> = humaneval::STOPS.iter().map(|s| s.to_string()).collect();
             let completion = lm.generate_until(&shown, &stops, humaneval::MAX_NEW_TOKENS)?;
-            let outcome = humaneval::run_program(&humaneval::program(prompt, &completion, test, entry_point), opts.limits)?;
+            let outcome =
+                humaneval::run_program(&humaneval::program(prompt, &completion, test, entry_point), opts.limits)?;
             scores.insert(key("pass@1", "create_test"), (outcome == Outcome::Passed) as u8 as f64);
-            (shown, serde_json::json!({ "completion": completion, "outcome": outcome }))
+            (
+                shown,
+                serde_json::json!({ "completion": completion, "outcome": outcome }),
+            )
         }
     };
     Ok(ItemRecord {
