@@ -50,7 +50,7 @@ pub fn coqa() -> Result<Vec<Item>> {
             .rsplit_once("_turn")
             .and_then(|(s, t)| Some((s.to_string(), t.parse::<usize>().ok()?)))
             .ok_or_else(|| Error::Input(format!("CoQA id '{id}' is not <story>_turn<N>")))?;
-        if last.get(&story).map_or(true, |(t, _)| turn > *t) {
+        if !matches!(last.get(&story), Some((t, _)) if *t >= turn) {
             last.insert(story, (turn, doc));
         }
     }
