@@ -7,6 +7,7 @@ mod cmd_bench;
 mod cmd_convert;
 mod cmd_data;
 mod cmd_depth;
+mod cmd_eval;
 mod cmd_frontier;
 mod cmd_generate;
 mod cmd_info;
@@ -40,6 +41,9 @@ enum Command {
     Generate(Box<cmd_generate::Args>),
     /// Perplexity of the first tokens of a text file.
     Perplexity(cmd_perplexity::Args),
+    /// Benchmark scores as lm-evaluation-harness defines them (mmlu, hellaswag, winogrande, arc, gsm8k, humaneval,
+    /// coqa) under a depth policy, with standard errors, layers and weight bytes per token, and wall time.
+    Eval(Box<cmd_eval::Args>),
     /// Print the token ids of a text as a JSON array (no special tokens added).
     Tokenize(cmd_tokenize::Args),
     /// Describe a model: architecture, sizes, storage types, parameter count.
@@ -423,6 +427,7 @@ fn main() {
     let res = pool.install(|| match cli.command {
         Command::Generate(a) => cmd_generate::run(*a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
+        Command::Eval(a) => cmd_eval::run(*a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),

@@ -16,3 +16,4 @@ pub mod frontier;
 pub mod plot;
 pub mod replaceability;
 pub mod study;
+pub mod tasks;

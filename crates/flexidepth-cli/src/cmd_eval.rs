@@ -1,0 +1,152 @@
+//! `flexidepth eval`: benchmark scores as lm-evaluation-harness defines them (MMLU, HellaSwag, WinoGrande,
+//! ARC-Easy/Challenge, GSM8K, HumanEval, CoQA) under a depth policy, with each metric's standard error, the layers
+//! and weight bytes per token the policy used, and the wall time; the harness's table on stdout, every item in the
+//! JSON file.
+
+use crate::output::out;
+use crate::{DepthArgs, LoadArgs};
+use anyhow::{Context, Result};
+use flexidepth::depth::PolicySpec;
+use flexidepth_experiments::tasks::{self, humaneval::Limits, lm::Lm, report, run, TaskName};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub depth: DepthArgs,
+    /// A depth policy by name (full, flexi[:T], skip, prune:K, exit:L, ...; see `bench -c`) instead of the depth
+    /// file's routing; flexi and skip need --depth.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Comma-separated tasks: mmlu, hellaswag, winogrande, arc_easy, arc_challenge, gsm8k, humaneval, coqa.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tasks: Vec<String>,
+    /// Score a seeded random subset of this many items per task (all items when absent).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the --limit subset.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Few-shot examples for every task [default: each task's, 5 for mmlu, 8 for gsm8k, else 0]; only mmlu (dev
+    /// split, at most 5) and gsm8k (at most 8 exemplars) have few-shot examples offline.
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Wrap each context or prompt in the model's chat template as one user message (the harness's
+    /// --apply_chat_template).
+    #[arg(long)]
+    pub chat: bool,
+    /// Allow humaneval to execute the model's programs (in a separate python3 process with time, memory and file
+    /// limits).
+    #[arg(long)]
+    pub confirm_run_unsafe_code: bool,
+    /// Wall-clock seconds a humaneval program may run.
+    #[arg(long, default_value_t = 3.0)]
+    pub code_timeout: f64,
+    /// Write the report (every item's prompt, output and scores) to this JSON file.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tasks: Vec<TaskName> = args
+        .tasks
+        .iter()
+        .map(|t| t.trim().parse::<TaskName>())
+        .collect::<flexidepth::Result<_>>()?;
+    if tasks.contains(&TaskName::Humaneval) && !args.confirm_run_unsafe_code {
+        anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
+    }
+    if args.limit == Some(0) {
+        anyhow::bail!("--limit must be at least 1");
+    }
+    if !(args.code_timeout.is_finite() && args.code_timeout > 0.0 && args.code_timeout <= 600.0) {
+        anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {}", args.code_timeout);
+    }
+    if let Some(path) = &args.output {
+        crate::output::check_output_path("-o", path)?;
+    }
+    let spec: Option<PolicySpec> = args.policy.as_deref().map(str::parse).transpose()?;
+    // Load the items first: a missing data file is reported before the model loads.
+    let mut loaded = Vec::new();
+    for &t in &tasks {
+        let shots = args.num_fewshot.unwrap_or(t.default_shots());
+        let items = t.load(shots).with_context(|| format!("cannot load {}", t.name()))?;
+        let pick = tasks::subset(items.len(), args.limit, args.seed);
+        let items: Vec<_> = pick.into_iter().map(|i| items[i].clone()).collect();
+        loaded.push((t, shots, items));
+    }
+    let (files, mut model) = args.model.load()?;
+    let flexi = args.depth.apply(&mut model)?;
+    let calibration = flexidepth_experiments::bench::bench_ids(&files.tokenizer, 256)?;
+    let policy: Box<dyn flexidepth::depth::DepthPolicy> = match spec {
+        Some(s) => s.build(&model, &calibration)?,
+        // Without routers the FlexiDepth policy is the base model: say so in the tables.
+        None if model.routed_layers().is_empty() => Box::new(flexidepth::model::plan::FullDepth),
+        None => Box::new(flexi),
+    };
+    let chat = if args.chat {
+        Some(
+            files
+                .tokenizer
+                .chat_template
+                .as_ref()
+                .context("--chat: this model has no chat template")?,
+        )
+    } else {
+        None
+    };
+    let opts = run::RunOptions {
+        chat,
+        confirm_run_unsafe_code: args.confirm_run_unsafe_code,
+        limits: Limits {
+            timeout: std::time::Duration::from_secs_f64(args.code_timeout),
+            ..Limits::default()
+        },
+    };
+    let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
+    let total: usize = loaded.iter().map(|(_, _, items)| items.len()).sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]")
+            .expect("a valid progress template"),
+    );
+    let mut results = Vec::new();
+    for (task, shots, items) in &loaded {
+        bar.set_message(format!("{} ({})", task.name(), policy.label()));
+        let r = run::run_task(&mut lm, *task, *shots, items, &opts, &mut || bar.inc(1))
+            .with_context(|| format!("{} failed", task.name()))?;
+        results.push(r);
+    }
+    bar.finish_and_clear();
+    let n_layers = model.config.num_hidden_layers;
+    let full_bytes: f64 = model.layer_bytes().iter().map(|b| b.base() as f64).sum();
+    out(format!(
+        "model: {}  policy: {}  limit: {}  seed: {}",
+        args.model.model.model,
+        policy.label(),
+        args.limit.map_or("all".to_string(), |l| l.to_string()),
+        args.seed
+    ))?;
+    out(report::results_table(&results))?;
+    out(report::cost_table(&results, n_layers, full_bytes))?;
+    if let Some(path) = &args.output {
+        let rep = report::EvalReport {
+            model: args.model.model.model.clone(),
+            policy: policy.label(),
+            depth_file: args.depth.depth.as_ref().map(|p| p.display().to_string()),
+            limit: args.limit,
+            seed: args.seed,
+            chat: args.chat,
+            num_layers: n_layers,
+            full_weight_bytes_per_token: full_bytes,
+            results,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&rep)?;
+        bytes.push(b'\n');
+        flexidepth::error::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
