@@ -16,6 +16,7 @@ mod cmd_study;
 mod cmd_sweep;
 mod cmd_tokenize;
 mod cmd_train;
+mod dmtd_args;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
