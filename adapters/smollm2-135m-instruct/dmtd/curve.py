@@ -3,7 +3,7 @@
 --dmtd ... --json` for each snapshot and the runs' log.csv (tokens seen at each step), writes curve.csv and curve.svg.
 
 usage: curve.py RUNS_DIR OUT_DIR   (RUNS_DIR holds tau{2,3,4}/log.csv and eval/*.json named tau{T}-step{S}.json
-and untrained-tau{T}.json)
+and untrained-tau{T}.json; only the perplexities are used)
 """
 import csv
 import json
@@ -25,6 +25,8 @@ for tau in (2, 3, 4):
     for name in os.listdir(os.path.join(runs, "eval")):
         if name.startswith(f"tau{tau}-step") and name.endswith(".json"):
             evals.append((int(name[len(f"tau{tau}-step") : -5]), os.path.join(runs, "eval", name)))
+    # Ratios against the base's full-depth perplexity of the same positions (the untrained report's full_ppl).
+    base = json.load(open(evals[0][1]))
     for step, path in sorted(evals):
         if not os.path.exists(path):
             continue
@@ -33,13 +35,13 @@ for tau in (2, 3, 4):
             "tau": tau,
             "step": step,
             "tokens": seen.get(step, ""),
-            "ppl_ratio": round(q["all"]["ppl_ratio"], 4),
-            "top1_agreement": round(q["all"]["top1_agreement"], 4),
+            "dmtd_ppl": round(q["all"]["dmtd_ppl"], 3),
+            "ppl_ratio": round(q["all"]["dmtd_ppl"] / base["all"]["full_ppl"], 4),
         }
-        for o in q["offsets"]:
-            row[f"ratio_offset{o['offset']}"] = round(o["ppl_ratio"], 4)
+        for o, b in zip(q["offsets"], base["offsets"]):
+            row[f"ratio_offset{o['offset']}"] = round(o["dmtd_ppl"] / b["full_ppl"], 4)
         rows.append(row)
-keys = ["tau", "step", "tokens", "ppl_ratio", "top1_agreement"] + [f"ratio_offset{k}" for k in range(4)]
+keys = ["tau", "step", "tokens", "dmtd_ppl", "ppl_ratio"] + [f"ratio_offset{k}" for k in range(4)]
 with open(os.path.join(out, "curve.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()

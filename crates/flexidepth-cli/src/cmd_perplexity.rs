@@ -80,6 +80,11 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let (files, mut model) = args.model.load()?;
+    // The full-depth reference of --dmtd is the base without the merged deltas: a second copy when they are given.
+    let dmtd_base = match &args.dmtd.dmtd_weights {
+        Some(_) => Some(args.model.load()?.1),
+        None => None,
+    };
     let dmtd = if args.dmtd.any() {
         Some(args.dmtd.apply(&mut model)?)
     } else {
@@ -110,7 +115,13 @@ pub fn run(args: Args) -> Result<()> {
     let n_layers = model.config.num_hidden_layers;
     let start = std::time::Instant::now();
     if let Some(layout) = &dmtd {
-        crate::dmtd_args::report(&model, &windows, layout, args.json.as_ref())?;
+        crate::dmtd_args::report(
+            dmtd_base.as_ref().unwrap_or(&model),
+            &model,
+            &windows,
+            layout,
+            args.json.as_ref(),
+        )?;
     } else if args.compare_full {
         let q = eval::depth_quality(&model, &windows, &depth)?;
         out(format!(

@@ -69,9 +69,16 @@ impl DmtdArgs {
     }
 }
 
-/// Score `windows` under `layout`, print the per-offset table, and write it as JSON to `json` if given.
-pub fn report(model: &Model, windows: &[Vec<u32>], layout: &DmtdLayout, json: Option<&PathBuf>) -> Result<()> {
-    let q = flexidepth_experiments::dmtd_quality::dmtd_quality(model, windows, layout)?;
+/// Score `windows` under `layout` (`model` with the deltas merged, against `base` at full depth), print the
+/// per-offset table, and write it as JSON to `json` if given.
+pub fn report(
+    base: &Model,
+    model: &Model,
+    windows: &[Vec<u32>],
+    layout: &DmtdLayout,
+    json: Option<&PathBuf>,
+) -> Result<()> {
+    let q = flexidepth_experiments::dmtd_quality::dmtd_quality(base, model, windows, layout)?;
     out(flexidepth_experiments::dmtd_quality::dmtd_quality_markdown(&q))?;
     if let Some(path) = json {
         let mut bytes = serde_json::to_vec_pretty(&q)?;

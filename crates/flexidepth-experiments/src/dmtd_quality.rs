@@ -2,18 +2,19 @@
 //! cyclical-masking forward ([`flexidepth::dmtd::masked`]; the cycle anchored at the window's first token), and
 //! its logits are compared at every position with the full-depth model's — perplexity, KL(full ‖ DMTD) and
 //! top-1 agreement, overall and **per cycle offset** (offset 0: the cycle head; offset k: the k-th token
-//! produced from the decoding layers alone). The full-depth logits are the decoding layers run on the thinking
-//! output `t` of the same pass, i.e. the unmodified model's own forward.
+//! produced from the decoding layers alone). The full-depth logits are the base model's own forward (without
+//! any merged DMTD deltas).
 //!
 //! Teacher forcing scores each position given the true prefix; cyclical decoding then differs from this pass
 //! only in that it feeds back its own tokens (and in the prefill convention, spec B4.1).
 
 use candle_core::{DType, Tensor, D};
-use flexidepth::dmtd::masked::{cyclical_forward, full_depth_from_thinking};
+use flexidepth::depth::FullDepth;
+use flexidepth::dmtd::masked::cyclical_forward;
 use flexidepth::dmtd::DmtdLayout;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::ops::Fused;
-use flexidepth::model::Model;
+use flexidepth::model::{Logits, Model};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -75,30 +76,28 @@ impl Sums {
 /// Per-row `(−log p_full(target), −log p_dmtd(target), KL(full ‖ dmtd), same arg-max)` of one window.
 type RowStats = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<u8>);
 
-fn window_rows(model: &Model, ids: &[u32], layout: &DmtdLayout) -> Result<RowStats> {
+fn window_rows(base: &Model, model: &Model, ids: &[u32], layout: &DmtdLayout) -> Result<RowStats> {
     let inputs = &ids[..ids.len() - 1];
     let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
     let pass = cyclical_forward(model, &Fused, &Fused, &[inputs], layout)?;
-    let full = full_depth_from_thinking(model, &Fused, pass.thinking, &[inputs.len()], layout)?;
-    let logp = |h: &Tensor| -> Result<Tensor> {
-        Ok(candle_nn::ops::log_softmax(
-            &model.head(&Fused, h)?.to_dtype(DType::F32)?,
-            D::Minus1,
-        )?)
+    let full = base.forward_ops(&Fused, inputs, None, Logits::All, &FullDepth)?.logits;
+    let logp = |logits: &Tensor| -> Result<Tensor> {
+        Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?)
     };
-    let (lp, lq) = (logp(&full)?, logp(&pass.hidden)?);
+    let (lp, lq) = (logp(&full)?, logp(&model.head(&Fused, &pass.hidden)?)?);
     let nll = |l: &Tensor| -> Result<Vec<f32>> { Ok(l.gather(&targets, 1)?.squeeze(1)?.neg()?.to_vec1()?) };
     let kl: Vec<f32> = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?.to_vec1()?;
     let same: Vec<u8> = lp.argmax(D::Minus1)?.eq(&lq.argmax(D::Minus1)?)?.to_vec1()?;
     Ok((nll(&lp)?, nll(&lq)?, kl, same))
 }
 
-/// Quality of `model` (with any DMTD deltas already merged) decoded cyclically under `layout`, teacher-forced on
-/// `windows` (each scored from its own start, every position but the first predicted).
+/// Quality of `model` (the base with any DMTD deltas merged) decoded cyclically under `layout`, against `base`
+/// (the unmodified model) at full depth, teacher-forced on `windows` (each scored from its own start, every
+/// position but the first predicted). Without deltas, pass the same model twice.
 ///
 /// # Errors
 /// [`Error::Input`] when there is no window, a window has fewer than 2 tokens, or the layout does not fit.
-pub fn dmtd_quality(model: &Model, windows: &[Vec<u32>], layout: &DmtdLayout) -> Result<DmtdQuality> {
+pub fn dmtd_quality(base: &Model, model: &Model, windows: &[Vec<u32>], layout: &DmtdLayout) -> Result<DmtdQuality> {
     if windows.is_empty() {
         return Err(Error::Input("DMTD quality needs at least one window".into()));
     }
@@ -111,7 +110,7 @@ pub fn dmtd_quality(model: &Model, windows: &[Vec<u32>], layout: &DmtdLayout) ->
                 ids.len()
             )));
         }
-        let (nf, nd, kl, same) = window_rows(model, ids, layout)?;
+        let (nf, nd, kl, same) = window_rows(base, model, ids, layout)?;
         for p in 0..nf.len() {
             for s in [&mut all, &mut per[p % tau]] {
                 s.n += 1;

@@ -50,7 +50,7 @@ fn per_offset_quality_matches_the_loop() {
     let m = model_from(&c, &weights(&c));
     let layout = DmtdLayout::new(3, 0, 1, 3).unwrap();
     let windows = vec![IDS.to_vec(), IDS[..7].to_vec()];
-    let q = dmtd_quality(&m, &windows, &layout).unwrap();
+    let q = dmtd_quality(&m, &m, &windows, &layout).unwrap();
     assert_eq!(q.offsets.len(), 3);
     assert_eq!(q.all.n, 10 + 6);
     let (mut nll, mut n) = (vec![0f64; 3], vec![0usize; 3]);
