@@ -147,14 +147,12 @@ pub fn dmtd_step_grads(
     })
 }
 
+/// The loss of one packed pass, given its sequences and the scored tokens of the whole step.
+type PassLoss<'a> = dyn Fn(&[&[u32]], usize) -> Result<loss::SequenceLoss> + 'a;
+
 /// Forward and backward the passes of a step (`loss` of a pass and the step's scored tokens), summing the
 /// gradients of `params`.
-fn accumulate_grads(
-    params: &DepthParams,
-    seqs: &[&[u32]],
-    batch: usize,
-    loss: &dyn Fn(&[&[u32]], usize) -> Result<loss::SequenceLoss>,
-) -> Result<StepGrads> {
+fn accumulate_grads(params: &DepthParams, seqs: &[&[u32]], batch: usize, loss: &PassLoss) -> Result<StepGrads> {
     let step_tokens: usize = seqs.iter().map(|s| s.len().saturating_sub(1)).sum();
     if step_tokens == 0 {
         return Err(Error::Input("a training step without tokens".into()));
