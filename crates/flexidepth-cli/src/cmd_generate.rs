@@ -15,6 +15,8 @@ pub struct Args {
     pub depth: DepthArgs,
     #[command(flatten)]
     pub dmtd: crate::dmtd_args::DmtdArgs,
+    #[command(flatten)]
+    pub dmtd_decode: crate::dmtd_args::DmtdDecodeArgs,
     /// Write the depth trace (one JSON object per token: gate and decision per routed layer; under --dmtd the
     /// thinking layers, and whether the token was a cycle head) to this file.
     #[arg(long)]
@@ -133,7 +135,7 @@ pub fn run(args: Args) -> Result<()> {
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
     let routed = !model.routed_layers().is_empty();
-    let dmtd = args.dmtd.options(model.config.num_hidden_layers, files.dmtd)?;
+    let dmtd = args.dmtd.apply(&mut model, files.dmtd)?.map(|l| args.dmtd_decode.options(l));
     if dmtd.is_some() && routed {
         bail!("--dmtd decodes the base model: it does not combine with routers (--depth or a FlexiDepth model)");
     }

@@ -13,6 +13,8 @@ pub struct Args {
     pub model: LoadArgs,
     #[command(flatten)]
     pub depth: DepthArgs,
+    #[command(flatten)]
+    pub dmtd: crate::dmtd_args::DmtdArgs,
     /// The text file (UTF-8).
     #[arg(short = 'f', long, required_unless_present = "heldout", conflicts_with = "heldout")]
     pub file: Option<PathBuf>,
@@ -38,8 +40,8 @@ pub struct Args {
     /// both perplexities, their ratio, KL(full ‖ flexi), top-1 agreement and layers per token.
     #[arg(long, requires = "depth")]
     pub compare_full: bool,
-    /// Write the --compare-full figures to this file as JSON.
-    #[arg(long, requires = "compare_full")]
+    /// Write the --compare-full (or --dmtd) figures to this file as JSON.
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
@@ -61,6 +63,12 @@ pub fn run(args: Args) -> Result<()> {
             anyhow::bail!("--stride must be in 1..={} (the window), not {s}", args.ctx);
         }
     }
+    if args.json.is_some() && !(args.compare_full || args.dmtd.tau.is_some()) {
+        anyhow::bail!("--json writes the --compare-full or --dmtd figures; give one of them");
+    }
+    if args.dmtd.tau.is_some() && (args.compare_full || args.depth.depth.is_some() || args.stride.is_some()) {
+        anyhow::bail!("--dmtd scores the base model (with --dmtd-weights) at full and cyclical depth; drop --depth, --compare-full and --stride");
+    }
     if let Some(path) = &args.json {
         crate::output::check_output_path("--json", path)?;
     }
@@ -72,6 +80,12 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let (files, mut model) = args.model.load()?;
+    // The full-depth reference of --dmtd is the base without the merged deltas: a second copy when they are given.
+    let dmtd_base = match &args.dmtd.weights {
+        Some(_) => Some(args.model.load()?.1),
+        None => None,
+    };
+    let dmtd = args.dmtd.apply(&mut model, files.dmtd)?;
     let depth = args.depth.apply(&mut model)?;
     let context = model.config.max_position_embeddings;
     if args.ctx > context {
@@ -96,7 +110,15 @@ pub fn run(args: Args) -> Result<()> {
     let n_tokens: usize = windows.iter().map(Vec::len).sum();
     let n_layers = model.config.num_hidden_layers;
     let start = std::time::Instant::now();
-    if args.compare_full {
+    if let Some(layout) = &dmtd {
+        crate::dmtd_args::report(
+            dmtd_base.as_ref().unwrap_or(&model),
+            &model,
+            &windows,
+            layout,
+            args.json.as_ref(),
+        )?;
+    } else if args.compare_full {
         let q = eval::depth_quality(&model, &windows, &depth)?;
         out(format!(
             "windows: {} of up to {} tokens  positions scored: {}  policy: {}",

@@ -239,10 +239,60 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut model = files.load_model(WeightFormat::F32, &candle_core::Device::Cpu)?;
 
+    let (params, meta) = match &config.dmtd {
+        Some(d) => dmtd_params(&config, d, &model)?,
+        None => depth_params(&config, &model)?,
+    };
+    std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
+    if !args.resume {
+        flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())?;
+    }
+    // Optimizer steps: the local stages (adapter fit, router start) run as one block each and take none.
+    let total_steps: usize = (0..config.stages.len())
+        .filter(|&i| config.stages[i].kind.is_optimizer_stage())
+        .map(|i| config.stage_steps(i, data.sequences.len()))
+        .sum();
+    let mut trainer = Trainer::new(config, &mut model, params, meta, data.sequences)?;
+    train_loop(&mut trainer, args.resume, total_steps)
+}
+
+/// Fresh low-rank deltas of the decoding layers for a DMTD run (B zero: training starts from the base).
+fn dmtd_params(
+    config: &TrainConfig,
+    d: &flexidepth_train::dmtd::DmtdConfig,
+    model: &flexidepth::model::Model,
+) -> Result<(DepthParams, flexidepth::depth::file::DepthMeta)> {
+    if config.init.is_some() {
+        bail!("a DMTD run starts from fresh deltas; drop init");
+    }
+    let setup = flexidepth_train::dmtd::DmtdSetup::new(d, model.layers.len())?;
+    let vars = flexidepth_train::lora::fresh_lora(model, &setup.layers, &setup.targets, setup.rank, config.seed)?;
+    let params = DepthParams {
+        routed_layers: Vec::new(),
+        vars,
+    };
+    eprintln!(
+        "training {} parameters (rank-{} deltas of {} in layers {:?}) for DMTD τ = {} on a frozen {}-layer base",
+        params.num_params(),
+        setup.rank,
+        setup.targets.join(", "),
+        setup.layers,
+        setup.layout.mtp_horizon,
+        model.config.num_hidden_layers
+    );
+    let meta = flexidepth::depth::file::DepthMeta::for_model(model, Vec::new(), 1, 1)?;
+    Ok((params, meta))
+}
+
+/// Routers and adapters of a FlexiDepth run: from `init` or freshly initialised.
+fn depth_params(
+    config: &TrainConfig,
+    model: &flexidepth::model::Model,
+) -> Result<(DepthParams, flexidepth::depth::file::DepthMeta)> {
     let (tensors, meta) = match &config.init {
         Some(path) => {
             let (meta, tensors) = read_depth_tensors(path)?;
-            meta.check_base(&model)?;
+            meta.check_base(model)?;
             flexidepth::depth::check::check_depth(path, &meta, &tensors, &model.config)?;
             (tensors, meta)
         }
@@ -254,7 +304,7 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|s| parse_layer_range(s, n))
                 .transpose()?;
             let (meta, tensors) = fresh_depth(
-                &model,
+                model,
                 layers,
                 config.router_reduction,
                 config.proj_reduction,
@@ -270,17 +320,12 @@ pub fn run(args: Args) -> Result<()> {
         meta.routed_layers,
         model.config.num_hidden_layers
     );
-    std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
-    if !args.resume {
-        flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())?;
-    }
-    // Optimizer steps: the local stages (adapter fit, router start) run as one block each and take none.
-    let total_steps: usize = (0..config.stages.len())
-        .filter(|&i| config.stages[i].kind == flexidepth_train::config::StageKind::Train)
-        .map(|i| config.stage_steps(i, data.sequences.len()))
-        .sum();
-    let mut trainer = Trainer::new(config, &mut model, params, meta, data.sequences)?;
-    if args.resume {
+    Ok((params, meta))
+}
+
+/// Run (or resume) `trainer` with a progress bar, the Ctrl-C handler and the curves.
+fn train_loop(trainer: &mut Trainer, resume: bool, total_steps: usize) -> Result<()> {
+    if resume {
         trainer.resume()?;
         eprintln!("resumed at step {}", trainer.state().global_step);
     }
@@ -366,7 +411,7 @@ pub fn run(args: Args) -> Result<()> {
     match outcome {
         Outcome::Finished => eprintln!(
             "wrote {} (log {}, curves {})",
-            out.join("depth.safetensors").display(),
+            out.join(trainer.final_file_name()).display(),
             out.join("log.csv").display(),
             out.join("curves.svg").display()
         ),

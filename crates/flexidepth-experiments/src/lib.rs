@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod curves;
 pub mod dataset;
 pub mod depthmap;
+pub mod dmtd_quality;
 pub mod eval;
 pub mod frontier;
 pub mod plot;

@@ -20,6 +20,17 @@ pub enum StageKind {
     /// Supervised router pre-training on skip-cost labels ([`crate::router_start`]).
     #[serde(rename = "router_start")]
     RouterStart,
+    /// DMTD cyclical-masking training of low-rank deltas on the decoding layers (spec B3, [`crate::dmtd`]); the
+    /// run's `[dmtd]` table gives the layout, τ and rank, its `loss` the objective (`lm`, `kl` or `lm+kl`).
+    #[serde(rename = "dmtd")]
+    Dmtd,
+}
+
+impl StageKind {
+    /// Whether the stage runs optimizer steps (`train`, `dmtd`) rather than one local block.
+    pub fn is_optimizer_stage(self) -> bool {
+        matches!(self, StageKind::Train | StageKind::Dmtd)
+    }
 }
 
 /// The skip-cost label of a router-start stage.
@@ -203,6 +214,9 @@ pub struct TrainConfig {
     /// Storage dtype of the written depth files: f32, f16 or bf16.
     #[serde(default = "default_save_dtype")]
     pub save_dtype: String,
+    /// The layout, τ and deltas of `kind = "dmtd"` stages (required by them, refused without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmtd: Option<crate::dmtd::DmtdConfig>,
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
 }
@@ -380,6 +394,16 @@ impl TrainConfig {
         }
         if !["f32", "f16", "bf16"].contains(&self.save_dtype.as_str()) {
             return bad(format!("save_dtype '{}' (use f32, f16 or bf16)", self.save_dtype));
+        }
+        let dmtd_stages = self.stages.iter().filter(|s| s.kind == StageKind::Dmtd).count();
+        match (&self.dmtd, dmtd_stages) {
+            (None, 0) => {}
+            (Some(d), n) if n == self.stages.len() => d.validate()?,
+            (None, _) => return bad("a kind = \"dmtd\" stage needs a [dmtd] table".into()),
+            (Some(_), 0) => return bad("a [dmtd] table without a kind = \"dmtd\" stage".into()),
+            (Some(_), _) => {
+                return bad("a run trains either DMTD deltas or FlexiDepth routers: do not mix stage kinds".into())
+            }
         }
         let mut names = std::collections::HashSet::new();
         for s in &self.stages {

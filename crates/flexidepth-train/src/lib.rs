@@ -10,9 +10,11 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dmtd;
 pub mod forward;
 pub mod local_fit;
 pub mod log;
+pub mod lora;
 pub mod loss;
 pub mod ops;
 pub mod optim;
@@ -124,6 +126,37 @@ pub fn step_grads_packed(
             "the trainable parameters are not the model's routers and adapters (DepthParams::attach first)".into(),
         ));
     }
+    accumulate_grads(params, seqs, batch, &|pass, step_tokens| {
+        batch_loss(model, pass, obj, step_tokens)
+    })
+}
+
+/// The gradients of a DMTD step ([`dmtd::dmtd_batch_loss`]) of the deltas `params` (their `vars`, by file name),
+/// packed `batch` sequences a pass as [`step_grads_packed`].
+pub fn dmtd_step_grads(
+    model: &Model,
+    params: &DepthParams,
+    setup: &dmtd::DmtdSetup,
+    seqs: &[&[u32]],
+    kind: loss::LossKind,
+    batch: usize,
+) -> Result<StepGrads> {
+    let ops = setup.ops(model, &params.vars)?;
+    accumulate_grads(params, seqs, batch, &|pass, step_tokens| {
+        dmtd::dmtd_batch_loss(model, &ops, setup, pass, kind, step_tokens)
+    })
+}
+
+/// The loss of one packed pass, given its sequences and the scored tokens of the whole step.
+type PassLoss<'a> = dyn Fn(&[&[u32]], usize) -> Result<loss::SequenceLoss> + 'a;
+
+/// Forward and backward the passes of a step (`loss` of a pass and the step's scored tokens), summing the
+/// gradients of `params`.
+fn accumulate_grads(params: &DepthParams, seqs: &[&[u32]], batch: usize, loss: &PassLoss) -> Result<StepGrads> {
+    let step_tokens: usize = seqs.iter().map(|s| s.len().saturating_sub(1)).sum();
+    if step_tokens == 0 {
+        return Err(Error::Input("a training step without tokens".into()));
+    }
     let mut out = StepGrads {
         grads: BTreeMap::new(),
         loss: 0.0,
@@ -134,7 +167,7 @@ pub fn step_grads_packed(
         tokens: step_tokens,
     };
     for pass in packed_passes(seqs, batch.max(1), MAX_PACKED_ROWS) {
-        let l = batch_loss(model, pass, obj, step_tokens)?;
+        let l = loss(pass, step_tokens)?;
         let store = l.objective.backward()?;
         for (name, var) in &params.vars {
             if let Some(g) = store.get(var.as_tensor()) {
@@ -191,6 +224,8 @@ pub struct Trainer<'a> {
     model: &'a Model,
     params: DepthParams,
     meta: DepthMeta,
+    /// The layout and deltas of a DMTD run (`[dmtd]`); `params` are then its low-rank deltas.
+    dmtd: Option<dmtd::DmtdSetup>,
     sequences: Vec<Vec<u32>>,
     opt: AdamW,
     state: RunState,
@@ -208,7 +243,17 @@ impl<'a> Trainer<'a> {
         sequences: Vec<Vec<u32>>,
     ) -> Result<Self> {
         config.validate()?;
-        params.attach(model, config.routing())?;
+        let dmtd = match &config.dmtd {
+            Some(d) => {
+                let setup = dmtd::DmtdSetup::new(d, model.layers.len())?;
+                setup.ops(model, &params.vars)?; // every delta is there
+                Some(setup)
+            }
+            None => {
+                params.attach(model, config.routing())?;
+                None
+            }
+        };
         let model: &'a Model = model;
         if sequences.is_empty() {
             return Err(Error::Input("the training data set is empty".into()));
@@ -223,6 +268,7 @@ impl<'a> Trainer<'a> {
             model,
             params,
             meta,
+            dmtd,
             sequences,
             opt,
             state,
@@ -305,7 +351,7 @@ impl<'a> Trainer<'a> {
                 steps: total,
                 done: self.state.stage_step,
             });
-            if stage.kind != config::StageKind::Train {
+            if !stage.kind.is_optimizer_stage() {
                 if self.run_local_stage(si, &stage, stop, on)? == Outcome::Interrupted {
                     return Ok(Outcome::Interrupted);
                 }
@@ -327,7 +373,17 @@ impl<'a> Trainer<'a> {
                     .collect();
                 let t0 = Instant::now();
                 let lr = cosine_lr(base_lr, step, total, warmup);
-                let mut g = step_grads_packed(self.model, &self.params, &seqs, &obj, self.config.batch_size)?;
+                let mut g = match &self.dmtd {
+                    Some(setup) => dmtd_step_grads(
+                        self.model,
+                        &self.params,
+                        setup,
+                        &seqs,
+                        self.config.loss,
+                        self.config.batch_size,
+                    )?,
+                    None => step_grads_packed(self.model, &self.params, &seqs, &obj, self.config.batch_size)?,
+                };
                 let grad_norm = clip_grad_norm(&mut g.grads, self.config.max_grad_norm)?;
                 // Stop at the first non-finite number, before it reaches the parameters (or, if the update makes
                 // one, before anything is written): the last checkpoint stays the last good state.
@@ -395,7 +451,7 @@ impl<'a> Trainer<'a> {
             // A new stage starts from fresh optimizer moments, as the official recipe's separate runs do.
             self.opt = AdamW::new(self.config.adam.into());
         }
-        self.write_depth(&self.config.out.join("depth.safetensors"))?;
+        self.write_depth(&self.config.out.join(self.final_file_name()))?;
         self.write_log()?;
         on(Event::Log(&self.log));
         Ok(Outcome::Finished)
@@ -452,7 +508,7 @@ impl<'a> Trainer<'a> {
                 )?;
                 staged::write_router_start(&out, &stage.name, &r)?;
             }
-            config::StageKind::Train => {
+            config::StageKind::Train | config::StageKind::Dmtd => {
                 return Err(Error::Input("a train stage is not a local stage".into()));
             }
         }
@@ -483,8 +539,17 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Write the current routers and adapters as a depth-adapter file in the configured dtype (never one holding a
-    /// NaN or an infinity).
+    /// The file a finished run writes: `depth.safetensors` (FlexiDepth) or `dmtd.safetensors` (DMTD deltas).
+    pub fn final_file_name(&self) -> &'static str {
+        if self.dmtd.is_some() {
+            "dmtd.safetensors"
+        } else {
+            "depth.safetensors"
+        }
+    }
+
+    /// Write the current routers and adapters as a depth-adapter file (a DMTD run: its deltas as a DMTD delta
+    /// file, [`flexidepth::dmtd::delta`]) in the configured dtype (never one holding a NaN or an infinity).
     pub fn write_depth(&self, path: &std::path::Path) -> Result<()> {
         self.check_params_finite(&format!("writing {}", path.display()))?;
         let dtype = match self.config.save_dtype.as_str() {
@@ -492,6 +557,18 @@ impl<'a> Trainer<'a> {
             "bf16" => DType::BF16,
             _ => DType::F32,
         };
+        if let Some(setup) = &self.dmtd {
+            let meta = flexidepth::dmtd::delta::DeltaMeta::for_model(
+                self.model,
+                &self.config.model,
+                setup.layout,
+                setup.rank,
+                setup.lora_alpha,
+                setup.layers.clone(),
+                setup.targets.clone(),
+            )?;
+            return flexidepth::dmtd::delta::write_delta_file(path, &meta, &self.params.tensors(), dtype);
+        }
         let mut meta = self.meta.clone();
         let routing = self.config.routing();
         meta.skip_threshold = routing.skip_threshold;
@@ -526,7 +603,7 @@ fn check_resume_state(config: &TrainConfig, n_sequences: usize, s: &RunState, op
         return bad(format!("stage {} of a run with {n_stages} stages", s.stage));
     }
     let steps = |i: usize| match config.stages[i].kind {
-        config::StageKind::Train => config.stage_steps(i, n_sequences),
+        config::StageKind::Train | config::StageKind::Dmtd => config.stage_steps(i, n_sequences),
         // A local stage runs as one unit: it is either ahead of the state or behind it.
         _ => 0,
     };

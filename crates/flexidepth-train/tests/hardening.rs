@@ -47,6 +47,7 @@ fn base_config(dir: &Path) -> TrainConfig {
         log_every: 1,
         checkpoint_every: 1,
         save_dtype: "f32".into(),
+        dmtd: None,
         stages: vec![
             Stage {
                 steps: Some(2),

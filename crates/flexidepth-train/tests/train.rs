@@ -416,6 +416,7 @@ fn tiny_config(dir: &std::path::Path, batch: usize, accum: usize) -> TrainConfig
         log_every: 1,
         checkpoint_every: 2,
         save_dtype: "f32".into(),
+        dmtd: None,
         stages: vec![
             Stage {
                 name: "one".into(),

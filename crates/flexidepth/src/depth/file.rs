@@ -372,7 +372,7 @@ pub fn write_depth_file(path: &Path, meta: &DepthMeta, tensors: &HashMap<String,
 /// name. (`safetensors::serialize` takes the metadata as a `HashMap` and writes it in that map's random order, so
 /// two identical adapters would differ in their header bytes.) Tensor offsets are relative to the data, which is
 /// kept as written, so only the header is rebuilt.
-fn serialize_sorted(
+pub(crate) fn serialize_sorted(
     tensors: Vec<(String, Tensor)>,
     metadata: &BTreeMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
