@@ -224,18 +224,14 @@ fn self_speculative_output_equals_greedy_full_depth_on_tiny_models() {
 fn self_speculative_output_equals_greedy_full_depth_on_smollm2() {
     let (files, m) = common::model("smollm2-135m-instruct");
     let tok = &files.tokenizer;
-    for prompt in [
-        "It is a truth universally acknowledged, that",
-        "The capital of France is",
-        "def fibonacci(n):",
-    ] {
+    for prompt in ["It is a truth universally acknowledged, that", "def fibonacci(n):"] {
         let ids = tok.encode(prompt, true).unwrap();
-        let want = generate(m, tok, &ids, &greedy(24), &mut |_| Ok(())).unwrap();
+        let want = generate(m, tok, &ids, &greedy(16), &mut |_| Ok(())).unwrap();
         let spec = SpeculativeOptions {
             exit_after: 20,
             draft_tokens: 4,
         };
-        let (got, stats) = generate_self_speculative(m, tok, &ids, &greedy(24), spec, &mut |_| Ok(())).unwrap();
+        let (got, stats) = generate_self_speculative(m, tok, &ids, &greedy(16), spec, &mut |_| Ok(())).unwrap();
         assert_eq!(got.text, want.text, "{prompt:?}");
         assert_eq!(got.ids, want.ids);
         assert!(stats.drafted > 0 && stats.cycles > 0, "{stats:?}");

@@ -234,24 +234,23 @@ fn decode(
         let mut rows = vec![next];
         rows.extend_from_slice(&drafts);
         let logits: Vec<Vec<f32>> = model.forward(&rows, cache, Logits::All)?.to_vec2()?;
-        let mut accepted = 0;
+        let (mut accepted, mut kept, mut stop) = (0, 0, None);
         for (j, row) in logits.iter().enumerate() {
             let target = sampler.sample(row, history);
             history.push(target);
-            if j < k && drafts[j] == target {
-                accepted += 1;
-            }
-            let stop = em.push(target)?;
-            // Positions pos..=pos + j are now full depth's and final.
-            cache.truncate(pos + j + 1);
-            if let Some(reason) = stop {
-                stats.accepted += accepted;
-                return Ok(reason);
-            }
-            if j == k || drafts[j] != target {
+            kept = j + 1;
+            let matched = j < k && drafts[j] == target;
+            accepted += usize::from(matched);
+            stop = em.push(target)?;
+            if stop.is_some() || !matched {
                 break;
             }
         }
+        // Positions pos..pos + kept hold full depth's K/V of accepted inputs; the rest is rolled back.
+        cache.truncate(pos + kept);
         stats.accepted += accepted;
+        if let Some(reason) = stop {
+            return Ok(reason);
+        }
     }
 }
