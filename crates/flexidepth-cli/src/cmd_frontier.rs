@@ -16,7 +16,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: LoadArgs,
     /// Depth-adapter files to compare (each with its own stored skip unit and gate scaling); repeat the flag.
-    #[arg(long = "depth", required = true)]
+    #[arg(long = "depth", required_unless_present = "baselines")]
     pub depth: Vec<PathBuf>,
     /// Budgets: layers skipped per token (comma list). Whole numbers also get a ShortGPT point.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,6")]
@@ -28,6 +28,10 @@ pub struct Args {
     /// Write each adapter's ship point as `<name>.ship.safetensors` in this folder (its threshold stored).
     #[arg(long, requires = "ship_ratio")]
     pub ship_dir: Option<PathBuf>,
+    /// Baseline depth policies measured beside (comma list of specs without routers, e.g.
+    /// `laco:1,laco:2,exit:20`); each is built on the same calibration tokens as ShortGPT.
+    #[arg(long, value_delimiter = ',')]
+    pub baselines: Vec<flexidepth::depth::PolicySpec>,
     /// Override the files' gate scaling (`released` or `hard`; see `generate --help`).
     #[arg(long, value_enum)]
     pub gate_scaling: Option<crate::GateScalingArg>,
@@ -141,6 +145,13 @@ pub fn run(args: Args) -> Result<()> {
     points.extend(frontier::shortgpt_points(
         &model,
         &args.budgets,
+        &calib,
+        &heldout,
+        &mut note,
+    )?);
+    points.extend(frontier::spec_points(
+        &model,
+        &args.baselines,
         &calib,
         &heldout,
         &mut note,

@@ -4,6 +4,7 @@ use crate::{DepthArgs, LoadArgs};
 use anyhow::{bail, Context, Result};
 use flexidepth::chat::Message;
 use flexidepth::escape::process_escapes;
+use flexidepth::generate::speculative::{generate_self_speculative, SpeculativeOptions};
 use flexidepth::generate::{generate, GenerateOptions, SamplingParams};
 use std::io::Write;
 
@@ -83,6 +84,14 @@ pub struct Args {
     /// llama.cpp does for its reverse prompts).
     #[arg(short = 'r', long = "stop", visible_alias = "reverse-prompt")]
     pub stop: Vec<String>,
+    /// Self-speculative decoding (LayerSkip): draft with an early exit after this many layers, verify at full
+    /// depth; the output equals greedy full depth (exactly in f32; on quantized weights the k+1-row verification
+    /// rounds differently from one-row decoding, so a near-tie can go the other way). Greedy only; ignores --policy.
+    #[arg(long, value_name = "L", conflicts_with = "tau")]
+    pub self_speculative: Option<usize>,
+    /// Tokens drafted per cycle with --self-speculative.
+    #[arg(long, value_name = "K", default_value_t = 4, requires = "self_speculative")]
+    pub draft_tokens: usize,
 }
 
 impl Args {
@@ -127,6 +136,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Refuse sampling values out of their domain before loading anything.
     args.sampling(SamplingParams::default())?;
+    if args.self_speculative.is_some() && args.temperature.is_some_and(|t| t > 0.0) {
+        bail!("--self-speculative is greedy only (speculative sampling is not implemented): drop --temperature");
+    }
     let typed = |s: &str| if args.escape { process_escapes(s) } else { s.to_string() };
     let stop_strings: Vec<String> = args.stop.iter().map(|s| process_escapes(s)).collect();
     if let Some(i) = stop_strings.iter().position(String::is_empty) {
@@ -172,7 +184,11 @@ pub fn run(args: Args) -> Result<()> {
         print_verbose_prompt(tok, &text, &prompt_ids)?;
     }
 
-    let sampling = args.sampling(files.generation.sampling())?;
+    let mut sampling = args.sampling(files.generation.sampling())?;
+    if args.self_speculative.is_some() {
+        // Greedy, whatever the model's generation config samples with (checked above: no --temperature > 0).
+        sampling.temperature = 0.0;
+    }
     let opts = GenerateOptions {
         max_new_tokens: args.n_predict,
         sampling,
@@ -188,8 +204,9 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(|_| out.flush())
             .map_err(|e| flexidepth::Error::Input(format!("cannot write to stdout: {e}")))
     };
-    let gen = match dmtd {
-        Some(d) => {
+    let mut speculative = None;
+    let gen = match (dmtd, args.self_speculative) {
+        (Some(d), _) => {
             eprintln!(
                 "{}: thinking layers {:?} run at cycle heads only",
                 d.label(),
@@ -197,7 +214,16 @@ pub fn run(args: Args) -> Result<()> {
             );
             flexidepth::dmtd::generate(&model, tok, &prompt_ids, &opts, d, &mut on_text)?
         }
-        None => generate(&model, tok, &prompt_ids, &opts, &mut on_text)?,
+        (None, Some(exit_after)) => {
+            let spec = SpeculativeOptions {
+                exit_after,
+                draft_tokens: args.draft_tokens,
+            };
+            let (gen, stats) = generate_self_speculative(&model, tok, &prompt_ids, &opts, spec, &mut on_text)?;
+            speculative = Some(stats);
+            gen
+        }
+        (None, None) => generate(&model, tok, &prompt_ids, &opts, &mut on_text)?,
     };
     writeln!(out).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
     let s = &gen.stats;
@@ -218,6 +244,18 @@ pub fn run(args: Args) -> Result<()> {
         s.decode_s,
         s.decode_tokens_per_s()
     );
+    if let Some(st) = speculative {
+        eprintln!(
+            "self-speculative: {} cycles, {}/{} drafts accepted ({:.1}%), {:.2} layer passes per decoded token \
+             (full depth: {})",
+            st.cycles,
+            st.accepted,
+            st.drafted,
+            100.0 * st.acceptance_rate(),
+            st.layers_per_token(),
+            model.layers.len()
+        );
+    }
     if let Some(trace) = &gen.trace {
         write_trace_outputs(&args, trace)?;
     }

@@ -10,7 +10,7 @@ use crate::corpus::{paragraphs, read_novel, HELDOUT_FROM_CHAPTER, HELDOUT_NOVEL}
 use crate::eval::{depth_quality_vs, DepthQuality, FullReference};
 use crate::plot::{stack, Axis, LineChart};
 use flexidepth::depth::shortgpt::StaticPrune;
-use flexidepth::depth::{DepthPolicy, FlexiDepth};
+use flexidepth::depth::{DepthPolicy, FlexiDepth, PolicySpec};
 use flexidepth::error::{Error, Result};
 use flexidepth::model::{Logits, Model};
 use serde::{Deserialize, Serialize};
@@ -189,6 +189,48 @@ pub fn shortgpt_points(
         out.push(FrontierPoint {
             method: "shortgpt".into(),
             budget: Some(b),
+            tuned: None,
+            heldout,
+        });
+    }
+    Ok(out)
+}
+
+/// Depth policies named by spec without routers (LaCo's `laco:K`, early exit `exit:L`, ShortGPT's `prune:K`), each
+/// built on `calibration` and measured on `heldout`. The budget is the layers the policy removes (`K`, or
+/// `layers − L`); the method is the spec's name (`laco`, `exit`, `prune`).
+///
+/// Errors: a spec that needs routers, or one the model cannot take (see [`PolicySpec::build`]).
+pub fn spec_points(
+    model: &Model,
+    specs: &[PolicySpec],
+    calibration: &[u32],
+    heldout: &[Vec<u32>],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<FrontierPoint>> {
+    let n = model.layers.len();
+    let mut out = Vec::new();
+    for spec in specs {
+        if spec.needs_routers() {
+            return Err(Error::Input(format!(
+                "frontier: '{spec}' is a routing policy; give its depth file with --depth instead"
+            )));
+        }
+        let budget = match *spec {
+            PolicySpec::Laco(k) | PolicySpec::Prune(k) => Some(k as f64),
+            PolicySpec::Exit(l) => Some(n.saturating_sub(l) as f64),
+            _ => None,
+        };
+        let policy = spec.build(model, calibration)?;
+        let heldout = depth_quality(model, heldout, policy.as_ref())?;
+        progress(&format!(
+            "{spec}: held-out {:.2} layers/token, ppl ratio {:.4}",
+            heldout.mean_layers, heldout.ppl_ratio
+        ));
+        let name = spec.to_string();
+        out.push(FrontierPoint {
+            method: name.split(':').next().unwrap_or(&name).to_string(),
+            budget,
             tuned: None,
             heldout,
         });

@@ -45,7 +45,8 @@ pub enum LabelKind {
     Local,
 }
 
-/// What a skipped row leaves out, as written in a config (`skip_unit = "layer" | "ffn"`).
+/// What a skipped row leaves out, as written in a config (`skip_unit = "layer" | "ffn" | "attention"`; the
+/// attention unit is MindSkip's: no adapter, so only router stages apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SkipUnitName {
     #[default]
@@ -53,6 +54,8 @@ pub enum SkipUnitName {
     Layer,
     #[serde(rename = "ffn")]
     Ffn,
+    #[serde(rename = "attention")]
+    Attention,
 }
 
 impl SkipUnitName {
@@ -60,6 +63,7 @@ impl SkipUnitName {
         match self {
             SkipUnitName::Layer => flexidepth::depth::SkipUnit::Layer,
             SkipUnitName::Ffn => flexidepth::depth::SkipUnit::Ffn,
+            SkipUnitName::Attention => flexidepth::depth::SkipUnit::Attention,
         }
     }
     fn is_layer(&self) -> bool {
@@ -408,6 +412,14 @@ impl TrainConfig {
         let mut names = std::collections::HashSet::new();
         for s in &self.stages {
             check_stage(s)?;
+            let adapter_stage = s.kind == StageKind::LocalFit || s.label == Some(LabelKind::Local);
+            if self.skip_unit == SkipUnitName::Attention && adapter_stage {
+                return bad(format!(
+                    "stage '{}' fits or scores an adapter, but the attention unit (MindSkip) has none \
+                     (use router_start with label = \"kl\", or train)",
+                    s.name
+                ));
+            }
             if !names.insert(s.name.as_str()) {
                 return bad(format!(
                     "two stages are named '{}' (their files would overwrite each other)",
@@ -538,6 +550,20 @@ lr = 5e-4
     }
 
     #[test]
+    fn attention_unit_takes_router_stages_only() {
+        let text = "data = 'd.jsonl'\nout = 'o'\nskip_unit = 'attention'\ngate_scaling = 'hard'\n\
+                    [[stage]]\nname = 'routers'\nkind = 'router_start'\nlabel = 'kl'\n";
+        let c = TrainConfig::from_toml(Path::new("c.toml"), text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.skip_unit.unit(), flexidepth::depth::SkipUnit::Attention);
+        let local = text.replace("label = 'kl'", "label = 'local'");
+        let e = TrainConfig::from_toml(Path::new("c.toml"), &local)
+            .and_then(|c| c.validate())
+            .unwrap_err();
+        assert!(e.to_string().contains("attention unit"), "{e}");
+    }
+
+    #[test]
     fn parses_the_staged_recipe() {
         let text = r#"
 data = "d.jsonl"
@@ -577,6 +603,8 @@ alpha = 1e-4
         let again = TrainConfig::from_toml(Path::new("c.toml"), &c.to_toml().unwrap()).unwrap();
         assert_eq!(again, c);
         for bad in [
+            text.replace("skip_unit = \"ffn\"", "skip_unit = \"attn\""),
+            // The example's local_fit stage has no adapter to fit under the attention unit.
             text.replace("skip_unit = \"ffn\"", "skip_unit = \"attention\""),
             text.replace("gate_scaling = \"hard\"", "gate_scaling = \"soft\""),
             text.replace("kind = \"local_fit\"", "kind = \"magic\""),

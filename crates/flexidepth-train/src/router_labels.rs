@@ -37,9 +37,10 @@ pub fn skip_step(unit: SkipUnit) -> Result<RowStep> {
             attn: AttnStep::Run,
             ffn: FfnStep::Adapter,
         }),
-        _ => Err(Error::Unsupported(
-            "router labels: only the layer and FFN skip units".into(),
-        )),
+        SkipUnit::Attention => Ok(RowStep {
+            attn: AttnStep::KvOnly,
+            ffn: FfnStep::Mlp,
+        }),
     }
 }
 
@@ -54,7 +55,8 @@ impl DepthPolicy for SkipOne {
         }
         let mut steps = vec![RowStep::RUN; rows];
         steps[self.row] = skip_step(self.unit)?;
-        // Gates of 1 leave run rows' MLP unscaled (×1.0 is exact); the skipped row's adapter gets 1 − gate.
+        // Gates of 1 leave run rows' MLP unscaled (×1.0 is exact); the skipped row's adapter gets 1 − gate. The
+        // attention unit has no adapter and its MLP runs unscaled: nothing is scaled.
         let mut values = vec![1f32; rows];
         values[self.row] = self.gate;
         Ok(LayerPlan::Rows {
@@ -63,7 +65,7 @@ impl DepthPolicy for SkipOne {
                 tensor: Tensor::new(values.as_slice(), input.x.device())?,
                 values,
             }),
-            scale_by_gate: true,
+            scale_by_gate: self.unit != SkipUnit::Attention,
         })
     }
     fn label(&self) -> String {
@@ -106,7 +108,7 @@ fn full_depth_states(model: &Model, ids: &[u32]) -> Result<(Vec<Tensor>, Tensor,
     Ok((xs, model.head(&Fused, &x)?, cache))
 }
 
-fn check(model: &Model, ids: &[u32], layers: &[usize]) -> Result<()> {
+fn check(model: &Model, ids: &[u32], layers: &[usize], unit: SkipUnit) -> Result<()> {
     if ids.is_empty() || ids.len() > model.config.max_position_embeddings {
         return Err(Error::Input(format!(
             "router labels: a sequence of {} tokens (1..={} allowed)",
@@ -114,10 +116,12 @@ fn check(model: &Model, ids: &[u32], layers: &[usize]) -> Result<()> {
             model.config.max_position_embeddings
         )));
     }
-    if let Some(&l) = layers
-        .iter()
-        .find(|&&l| model.layers.get(l).is_none_or(|x| x.router_proj.is_none()))
-    {
+    if let Some(&l) = layers.iter().find(|&&l| {
+        model
+            .layers
+            .get(l)
+            .is_none_or(|x| unit != SkipUnit::Attention && x.router_proj.is_none())
+    }) {
         return Err(Error::Input(format!("router labels: layer {l} has no adapter")));
     }
     Ok(())
@@ -135,7 +139,7 @@ pub fn skip_kl_labels(
     unit: SkipUnit,
     gate: f32,
 ) -> Result<SequenceLabels> {
-    check(model, ids, layers)?;
+    check(model, ids, layers, unit)?;
     skip_step(unit)?;
     let (n, seq) = (model.layers.len(), ids.len());
     let (xs, full_logits, cache) = full_depth_states(model, ids)?;
@@ -145,7 +149,8 @@ pub fn skip_kl_labels(
     for &l in layers {
         let layer = &model.layers[l];
         // The skipped layer: its K/V are the full-depth ones (its input is unchanged); the adapter, scaled by
-        // 1 − gate, stands in for the whole layer or only for its FFN.
+        // 1 − gate, stands in for the whole layer or only for its FFN; the attention unit drops only the
+        // attention output.
         let h = match unit {
             SkipUnit::Ffn => {
                 let (k, v) = cache.view(l, seq)?;
@@ -158,12 +163,17 @@ pub fn skip_kl_labels(
             }
             _ => xs[l].clone(),
         };
-        let adapter = layer
-            .router_proj
-            .as_ref()
-            .ok_or_else(|| Error::Input(format!("router labels: layer {l} has no adapter")))?;
-        let y = adapter.forward(&Fused, &norm(&h, &layer.post_attention_layernorm)?)?;
-        let mut x = (h + (y * (1.0 - gate as f64))?)?;
+        let v = norm(&h, &layer.post_attention_layernorm)?;
+        let mut x = if unit == SkipUnit::Attention {
+            // MindSkip: no attention output, the layer's own MLP unscaled.
+            (&h + layer.mlp.forward(&Fused, &v)?)?
+        } else {
+            let adapter = layer
+                .router_proj
+                .as_ref()
+                .ok_or_else(|| Error::Input(format!("router labels: layer {l} has no adapter")))?;
+            (&h + (adapter.forward(&Fused, &v)? * (1.0 - gate as f64))?)?
+        };
         // Later layers run in full; each row sees the others' full-depth K/V and its own.
         for later in &model.layers[l + 1..n] {
             let u = norm(&x, &later.input_layernorm)?;
@@ -199,7 +209,7 @@ pub fn skip_kl_brute_force(
     unit: SkipUnit,
     gate: f32,
 ) -> Result<Vec<Vec<f32>>> {
-    check(model, ids, layers)?;
+    check(model, ids, layers, unit)?;
     let full = model
         .forward_ops(&Fused, ids, None, flexidepth::model::Logits::All, &FullDepth)?
         .logits;

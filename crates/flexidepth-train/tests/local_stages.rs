@@ -135,7 +135,7 @@ fn skip_cost_labels_equal_the_brute_force_computation() {
     // Routed layers [0, 1] leave a layer after the last routed one (the fast path must restore row t's K/V there).
     for routed in [[1usize, 2], [0, 1]] {
         for arch in [Arch::Llama, Arch::Qwen3] {
-            for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
+            for unit in [SkipUnit::Layer, SkipUnit::Ffn, SkipUnit::Attention] {
                 let c = config(arch);
                 let mut m = model_from(&c, &weights(&c));
                 let depth = to_tensors(&depth_weights(&c, &routed, 0));

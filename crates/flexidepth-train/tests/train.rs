@@ -67,7 +67,7 @@ fn obj(alpha: f64, kind: LossKind) -> Objective {
 #[test]
 fn training_forward_equals_the_inference_forward() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
-        for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
+        for unit in [SkipUnit::Layer, SkipUnit::Ffn, SkipUnit::Attention] {
             let (_, m, params) = setup(arch);
             assert!(params.is_attached_to(&m));
             let inf_model = inference_model(arch);
@@ -289,7 +289,7 @@ const BATCH: [&[u32]; 3] = [&IDS, &[9, 4, 33, 12, 27, 6, 15], &[1, 38, 20, 14, 2
 #[test]
 fn the_packed_forward_equals_one_forward_per_sequence() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
-        for unit in [SkipUnit::Layer, SkipUnit::Ffn] {
+        for unit in [SkipUnit::Layer, SkipUnit::Ffn, SkipUnit::Attention] {
             let (_, m, _) = setup(arch);
             let routing = Routing {
                 skip_unit: unit,

@@ -5,7 +5,10 @@
 //! - [`flexidepth::FlexiDepth`]: per-token routing by trained routers (Luo, Wang, Yan, COLM 2025), skipping the
 //!   whole layer (released), only its FFN, or only its attention ([`flexidepth::SkipUnit`]);
 //! - [`shortgpt::StaticPrune`]: layers removed outright, e.g. ShortGPT's lowest block influence (Men et al. 2024);
-//! - [`early_exit::EarlyExit`]: final norm and head after a layer (LayerSkip-style, Elhoushi et al. 2024).
+//! - [`early_exit::EarlyExit`]: final norm and head after a layer (LayerSkip-style, Elhoushi et al. 2024), and
+//!   self-speculative decoding on it ([`crate::generate::speculative`]) (draft with the early exit, verify at full depth);
+//! - [`laco::Laco`]: rear layers merged into earlier ones (LaCo, Yang et al. 2024);
+//! - MindSkip: FlexiDepth's attention-only unit (`mindskip` in [`spec::PolicySpec`]; He et al. 2024).
 //!
 //! [`spec::PolicySpec`] names them on command lines and in tables (`full`, `flexi:0.5`, `prune:4`, ...), and
 //! [`file`] reads and writes FlexiDepth's router/adapter files ([`check`] vets them before use); [`shipped`] finds
@@ -15,6 +18,7 @@ pub mod check;
 pub mod early_exit;
 pub mod file;
 pub mod flexidepth;
+pub mod laco;
 pub mod shipped;
 pub mod shortgpt;
 pub mod spec;

@@ -8,9 +8,12 @@
 //! | `skip` | every routed layer skipped |
 //! | `prune:K` | [`StaticPrune`]: ShortGPT's `K` layers of lowest block influence removed |
 //! | `exit:L` | [`EarlyExit`] after `L` layers |
+//! | `laco:K` | [`Laco`]: `K` layers collapsed into earlier ones (LaCo's Algorithm 1 on the calibration tokens) |
+//! | `mindskip`, `mindskip:T` | FlexiDepth with the attention unit, on a MindSkip depth file (attention-only routers) |
 
 use super::early_exit::EarlyExit;
 use super::flexidepth::{DepthMode, FlexiDepth, SkipUnit};
+use super::laco::{Laco, LacoSettings};
 use super::shortgpt::StaticPrune;
 use crate::error::{Error, Result};
 use crate::model::plan::{DepthPolicy, FullDepth};
@@ -28,6 +31,9 @@ pub enum PolicySpec {
     Skip,
     Prune(usize),
     Exit(usize),
+    Laco(usize),
+    /// FlexiDepth's attention unit on a depth file trained for it; the threshold defaults to the file's.
+    MindSkip(Option<f32>),
 }
 
 impl std::str::FromStr for PolicySpec {
@@ -36,7 +42,7 @@ impl std::str::FromStr for PolicySpec {
         let bad = || {
             Error::Input(format!(
                 "unknown depth policy '{s}' (full, flexi[:THRESHOLD], flexi-layer[:THRESHOLD], \
-                 flexi-ffn[:THRESHOLD], flexi-attn[:THRESHOLD], skip, prune:K, exit:L)"
+                 flexi-ffn[:THRESHOLD], flexi-attn[:THRESHOLD], skip, prune:K, exit:L, laco:K, mindskip[:THRESHOLD])"
             ))
         };
         let (name, arg) = match s.split_once(':') {
@@ -68,6 +74,8 @@ impl std::str::FromStr for PolicySpec {
             ("flexi-attn", _) => flexi(Some(SkipUnit::Attention)),
             ("prune", _) => Ok(PolicySpec::Prune(count(arg)?)),
             ("exit", _) => Ok(PolicySpec::Exit(count(arg)?)),
+            ("laco", _) => Ok(PolicySpec::Laco(count(arg)?)),
+            ("mindskip", _) => Ok(PolicySpec::MindSkip(threshold(arg)?)),
             _ => Err(bad()),
         }
     }
@@ -92,6 +100,9 @@ impl std::fmt::Display for PolicySpec {
             }
             PolicySpec::Prune(k) => write!(f, "prune:{k}"),
             PolicySpec::Exit(l) => write!(f, "exit:{l}"),
+            PolicySpec::Laco(k) => write!(f, "laco:{k}"),
+            PolicySpec::MindSkip(Some(t)) => write!(f, "mindskip:{t}"),
+            PolicySpec::MindSkip(None) => write!(f, "mindskip"),
         }
     }
 }
@@ -99,13 +110,17 @@ impl std::fmt::Display for PolicySpec {
 impl PolicySpec {
     /// Whether the policy needs routers on the model.
     pub fn needs_routers(&self) -> bool {
-        matches!(self, PolicySpec::Flexi { .. } | PolicySpec::Skip)
+        matches!(
+            self,
+            PolicySpec::Flexi { .. } | PolicySpec::Skip | PolicySpec::MindSkip(_)
+        )
     }
 
-    /// The policy for `model`; ShortGPT's choice of layers is measured on the calibration tokens `calibration`; a
-    /// FlexiDepth policy without a threshold gets the one its routers were trained with.
+    /// The policy for `model`; ShortGPT's choice of layers and LaCo's merges are measured on the calibration tokens
+    /// `calibration`; a FlexiDepth policy without a threshold gets the one its routers were trained with.
     ///
-    /// Errors: a routing policy on a model without routers, an exit or pruning beyond the model's layers.
+    /// Errors: a routing policy on a model without routers, `mindskip` on routers not trained for the attention
+    /// unit, an exit, pruning or collapse beyond the model's layers.
     pub fn build(&self, model: &Model, calibration: &[u32]) -> Result<Box<dyn DepthPolicy>> {
         if self.needs_routers() && model.routed_layers().is_empty() {
             return Err(Error::Input(format!(
@@ -130,6 +145,20 @@ impl PolicySpec {
                 )))
             }
             PolicySpec::Exit(l) => Box::new(EarlyExit { exit_after: l }),
+            PolicySpec::Laco(k) => Box::new(Laco::search(model, calibration, k, &LacoSettings::for_layers(n))?),
+            PolicySpec::MindSkip(_) if model.skip_unit() != Some(SkipUnit::Attention) => {
+                return Err(Error::Input(format!(
+                    "depth policy '{self}' needs routers trained for the attention unit (a MindSkip depth file); \
+                     these were trained for the {} unit",
+                    model.skip_unit().unwrap_or_default()
+                )))
+            }
+            PolicySpec::MindSkip(t) => Box::new(FlexiDepth {
+                unit: Some(SkipUnit::Attention),
+                skip_threshold: t.or(model.skip_threshold()),
+                gate_scaling: model.gate_scaling(),
+                ..FlexiDepth::default()
+            }),
         })
     }
 }
@@ -149,6 +178,9 @@ mod tests {
             "flexi-attn:0.3",
             "prune:4",
             "exit:12",
+            "laco:2",
+            "mindskip",
+            "mindskip:0.4",
         ] {
             assert_eq!(s.parse::<PolicySpec>().unwrap().to_string(), s);
         }
@@ -162,6 +194,9 @@ mod tests {
             "exit:a",
             "ful",
             "full:1",
+            "laco",
+            "laco:x",
+            "mindskip:1.5",
         ] {
             assert!(bad.parse::<PolicySpec>().is_err(), "{bad}");
         }

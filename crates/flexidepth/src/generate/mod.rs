@@ -3,6 +3,7 @@
 //! generated token on, and time to first token.
 
 pub mod sampler;
+pub mod speculative;
 pub mod stream;
 
 use crate::cache::KvCache;

@@ -141,6 +141,13 @@ fn plan_layer(
         };
         match plan {
             LayerPlan::Exit => live.iter().for_each(|&i| exited[i] = true),
+            LayerPlan::Replaced(_) => {
+                return Err(Error::Unsupported(format!(
+                    "layer {}: a policy that replaces a layer's weights (LaCo) in a batch of rows; \
+                     run one sequence at a time",
+                    layer.layer_idx
+                )))
+            }
             LayerPlan::Absent => live
                 .iter()
                 .for_each(|&i| plans[i].layers.push(record(RecordKind::Absent, None))),

@@ -54,7 +54,7 @@ impl DecoderLayer {
     /// into `cache`; without a cache (a fresh pass from position 0, as training runs) the rows attend over their own
     /// K/V. `normed` is `input_layernorm(x)` when the policy already computed it.
     ///
-    /// Errors: [`LayerPlan::Absent`] and [`LayerPlan::Exit`] are the caller's to handle; a plan whose rows or gates
+    /// Errors: [`LayerPlan::Absent`], [`LayerPlan::Exit`] and [`LayerPlan::Replaced`] are the caller's to handle; a plan whose rows or gates
     /// do not match `x`, or an adapter step on a layer without an adapter, is an input error.
     pub fn forward(
         &self,
@@ -98,8 +98,8 @@ impl DecoderLayer {
                 };
                 self.forward_rows(ops, x, &u, ctx, cache, steps, scale)
             }
-            LayerPlan::Absent | LayerPlan::Exit => Err(Error::Input(format!(
-                "layer {}: an absent layer is not executed",
+            LayerPlan::Absent | LayerPlan::Exit | LayerPlan::Replaced(_) => Err(Error::Input(format!(
+                "layer {}: an absent or replaced layer is not executed here (the caller runs it)",
                 self.layer_idx
             ))),
         }

@@ -393,7 +393,7 @@ impl Model {
                     break;
                 }
                 LayerPlan::Absent => (RecordKind::Absent, None),
-                LayerPlan::Full => (RecordKind::Full, None),
+                LayerPlan::Full | LayerPlan::Replaced(_) => (RecordKind::Full, None),
                 LayerPlan::Rows { steps, gates: g, .. } => {
                     if let Some(g) = g {
                         gates.push(g.tensor.clone());
@@ -401,8 +401,12 @@ impl Model {
                     (RecordKind::Rows(steps.clone()), g.as_ref().map(|g| g.values.clone()))
                 }
             };
-            if !matches!(layer_plan, LayerPlan::Absent) {
-                x = layer.forward(ops, &x, normed, ctx, cache.as_deref_mut(), &layer_plan)?;
+            match &layer_plan {
+                LayerPlan::Absent => {}
+                LayerPlan::Replaced(other) => {
+                    x = other.forward(ops, &x, None, ctx, cache.as_deref_mut(), &LayerPlan::Full)?
+                }
+                _ => x = layer.forward(ops, &x, normed, ctx, cache.as_deref_mut(), &layer_plan)?,
             }
             plan.layers.push(LayerRecord {
                 layer_idx: layer.layer_idx,

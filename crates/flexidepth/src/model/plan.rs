@@ -14,8 +14,9 @@
 //!             Skip      nothing: the residual passes through
 //! ```
 //!
-//! A whole layer can also be [`LayerPlan::Absent`] (no compute and no K/V: a pruned layer) or
-//! [`LayerPlan::Exit`] (this layer and every later one are not run; the final norm and head follow).
+//! A whole layer can also be [`LayerPlan::Absent`] (no compute and no K/V: a pruned layer),
+//! [`LayerPlan::Exit`] (this layer and every later one are not run; the final norm and head follow) or
+//! [`LayerPlan::Replaced`] (another layer's weights run in its place: a merged layer).
 
 use super::layer::DecoderLayer;
 use crate::error::Result;
@@ -202,6 +203,9 @@ pub enum LayerPlan {
     Absent,
     /// Neither this layer nor any later one runs; the pass goes to the final norm and head (early exit).
     Exit,
+    /// Every row runs, unchanged, a layer of other weights in this layer's place, writing K/V under this layer's
+    /// index (LaCo's merged layer, `crate::depth::laco`). Costs are counted as this layer's.
+    Replaced(std::sync::Arc<DecoderLayer>),
     /// A step per row, with the router's gates when it has them.
     Rows {
         steps: Vec<RowStep>,
