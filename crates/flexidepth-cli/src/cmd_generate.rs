@@ -147,7 +147,10 @@ pub fn run(args: Args) -> Result<()> {
     let (files, mut model) = args.model.load()?;
     let depth = args.depth.apply(&mut model)?;
     let routed = !model.routed_layers().is_empty();
-    let dmtd = args.dmtd.apply(&mut model, files.dmtd)?.map(|l| args.dmtd_decode.options(l));
+    let dmtd = args
+        .dmtd
+        .apply(&mut model, files.dmtd)?
+        .map(|l| args.dmtd_decode.options(l));
     if dmtd.is_some() && routed {
         bail!("--dmtd decodes the base model: it does not combine with routers (--depth or a FlexiDepth model)");
     }

@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_known_layout() {
-        assert!(resolve(3, None, None, None, 30).is_err(), "D is required without a layout");
+        assert!(
+            resolve(3, None, None, None, 30).is_err(),
+            "D is required without a layout"
+        );
         let known = DmtdLayout::new(30, 1, 6, 4).unwrap();
         let l = resolve(3, None, None, Some(known), 30).unwrap();
         assert_eq!((l.num_encoding_layers, l.num_decoding_layers), (1, 6));
