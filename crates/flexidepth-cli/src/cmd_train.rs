@@ -401,13 +401,18 @@ fn train_loop(trainer: &mut Trainer, resume: bool, total_steps: usize) -> Result
     }
     let s = trainer.state();
     let out = &trainer.config.out;
-    eprintln!(
-        "{} steps, {} tokens in {:.1} s of training: {:.1} tokens/s",
-        s.global_step,
-        s.tokens_seen,
-        s.elapsed_s,
-        s.tokens_seen as f64 / s.elapsed_s.max(1e-9)
-    );
+    if s.global_step > 0 {
+        eprintln!(
+            "{} steps, {} tokens in {:.1} s of training: {:.1} tokens/s",
+            s.global_step,
+            s.tokens_seen,
+            s.elapsed_s,
+            s.tokens_seen as f64 / s.elapsed_s.max(1e-9)
+        );
+    } else {
+        // Only local stages (local fit, router start): their own lines above give tokens and time.
+        eprintln!("no gradient steps (local stages only), {:.1} s", s.elapsed_s);
+    }
     match outcome {
         Outcome::Finished => eprintln!(
             "wrote {} (log {}, curves {})",
