@@ -198,15 +198,19 @@ fn runners(
         .map(|c| match c {
             BenchConfig::Policy(spec) => Ok(Runner::Policy(spec.build(model, &ids[..ids.len().min(256)])?)),
             BenchConfig::Dmtd(tau, history) => {
-                let dmtd = crate::dmtd_args::DmtdArgs {
-                    tau: Some(*tau),
-                    decoding_layers: args.dmtd_decoding_layers,
-                    encoding_layers: args.dmtd_encoding_layers,
+                let layout = crate::dmtd_args::resolve(
+                    *tau,
+                    args.dmtd_decoding_layers,
+                    args.dmtd_encoding_layers,
+                    files.dmtd,
+                    model.config.num_hidden_layers,
+                )?;
+                // The prefill convention does not change a decode step's cost.
+                Ok(Runner::Dmtd(flexidepth::dmtd::DmtdOptions {
+                    layout,
+                    prefill: flexidepth::dmtd::Prefill::default(),
                     history: *history,
-                    ..Default::default()
-                };
-                let opts = dmtd.options(model.config.num_hidden_layers, files.dmtd)?;
-                Ok(Runner::Dmtd(opts.expect("--dmtd was given")))
+                }))
             }
         })
         .collect()

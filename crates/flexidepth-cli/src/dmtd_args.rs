@@ -82,7 +82,7 @@ impl DmtdArgs {
 
 /// The layout of cycle length `tau`: D and E from the flags, else from `known` (the weights file's or the model
 /// config's layout); E defaults to 0.
-fn resolve(
+pub fn resolve(
     tau: usize,
     decoding: Option<usize>,
     encoding: Option<usize>,

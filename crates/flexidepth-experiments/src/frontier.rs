@@ -205,7 +205,7 @@ pub fn spec_points(
     model: &Model,
     specs: &[PolicySpec],
     calibration: &[u32],
-    heldout: &[Vec<u32>],
+    heldout: &FullReference,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<FrontierPoint>> {
     let n = model.layers.len();
@@ -222,7 +222,7 @@ pub fn spec_points(
             _ => None,
         };
         let policy = spec.build(model, calibration)?;
-        let heldout = depth_quality(model, heldout, policy.as_ref())?;
+        let heldout = depth_quality_vs(model, heldout, policy.as_ref())?;
         progress(&format!(
             "{spec}: held-out {:.2} layers/token, ppl ratio {:.4}",
             heldout.mean_layers, heldout.ppl_ratio
