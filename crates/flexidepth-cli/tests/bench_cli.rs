@@ -4,21 +4,77 @@ mod common;
 
 use common::{flexidepth, text};
 
+/// `bench` with the adapters folder pointed at `dir` (an empty one: no shipped adapter, so fresh routers).
+fn bench_with_adapters(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flexidepth"))
+        .arg("bench")
+        .args(args)
+        .env("FLEXIDEPTH_ADAPTERS", dir)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn flexi_rows_use_the_shipped_adapter_unless_there_is_none() {
+    let args = ["-p", "0", "-n", "2", "-r", "1", "--configs", "full,skip", "-o", "json"];
+    // The repository's adapters/shipped.toml names SmolLM2's FFN-unit adapter: a skipped FFN counts as the share
+    // of the layer's bytes it does not read, so skipping every routed layer leaves between 15 and 30 layers.
+    let out = flexidepth(&[&["bench"][..], &args[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("using the shipped adapter"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skip = rows.as_array().unwrap().iter().find(|r| r["config"] == "skip").unwrap();
+    let layers = skip["layers_per_token"].as_f64().unwrap();
+    assert!(layers > 15.0 && layers < 30.0, "{layers}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = bench_with_adapters(empty.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("freshly initialised routers"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skip = rows.as_array().unwrap().iter().find(|r| r["config"] == "skip").unwrap();
+    assert_eq!(skip["layers_per_token"], 15.0, "fresh routers skip whole layers");
+
+    std::fs::write(
+        empty.path().join("shipped.toml"),
+        "[smollm2-135m-instruct]\ndepth = \"missing.safetensors\"\n",
+    )
+    .unwrap();
+    let out = bench_with_adapters(empty.path(), &args);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("which is not a file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn bench_rows_and_formats() {
-    let out = flexidepth(&[
-        "bench",
-        "-p",
-        "16",
-        "-n",
-        "4",
-        "-r",
-        "2",
-        "--configs",
-        "full,flexi:0.5,skip,prune:3",
-        "-o",
-        "json",
-    ]);
+    // Fresh routers (no shipped adapter): whole-layer skipping, so `skip` runs exactly the 15 unrouted layers.
+    let no_adapters = tempfile::tempdir().unwrap();
+    let out = bench_with_adapters(
+        no_adapters.path(),
+        &[
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "2",
+            "--configs",
+            "full,flexi:0.5,skip,prune:3",
+            "-o",
+            "json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
