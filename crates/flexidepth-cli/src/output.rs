@@ -27,11 +27,15 @@ pub fn check_output_path(flag: &str, path: &std::path::Path) -> anyhow::Result<(
         anyhow::bail!("{flag} {}: not a usable file name", path.display());
     }
     if !parent.is_dir() {
-        anyhow::bail!(
-            "{flag} {}: the folder {} does not exist",
-            path.display(),
-            parent.display()
-        );
+        let why = if parent.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        anyhow::bail!("{flag} {}: {} {why}", path.display(), parent.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!("{flag} {}: is a folder, not a file", path.display());
     }
     Ok(())
 }

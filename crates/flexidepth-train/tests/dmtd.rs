@@ -46,7 +46,9 @@ fn loop_reference(model: &Model, ids: &[u32], layout: &DmtdLayout) -> Tensor {
         };
         let e = run(model.embed(&[id]).unwrap(), layout.encoding());
         let t = run(e.clone(), layout.thinking());
-        let s0 = if p % layout.mtp_horizon == 0 {
+        let s0 = if layout.mtp_horizon == 1 {
+            t // τ = 1: the base model (the decoder's convention)
+        } else if p % layout.mtp_horizon == 0 {
             (&e + &t).unwrap()
         } else {
             e
@@ -77,7 +79,14 @@ fn cyclical_forward_equals_a_loop_over_positions() {
             let want = Tensor::cat(&[loop_reference(&m, a, &layout), loop_reference(&m, b, &layout)], 0).unwrap();
             assert!(max_abs_diff(&got, &want) < 1e-4, "{arch:?} packed");
         }
-        // The masking matters: with τ = 2 the non-head rows differ from full depth.
+        // τ = 1 is full depth exactly; with τ = 2 the non-head rows differ from it.
+        let full = m
+            .forward_ops(&Fused, &IDS, None, flexidepth::model::Logits::All, &FullDepth)
+            .unwrap()
+            .logits;
+        let one = DmtdLayout::new(3, 0, 1, 1).unwrap();
+        let pass = cyclical_forward(&m, &Fused, &Fused, &[&IDS], &one).unwrap();
+        assert!(max_abs_diff(&m.head(&Fused, &pass.hidden).unwrap(), &full) < 1e-5);
         let layout = DmtdLayout::new(3, 0, 1, 2).unwrap();
         let cyc = m
             .head(

@@ -1,5 +1,5 @@
 //! The adapters shipped with this repository, by model short name (`adapters/shipped.toml`): what `bench`'s flexi
-//! rows and `study` use when no `--depth` is given, so that every figure we quote runs on the adapter we ship.
+//! rows use when no `--depth` is given, so that every figure we quote runs on the adapter we ship.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -29,9 +29,17 @@ pub fn adapters_dir() -> PathBuf {
 /// model has no entry.
 ///
 /// # Errors
-/// [`Error::Input`] when the index cannot be read or parsed, or names a file that does not exist.
+/// [`Error::Input`] when `$FLEXIDEPTH_ADAPTERS` is set to something that is not a folder, or the index cannot be
+/// read or parsed, or names a file that does not exist.
 pub fn shipped_depth(model: &str) -> Result<Option<PathBuf>> {
-    shipped_depth_in(&adapters_dir(), model)
+    let dir = adapters_dir();
+    if std::env::var_os("FLEXIDEPTH_ADAPTERS").is_some() && !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "FLEXIDEPTH_ADAPTERS={} is not a folder",
+            dir.display()
+        )));
+    }
+    shipped_depth_in(&dir, model)
 }
 
 /// [`shipped_depth`] with the adapters folder given.

@@ -6,7 +6,8 @@
 //! s  = layers[E+T : E+T+D](s0)          logits = lm_head(norm(s)) at every position
 //! ```
 //!
-//! Every attention is plain causal. `p` is the index of the row **within its own sequence**: sequences packed into
+//! At τ = 1 the pass is the base model (`s0 = t`), the convention of cyclical decoding (`decode.rs`), so that
+//! teacher-forced τ = 1 equals full depth. Every attention is plain causal. `p` is the index of the row **within its own sequence**: sequences packed into
 //! one pass ([`ForwardCtx::packed`]) each attend only over themselves and each start a cycle at their first row
 //! (the spec's [I] packing reading — the packed row's index — would make a sample's phase depend on what was packed
 //! before it; ours equals one pass per sequence). The teacher-forced quality of cyclical decoding is measured with
@@ -70,7 +71,12 @@ pub fn cyclical_forward(
     let e = run(frozen, model.embed(&ids)?, layout.encoding())?;
     let t = run(frozen, e.clone(), layout.thinking())?;
     let m = Tensor::from_vec(head_indicator(layout, &lens), (ids.len(), 1), t.device())?.to_dtype(t.dtype())?;
-    let s0 = (e + t.broadcast_mul(&m)?)?;
+    // τ = 1 is the base model, as in decoding (`decode.rs`): no late-only row, so the head does not re-add e.
+    let s0 = if layout.mtp_horizon > 1 {
+        (e + t.broadcast_mul(&m)?)?
+    } else {
+        t.clone()
+    };
     let hidden = run(decoding, s0, layout.decoding())?;
     Ok(CyclicalPass { hidden, thinking: t })
 }
