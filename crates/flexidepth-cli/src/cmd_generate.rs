@@ -86,7 +86,7 @@ pub struct Args {
     pub stop: Vec<String>,
     /// Self-speculative decoding (LayerSkip): draft with an early exit after this many layers, verify at full
     /// depth; the output equals greedy full depth (exactly in f32; on quantized weights the k+1-row verification
-    /// rounds differently from one-row decoding, so a near-tie can go the other way). Greedy only; ignores --policy.
+    /// rounds differently from one-row decoding, so a near-tie can go the other way). Greedy only.
     #[arg(long, value_name = "L", conflicts_with = "tau")]
     pub self_speculative: Option<usize>,
     /// Tokens drafted per cycle with --self-speculative.
