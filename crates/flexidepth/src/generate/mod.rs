@@ -238,17 +238,7 @@ pub(crate) fn run_loop(
     mut tracer: Option<TraceBuilder>,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
-    if prompt_ids.is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
-    }
-    let context = model.config.max_position_embeddings;
-    if prompt_ids.len() >= context {
-        return Err(Error::ContextOverflow {
-            tokens: prompt_ids.len(),
-            context,
-        });
-    }
-    opts.sampling.validate()?;
+    check_request(model, prompt_ids, opts)?;
     if opts.max_new_tokens == 0 {
         // Nothing to generate: the prompt is not even computed (llama.cpp's `-n 0`).
         return Ok(Generation {
@@ -340,4 +330,20 @@ pub(crate) fn run_loop(
         text,
         trace: tracer.map(|t| t.trace),
     })
+}
+
+/// What every decode loop refuses up front: an empty prompt, a prompt that fills the context window
+/// ([`Error::ContextOverflow`]), sampling values out of their domain.
+pub(crate) fn check_request(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<()> {
+    if prompt_ids.is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt_ids.len() >= context {
+        return Err(Error::ContextOverflow {
+            tokens: prompt_ids.len(),
+            context,
+        });
+    }
+    opts.sampling.validate()
 }

@@ -124,17 +124,7 @@ pub fn generate_self_speculative(
     if spec.draft_tokens == 0 {
         return Err(Error::Input("self-speculative: draft at least one token".into()));
     }
-    if prompt_ids.is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
-    }
-    let context = model.config.max_position_embeddings;
-    if prompt_ids.len() >= context {
-        return Err(Error::ContextOverflow {
-            tokens: prompt_ids.len(),
-            context,
-        });
-    }
-    opts.sampling.validate()?;
+    super::check_request(model, prompt_ids, opts)?;
     let mut em = Emitter {
         tokenizer,
         opts,
