@@ -91,18 +91,24 @@ pub struct BlockQ8 {
     pub qs: [i8; QK],
 }
 
+/// The 8-bit activation scale `d = max|x| / 127` of one block of `chunk`, and `1/d` (0 for an all-zero block):
+/// shared by the Q8_0 and Q8_K quantizers. `f32::max` drops NaN, so a non-finite activation (corrupt weights
+/// upstream) would quantize to zeros and vanish; a NaN scale instead carries it through the product to the logits,
+/// where it is refused.
+pub(crate) fn q8_scale(chunk: &[f32]) -> (f32, f32) {
+    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = if chunk.iter().all(|v| v.is_finite()) {
+        amax / 127.0
+    } else {
+        f32::NAN
+    };
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
 /// Quantize `x` (a multiple of 32 long) into `out`, one block per 32 values, round-to-nearest.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        // `f32::max` drops NaN, so a non-finite activation (corrupt weights upstream) would quantize to zeros and
-        // vanish; a NaN scale instead carries it through the product to the logits, where it is refused.
-        let d = if chunk.iter().all(|v| v.is_finite()) {
-            amax / 127.0
-        } else {
-            f32::NAN
-        };
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (d, inv) = q8_scale(chunk);
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(chunk) {
             *q = (v * inv).round() as i8;

@@ -43,13 +43,7 @@ impl Default for BlockQ8K {
 /// away).
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
     for (chunk, block) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = if chunk.iter().all(|v| v.is_finite()) {
-            amax / 127.0
-        } else {
-            f32::NAN
-        };
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (d, inv) = super::blocks::q8_scale(chunk);
         for (q, &v) in block.qs.iter_mut().zip(chunk) {
             *q = (v * inv).round() as i8;
         }
