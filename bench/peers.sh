@@ -16,11 +16,15 @@ usage() {
     cat <<EOF
 usage: bench/peers.sh [options]
 
-  -m, --model PATH     GGUF file (default: \$FLEXIDEPTH_BENCH_MODEL or
-                       ~/.cache/flexidepth/smollm2-135m-instruct.Q4_1.gguf)
+  -m, --model LIST     GGUF file(s), comma-separated, all run in the same interleaved rounds (default:
+                       \$FLEXIDEPTH_BENCH_MODEL, else both default models in ~/.cache/flexidepth:
+                       smollm2-135m-instruct.Q4_1.gguf,qwen2.5-coder-0.5b-instruct.gguf)
   -t, --threads T      threads for every engine (default: \$THREADS or 2)
   -p, --prompt P       prompt tokens for the pp test (default: 512)
   -n, --gen N          generated tokens for the tg test (default: 128)
+  -b, --batch LIST     batched decode: sequences decoded together, llama-batched-bench style (aggregate
+                       tokens/s; default 1,2,4,8,16; "none" skips it)
+      --batch-prompt P prompt tokens per sequence of the batched test (default: 128)
   -r, --reps R         repetitions per run, after one warm-up (default: 5)
       --rounds K       interleaved rounds (default: 3)
   -e, --engines LIST   comma-separated subset of llama,flexidepth,torch (default: all three)
@@ -40,7 +44,10 @@ EOF
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${FLEXIDEPTH_BENCH_DIR:-$HOME/.cache/flexidepth/bench}"
-MODEL="${FLEXIDEPTH_BENCH_MODEL:-$HOME/.cache/flexidepth/smollm2-135m-instruct.Q4_1.gguf}"
+CACHE="${FLEXIDEPTH_CACHE:-$HOME/.cache/flexidepth}"
+MODELS="${FLEXIDEPTH_BENCH_MODEL:-$CACHE/smollm2-135m-instruct.Q4_1.gguf,$CACHE/qwen2.5-coder-0.5b-instruct.gguf}"
+BATCH="1,2,4,8,16"
+BATCH_P=128
 THREADS="${THREADS:-2}"
 P=512
 N=128
@@ -60,7 +67,9 @@ read -r -a TORCH_REQS <<<"${TORCH_REQS:-torch==2.15.0 transformers==5.24.0 gguf=
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        -m | --model) MODEL="$2"; shift 2 ;;
+        -m | --model) MODELS="$2"; shift 2 ;;
+        -b | --batch) BATCH="$2"; shift 2 ;;
+        --batch-prompt) BATCH_P="$2"; shift 2 ;;
         -t | --threads) THREADS="$2"; shift 2 ;;
         -p | --prompt) P="$2"; shift 2 ;;
         -n | --gen) N="$2"; shift 2 ;;
@@ -83,28 +92,51 @@ want() { [[ ",$ENGINES," == *",$1,"* ]]; }
 for e in ${ENGINES//,/ }; do
     case "$e" in llama | flexidepth | torch) ;; *) die "unknown engine '$e' (llama, flexidepth, torch)" ;; esac
 done
-[[ -f "$MODEL" ]] || die "model not found: $MODEL (scripts/fetch-models.sh fetches the default one)"
-MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")"
+MODEL_PATHS=()
+for m in ${MODELS//,/ }; do
+    [[ -f "$m" ]] || die "model not found: $m (scripts/fetch-models.sh fetches the default ones)"
+    MODEL_PATHS+=("$(cd "$(dirname "$m")" && pwd)/$(basename "$m")")
+done
+((${#MODEL_PATHS[@]} > 0)) || die "no model given"
+[[ "$BATCH" == none || "$BATCH" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] ||
+    die "--batch: a comma-separated list of positive sizes, or none (got '$BATCH')"
+[[ "$BATCH_P" =~ ^[1-9][0-9]*$ ]] || die "--batch-prompt: a positive number of tokens (got '$BATCH_P')"
 mkdir -p "$BENCH_DIR"
 
 LLAMA_SRC="$BENCH_DIR/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
 LLAMA_BENCH="$LLAMA_SRC/build/bin/llama-bench"
+LLAMA_BATCHED_BENCH="$LLAMA_SRC/build/bin/llama-batched-bench"
+TOOLS_VENV="$BENCH_DIR/tools"
 VENV="$BENCH_DIR/venv"
 FLEXIDEPTH="$REPO/target/release/flexidepth"
 
-# ---------------------------------------------------------------- llama.cpp (llama-bench)
-setup_llama() {
-    if [[ -x "$LLAMA_BENCH" ]]; then
-        log "llama-bench present: $LLAMA_BENCH"
+# ---------------------------------------------------------------- llama.cpp (llama-bench, llama-batched-bench)
+# Build tools come as binary wheels into their own venv (cmake, ninja, scikit-build-core: seconds), and the sdist is
+# downloaded with --no-build-isolation against them: without that, pip builds the sdist's build requirements from
+# source to read its metadata, which bootstrapped cmake for 30+ minutes on a fresh machine.
+setup_build_tools() {
+    if [[ -x "$TOOLS_VENV/bin/cmake" && -x "$TOOLS_VENV/bin/ninja" ]]; then
         return
     fi
+    log "installing cmake, ninja and scikit-build-core (binary wheels) into $TOOLS_VENV"
+    [[ -x "$TOOLS_VENV/bin/python" ]] || "$PYTHON" -m venv "$TOOLS_VENV"
+    "$TOOLS_VENV/bin/python" -m pip install -q --only-binary :all: cmake ninja scikit-build-core ||
+        die "could not install the build tools into $TOOLS_VENV"
+}
+
+setup_llama() {
+    if [[ -x "$LLAMA_BENCH" && -x "$LLAMA_BATCHED_BENCH" ]]; then
+        log "llama-bench and llama-batched-bench present in $LLAMA_SRC/build/bin"
+        return
+    fi
+    setup_build_tools
     local dl="$BENCH_DIR/dl"
     local sdist="$dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
     if [[ ! -f "$sdist" ]]; then
         log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist from PyPI"
         mkdir -p "$dl"
-        "$PYTHON" -m pip download -q --no-deps --no-binary :all: \
-            "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$dl"
+        "$TOOLS_VENV/bin/python" -m pip download -q --no-deps --no-build-isolation \
+            --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$dl"
         [[ -f "$sdist" ]] || die "pip download did not produce $sdist"
     fi
     if [[ ! -f "$LLAMA_SRC/CMakeLists.txt" ]]; then
@@ -113,19 +145,32 @@ setup_llama() {
         tar -xzf "$sdist" -C "$BENCH_DIR/src"
         [[ -f "$LLAMA_SRC/CMakeLists.txt" ]] || die "no vendor/llama.cpp in $sdist"
     fi
-    command -v cmake >/dev/null || die "cmake is missing (apt-get install -y cmake)"
-    log "building llama-bench (Release, GGML_NATIVE=ON, CPU only); this takes several minutes"
+    # The CPU's own instruction sets, as -march=native would pick them, except AMX: a VM may list AMX in cpuid
+    # without the kernel granting its tile state, and ggml's AMX matmul then dies with SIGILL (seen here).
+    local isa_flags=(-DGGML_NATIVE=OFF) f opt
+    local flags
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    for f in avx:AVX avx2:AVX2 bmi2:BMI2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 \
+        avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+        opt=OFF
+        [[ "$flags" == *" ${f%%:*} "* ]] && opt=ON
+        isa_flags+=("-DGGML_${f#*:}=$opt")
+    done
+    isa_flags+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+    log "building llama-bench and llama-batched-bench (Release, CPU only, ${isa_flags[*]}); this takes minutes"
     local t0=$SECONDS
     # The sdist keeps the submodule's .git, so build-info picks up the llama.cpp commit.
-    cmake -S "$LLAMA_SRC" -B "$LLAMA_SRC/build" -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF \
+    "$TOOLS_VENV/bin/cmake" -S "$LLAMA_SRC" -B "$LLAMA_SRC/build" -G Ninja \
+        -DCMAKE_MAKE_PROGRAM="$TOOLS_VENV/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
+        "${isa_flags[@]}" -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
         -DLLAMA_BUILD_APP=OFF -Wno-dev >"$BENCH_DIR/llama-cmake.log" 2>&1 ||
         die "cmake configure failed, see $BENCH_DIR/llama-cmake.log"
-    cmake --build "$LLAMA_SRC/build" --target llama-bench -j "$(nproc)" >"$BENCH_DIR/llama-build.log" 2>&1 ||
-        die "llama-bench build failed, see $BENCH_DIR/llama-build.log"
-    [[ -x "$LLAMA_BENCH" ]] || die "build finished but $LLAMA_BENCH is missing"
-    log "llama-bench built in $((SECONDS - t0)) s"
+    "$TOOLS_VENV/bin/cmake" --build "$LLAMA_SRC/build" --target llama-bench llama-batched-bench \
+        -j "$(nproc)" >"$BENCH_DIR/llama-build.log" 2>&1 ||
+        die "llama.cpp build failed, see $BENCH_DIR/llama-build.log"
+    [[ -x "$LLAMA_BENCH" && -x "$LLAMA_BATCHED_BENCH" ]] || die "build finished but the binaries are missing"
+    log "llama.cpp tools built in $((SECONDS - t0)) s"
 }
 
 llama_build() {
@@ -169,6 +214,7 @@ if [[ $SETUP_ONLY == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- provenance
+# One folder per model under the run's folder: its meta.txt and round<k>-<engine>.json (bench/summarize.py reads it).
 RUN_DIR="$BENCH_DIR/runs/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RUN_DIR"
 fd_commit="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -179,35 +225,53 @@ lscpu_field() { lscpu 2>/dev/null | sed -n "s/^$1:[[:space:]]*//p" | head -n1; }
 cpu="$(lscpu_field 'Model name')"
 cores="$(($(lscpu_field 'Core(s) per socket') * $(lscpu_field 'Socket(s)'))) cores x $(lscpu_field 'Thread(s) per core') thread(s)/core"
 isa="$(lscpu_field Flags | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_vnni|avx512_bf16|avx512_fp16|amx_tile' | paste -sd' ' -)"
-{
-    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "machine=${cpu:-unknown}"
-    echo "cpus=$(nproc) CPUs usable, $cores; ${isa:-no AVX2}"
-    echo "mem=$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
-    echo "flexidepth_commit=$fd_commit"
-    want llama && echo "llama_build=$(llama_build)"
-    echo "model=$(basename "$MODEL")"
-    echo "model_sha256=$(sha256sum "$MODEL" | cut -c1-16)"
-    echo "threads=$THREADS"
-    echo "n_prompt=$P"
-    echo "n_gen=$N"
-    echo "reps=$R"
-    echo "rounds=$ROUNDS"
-    echo "engines=$ENGINES"
-    echo "flexidepth_args=--dtype $FD_DTYPE --configs $FD_CONFIGS"
-} >"$RUN_DIR/meta.txt"
+model_dir() { local b; b="$(basename "$1")"; echo "$RUN_DIR/${b%.gguf}"; }
+for model in "${MODEL_PATHS[@]}"; do
+    mkdir -p "$(model_dir "$model")"
+    {
+        echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "machine=${cpu:-unknown}"
+        echo "cpus=$(nproc) CPUs usable, $cores; ${isa:-no AVX2}"
+        echo "mem=$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
+        echo "flexidepth_commit=$fd_commit"
+        want llama && echo "llama_build=$(llama_build)"
+        echo "model=$(basename "$model")"
+        echo "model_sha256=$(sha256sum "$model" | cut -c1-16)"
+        echo "threads=$THREADS"
+        echo "n_prompt=$P"
+        echo "n_gen=$N"
+        echo "reps=$R"
+        echo "rounds=$ROUNDS"
+        echo "engines=$ENGINES"
+        echo "batch=$BATCH"
+        echo "batch_prompt=$BATCH_P"
+        echo "flexidepth_args=--dtype $FD_DTYPE --configs $FD_CONFIGS"
+    } >"$(model_dir "$model")/meta.txt"
+done
 log "results go to $RUN_DIR"
 
 # ---------------------------------------------------------------- the interleaved rounds
+# run_<engine> OUT MODEL: pp and tg; run_<engine>_batched OUT MODEL: aggregate decode of $BATCH sequences.
 run_llama() {
-    "$LLAMA_BENCH" -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r "$R" -o json >"$1" 2>"$1.log"
+    "$LLAMA_BENCH" -m "$2" -t "$THREADS" -p "$P" -n "$N" -r "$R" -o json >"$1" 2>"$1.log"
+}
+run_llama_batched() {
+    local max_b
+    max_b="$(tr ',' '\n' <<<"$BATCH" | sort -n | tail -n1)"
+    # One sequence per batch slot, each with its own prompt (no -pps), decoded together; -c holds them all.
+    "$LLAMA_BATCHED_BENCH" -m "$2" -t "$THREADS" -tb "$THREADS" -c $((max_b * (BATCH_P + N) + 64)) \
+        -b 2048 -ub 512 -npp "$BATCH_P" -ntg "$N" -npl "$BATCH" --output-format jsonl >"$1" 2>"$1.log"
 }
 run_flexidepth() {
-    "$FLEXIDEPTH" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" --dtype "$FD_DTYPE" \
+    "$FLEXIDEPTH" bench -m "$2" -p "$P" -n "$N" -r "$R" -t "$THREADS" --dtype "$FD_DTYPE" \
         --configs "$FD_CONFIGS" -o json >"$1" 2>"$1.log"
 }
+run_flexidepth_batched() {
+    "$FLEXIDEPTH" bench -m "$2" -p "$BATCH_P" -n "$N" -r 1 -t "$THREADS" --dtype "$FD_DTYPE" \
+        --configs full -b "$BATCH" -o json >"$1" 2>"$1.log"
+}
 run_torch() {
-    "$VENV/bin/python" "$REPO/bench/torch_bench.py" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" >"$1" 2>"$1.log"
+    "$VENV/bin/python" "$REPO/bench/torch_bench.py" -m "$2" -p "$P" -n "$N" -r "$R" -t "$THREADS" >"$1" 2>"$1.log"
 }
 
 # Idle percentage of all CPUs over 2 s, from /proc/stat (fields: user nice system idle iowait ...).
@@ -219,35 +283,52 @@ cpu_idle_pct() {
     for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
     if ((tot > 0)); then echo $((100 * (b[4] - a[4] + b[5] - a[5]) / tot)); else echo 100; fi
 }
+# wait_idle LABEL META: wait for idle CPUs; a run started busy is noted in META.
 wait_idle() {
     ((IDLE_WAIT > 0)) || return 0
     local t0=$SECONDS idle
     while idle=$(cpu_idle_pct) && ((idle < IDLE_MIN)); do
         if ((SECONDS - t0 >= IDLE_WAIT)); then
             log "CPUs still busy (${idle}% idle) after ${IDLE_WAIT} s; running anyway"
-            echo "busy_run=$1 (${idle}% idle)" >>"$RUN_DIR/meta.txt"
+            echo "busy_run=$1 (${idle}% idle)" >>"$2"
             return 0
         fi
         log "CPUs busy (${idle}% idle): waiting"
         sleep 3
     done
 }
+# run_one FUNCTION OUT MODEL LABEL
+run_one() {
+    local t0=$SECONDS
+    log "$4"
+    wait_idle "$(basename "$2")" "$(dirname "$2")/meta.txt"
+    if ! "$1" "$2" "$3"; then
+        log "$4 failed (see $2.log); its result is left out"
+        mv "$2" "$2.failed" 2>/dev/null || true
+        return 0
+    fi
+    log "  done in $((SECONDS - t0)) s"
+}
 
 for ((k = 1; k <= ROUNDS; k++)); do
-    for e in llama flexidepth torch; do
-        want "$e" || continue
-        out="$RUN_DIR/round$k-$e.json"
-        log "round $k/$ROUNDS: $e"
-        wait_idle "round$k-$e"
-        t0=$SECONDS
-        if ! "run_$e" "$out"; then
-            log "$e failed in round $k (see $out.log); its result is left out"
-            mv "$out" "$out.failed" 2>/dev/null || true
-            continue
-        fi
-        log "  done in $((SECONDS - t0)) s"
+    for model in "${MODEL_PATHS[@]}"; do
+        dir="$(model_dir "$model")"
+        for e in llama flexidepth torch; do
+            want "$e" || continue
+            run_one "run_$e" "$dir/round$k-$e.json" "$model" "round $k/$ROUNDS, $(basename "$dir"): $e"
+        done
+        [[ "$BATCH" == none ]] && continue
+        for e in llama flexidepth; do
+            want "$e" || continue
+            run_one "run_${e}_batched" "$dir/batched-round$k-$e.json" "$model" \
+                "round $k/$ROUNDS, $(basename "$dir"): $e batched ($BATCH)"
+        done
     done
 done
 
-python3 "$REPO/bench/summarize.py" "$RUN_DIR" | tee "$RUN_DIR/summary.md"
-log "raw JSON and summary.md in $RUN_DIR"
+for model in "${MODEL_PATHS[@]}"; do
+    dir="$(model_dir "$model")"
+    python3 "$REPO/bench/summarize.py" "$dir" | tee "$dir/summary.md"
+    echo
+done
+log "raw JSON and summary.md per model in $RUN_DIR"

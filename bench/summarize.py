@@ -7,6 +7,11 @@ usage: summarize.py [--per-run median|mean] RUN_DIR
            any mix of llama-bench `-o json` and flexidepth-shaped files; the round is "round<k>" in
            the file name, else the n-th file of an engine is its round n
 
+Batched decode (bench/peers.sh -b): RUN_DIR/batched-round<k>-<engine>.json, llama-batched-bench
+`--output-format jsonl` rows (pl, speed_tg) or flexidepth bench -b rows (batch; mean_tps is the
+aggregate decode tokens/s), get a second table: per batch size the aggregate decode tokens/s of each engine, its
+scaling over batch 1 and flexidepth / llama.cpp (median over rounds of the within-round ratio).
+
 Rows: one per test (pp<P>, tg<N>). Columns: per engine the median over rounds of each run's
 tokens/s (by default the median of the run's reps, which shrugs off a rep hit by another job;
 --per-run mean takes the engine's own mean), ± half the range over rounds (± the std over reps
@@ -122,6 +127,58 @@ def ratio(num_by_round, den_by_round):
     else:
         return "—"
     return f"{r:.2f}×"
+
+
+def normalize_batched(row):
+    """A batched-decode row -> (engine, batch size, aggregate decode tokens/s), or None if not one."""
+    if "speed_tg" in row and "pl" in row:  # llama-batched-bench --output-format jsonl
+        return "llama.cpp", int(row["pl"]), float(row["speed_tg"])
+    if row.get("batch") and "mean_tps" in row and row.get("config", "full") == "full":  # flexidepth bench -b
+        return row.get("engine", "flexidepth"), int(row["batch"]), float(row["mean_tps"])
+    return None
+
+
+def batched_table(run_dir):
+    """The batched-decode table of a peers.sh run folder, as markdown lines ([] without batched files)."""
+    by = {}  # (engine, batch) -> {round: aggregate tps}
+    for f in sorted(os.listdir(run_dir)):
+        m = re.fullmatch(r"batched-round(\d+)-\w+\.json", f)
+        if not m:
+            continue
+        try:
+            rows = load_json_rows(os.path.join(run_dir, f))
+        except (OSError, ValueError) as e:
+            print(f"skipping {f}: {e}", file=sys.stderr)
+            continue
+        for row in rows:
+            n = normalize_batched(row) if isinstance(row, dict) else None
+            if n:
+                by.setdefault((n[0], n[1]), {})[int(m.group(1))] = n[2]
+    if not by:
+        return []
+    engines = [e for e in ENGINE_ORDER if any(k[0] == e for k in by)]
+    sizes = sorted({k[1] for k in by})
+    header = ["batch"]
+    for e in engines:
+        header += [f"{ENGINE_NAMES.get(e, e)} tok/s", f"{ENGINE_NAMES.get(e, e)} × batch 1"]
+    both = "llama.cpp" in engines and "flexidepth" in engines
+    if both:
+        header.append("flexidepth / llama.cpp")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
+    for b in sizes:
+        cells = [str(b)]
+        for e in engines:
+            cells.append(fmt_tps(by.get((e, b), {}), 0.0))
+            cells.append(ratio(by.get((e, b), {}), by.get((e, 1), {})) if (e, 1) in by else "—")
+        if both:
+            cells.append(ratio(by.get(("flexidepth", b), {}), by.get(("llama.cpp", b), {})))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Aggregate decode tokens/s of all sequences together (each sequence its own prompt and cache), median over "
+        "rounds ± half the range; the ratios are medians over rounds of within-round ratios."
+    )
+    return lines
 
 
 def main(argv):
@@ -260,6 +317,15 @@ def main(argv):
     if ratio_cols:
         print(" Ratios: median over rounds of the within-round ratio (> 1: flexidepth faster).", end="")
     print()
+    for arg in argv:
+        if os.path.isdir(arg):
+            lines = batched_table(arg)
+            if lines:
+                print()
+                print(f"#### Batched decode ({meta.get('batch_prompt', '?')}-token prompt per sequence, "
+                      f"{meta.get('n_gen', '?')} tokens each)")
+                print()
+                print("\n".join(lines))
     return 0
 
 
