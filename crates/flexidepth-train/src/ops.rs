@@ -8,6 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::op::{Add, Mul};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
 use flexidepth::error::Result;
+use flexidepth::kernels::vexp::{exp_shifted, exp_shifted_inplace, log_sum_exp};
 use flexidepth::model::linear::Linear;
 use flexidepth::model::norm::RmsNorm;
 
@@ -219,13 +220,6 @@ struct HeadSaved {
     teacher_lse: Vec<f32>,
 }
 
-/// `log Σ exp(row)`.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-    max + sum.ln()
-}
-
 /// The contiguous f32 values of a CPU tensor.
 fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
     let t = t.contiguous()?;
@@ -283,14 +277,18 @@ impl CustomOp1 for HeadLoss {
                     .par_chunks(vocab)
                     .zip(logits.par_chunks(vocab))
                     .enumerate()
-                    .map(|(r, (t, s))| {
-                        let cross: f32 = t
-                            .iter()
-                            .zip(s)
-                            .map(|(&tv, &sv)| (tv - t_lse[r]).exp() * (tv - sv))
-                            .sum();
-                        (cross - t_lse[r] + lse[r]) as f64
-                    })
+                    .map_init(
+                        || vec![0f32; vocab],
+                        |p_t, (r, (t, s))| {
+                            exp_shifted(t, t_lse[r], p_t);
+                            let cross: f32 = p_t
+                                .iter()
+                                .zip(t.iter().zip(s))
+                                .map(|(&p, (&tv, &sv))| p * (tv - sv))
+                                .sum();
+                            (cross - t_lse[r] + lse[r]) as f64
+                        },
+                    )
                     .sum();
                 Ok((kl, t_lse))
             })?,
@@ -326,10 +324,10 @@ impl CustomOp1 for HeadLoss {
         let rows = lse.len();
         let g_p = if self.targets.is_some() { g_lm } else { 0.0 } + if self.teacher.is_some() { g_kl } else { 0.0 };
         // d/ds (Σ lm) = p − onehot; d/ds (Σ KL(t ‖ p)) = p − p_t. The logits become their gradient in place.
-        logits
-            .par_chunks_mut(vocab)
-            .enumerate()
-            .for_each(|(r, row)| row.iter_mut().for_each(|v| *v = g_p * (*v - lse[r]).exp()));
+        logits.par_chunks_mut(vocab).enumerate().for_each(|(r, row)| {
+            exp_shifted_inplace(row, lse[r]);
+            row.iter_mut().for_each(|v| *v *= g_p);
+        });
         if let Some(t) = &self.targets {
             for (r, &t) in t.iter().enumerate() {
                 logits[r * vocab + t as usize] -= g_lm;
@@ -341,11 +339,13 @@ impl CustomOp1 for HeadLoss {
                     .par_chunks_mut(vocab)
                     .zip(t.par_chunks(vocab))
                     .enumerate()
-                    .for_each(|(r, (row, t))| {
-                        row.iter_mut()
-                            .zip(t)
-                            .for_each(|(v, &tv)| *v -= g_kl * (tv - teacher_lse[r]).exp())
-                    });
+                    .for_each_init(
+                        || vec![0f32; vocab],
+                        |p_t, (r, (row, t))| {
+                            exp_shifted(t, teacher_lse[r], p_t);
+                            row.iter_mut().zip(p_t.iter()).for_each(|(v, &p)| *v -= g_kl * p)
+                        },
+                    );
                 Ok(())
             })?;
         }

@@ -10,6 +10,7 @@ mod avx2;
 mod avx2_k;
 pub mod blocks;
 pub mod kquants;
+pub mod vexp;
 
 use crate::error::{Error, Result};
 use blocks::{quantize_q8, Acts, BlockQ8, BlockType};
