@@ -73,6 +73,14 @@ pub struct Args {
     /// Interleaved rounds (full depth, then the policy) of the decode timing; 0 leaves the speed-up out.
     #[arg(long, default_value_t = 3)]
     pub decode_rounds: usize,
+    /// The methods to run beside full depth (comma list of layerskip, shortgpt, laco, mindskip, flexidepth). Not
+    /// part of the grid's arguments: a later run with more methods adds their cells to the same folder.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "layerskip,shortgpt,laco,mindskip,flexidepth"
+    )]
+    pub methods: Vec<String>,
     /// Output folder: args.json, cells/, compare.md, compare.json, compare.svg.
     #[arg(short = 'o', long)]
     pub out: PathBuf,
@@ -148,6 +156,28 @@ fn adapter(flag: Option<&Path>, shipped: Result<Option<PathBuf>>, what: &str) ->
     Ok(found)
 }
 
+/// `--methods`, each once. Errors: an unknown name.
+fn parse_methods(names: &[String]) -> Result<Vec<Method>> {
+    let all = [
+        Method::LayerSkip,
+        Method::ShortGpt,
+        Method::Laco,
+        Method::MindSkip,
+        Method::FlexiDepth,
+    ];
+    let mut out = Vec::new();
+    for n in names {
+        let m = all
+            .into_iter()
+            .find(|m| m.name() == n.trim())
+            .with_context(|| format!("unknown method '{n}' (layerskip, shortgpt, laco, mindskip, flexidepth)"))?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// Path and size of a file, for args.json.
 fn file_id(p: &Option<PathBuf>) -> serde_json::Value {
     match p {
@@ -161,6 +191,7 @@ fn file_id(p: &Option<PathBuf>) -> serde_json::Value {
 
 pub fn run(args: Args) -> Result<()> {
     let (budgets, task_names) = check_args(&args)?;
+    parse_methods(&args.methods)?;
     let loaded = tasks::load_tasks(&task_names, args.num_fewshot, args.limit, args.seed)?;
     let model_name = args.model.model.model.clone();
     let depth = adapter(
@@ -204,9 +235,12 @@ pub fn run(args: Args) -> Result<()> {
         "decode_rounds": args.decode_rounds,
     });
     let grid_dir = GridDir::open(&args.out, &manifest)?;
-    let mut methods = vec![Method::LayerSkip, Method::ShortGpt, Method::Laco];
-    methods.extend(mindskip.as_ref().map(|_| Method::MindSkip));
-    methods.extend(depth.as_ref().map(|_| Method::FlexiDepth));
+    let mut methods = parse_methods(&args.methods)?;
+    methods.retain(|m| match m {
+        Method::MindSkip => mindskip.is_some(),
+        Method::FlexiDepth => depth.is_some(),
+        _ => true,
+    });
     let cells = grid::grid_cells(&skipped, &methods);
     let tune_ids = files.tokenizer.encode(&frontier::tuning_text()?, false)?;
     let tuning_windows = eval::windows(&tune_ids, 512, args.tune_tokens)?;
