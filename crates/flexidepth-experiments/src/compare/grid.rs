@@ -352,13 +352,16 @@ fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> 
         .collect()
 }
 
+/// Computes one cell: the finished cell and its items JSON.
+pub type CellRunner<'a> = dyn FnMut(&CellKey) -> Result<(Cell, Vec<u8>)> + 'a;
+
 /// Run the grid: every cell of `cells` in order, skipping those `grid` already holds; `run` computes a cell and
 /// returns it with its items JSON; `progress` hears one line per cell. Returns every cell (earlier and new), in
 /// the order of `cells`.
 pub fn run_grid(
     grid: &GridDir,
     cells: &[CellKey],
-    run: &mut dyn FnMut(&CellKey) -> Result<(Cell, Vec<u8>)>,
+    run: &mut CellRunner,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Cell>> {
     let mut out = Vec::with_capacity(cells.len());

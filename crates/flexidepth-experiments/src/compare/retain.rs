@@ -80,7 +80,10 @@ pub fn retain(scores: &[(TaskName, f64)], full: &[(TaskName, f64)]) -> Retain {
     let of = |g: Option<Group>| -> Option<f64> {
         let xs: Vec<f64> = ratios
             .iter()
-            .filter(|(t, _)| g.map_or(true, |g| group(*t) == g))
+            .filter(|(t, _)| match g {
+                None => true,
+                Some(g) => group(*t) == g,
+            })
             .filter_map(|(_, r)| *r)
             .collect();
         mean(&xs)
