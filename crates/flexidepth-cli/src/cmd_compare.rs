@@ -215,25 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<flexidepth::Result<_>>()?;
     eprintln!("{}", report::budget_lines(&ks, n).trim_end());
     let skipped: Vec<usize> = ks.iter().map(|p| p.1).collect();
-    let manifest = serde_json::json!({
-        "grid": 1,
-        "model": model_name,
-        "dtype": format!("{:?}", model.format),
-        "num_layers": n,
-        "skipped": skipped,
-        "tasks": task_names.iter().map(|t| t.name()).collect::<Vec<_>>(),
-        "limit": args.limit,
-        "seed": args.seed,
-        "num_fewshot": args.num_fewshot,
-        "chat": args.chat,
-        "code_timeout": args.code_timeout,
-        "depth": file_id(&depth),
-        "mindskip": file_id(&mindskip),
-        "iters": args.iters,
-        "tune_tokens": args.tune_tokens,
-        "decode_tokens": args.decode_tokens,
-        "decode_rounds": args.decode_rounds,
-    });
+    let manifest = grid_args(&args, &model, &skipped, &task_names, &depth, &mindskip);
     let grid_dir = GridDir::open(&args.out, &manifest)?;
     let mut methods = parse_methods(&args.methods)?;
     methods.retain(|m| match m {
@@ -288,6 +270,37 @@ pub fn run(args: Args) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Everything a cell's result depends on, for `args.json` (not `--methods`: it only chooses which cells run).
+fn grid_args(
+    args: &Args,
+    model: &Model,
+    skipped: &[usize],
+    task_names: &[TaskName],
+    depth: &Option<PathBuf>,
+    mindskip: &Option<PathBuf>,
+) -> serde_json::Value {
+    let n = model.config.num_hidden_layers;
+    serde_json::json!({
+        "grid": 1,
+        "model": args.model.model.model,
+        "dtype": format!("{:?}", model.format),
+        "num_layers": n,
+        "skipped": skipped,
+        "tasks": task_names.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "limit": args.limit,
+        "seed": args.seed,
+        "num_fewshot": args.num_fewshot,
+        "chat": args.chat,
+        "code_timeout": args.code_timeout,
+        "depth": file_id(depth),
+        "mindskip": file_id(mindskip),
+        "iters": args.iters,
+        "tune_tokens": args.tune_tokens,
+        "decode_tokens": args.decode_tokens,
+        "decode_rounds": args.decode_rounds,
+    })
 }
 
 /// Attach `path` (after detaching whatever was there) and tune its threshold to `n − k` layers per token on the
