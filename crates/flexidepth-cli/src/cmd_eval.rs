@@ -50,11 +50,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let tasks: Vec<TaskName> = args
-        .tasks
-        .iter()
-        .map(|t| t.trim().parse::<TaskName>())
-        .collect::<flexidepth::Result<_>>()?;
+    let (tasks, repeated) = tasks::parse_tasks(&args.tasks)?;
+    if !repeated.is_empty() {
+        eprintln!("eval: {} given more than once, run once", repeated.join(", "));
+    }
     if tasks.contains(&TaskName::Humaneval) && !args.confirm_run_unsafe_code {
         anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
     }
@@ -69,23 +68,23 @@ pub fn run(args: Args) -> Result<()> {
     }
     let spec: Option<PolicySpec> = args.policy.as_deref().map(str::parse).transpose()?;
     // Load the items first: a missing data file is reported before the model loads.
-    let mut loaded = Vec::new();
-    for &t in &tasks {
-        let shots = args.num_fewshot.unwrap_or(t.default_shots());
-        let items = t.load(shots).with_context(|| format!("cannot load {}", t.name()))?;
-        let pick = tasks::subset(items.len(), args.limit, args.seed);
-        let items: Vec<_> = pick.into_iter().map(|i| items[i].clone()).collect();
-        loaded.push((t, shots, items));
-    }
+    let loaded = tasks::load_tasks(&tasks, args.num_fewshot, args.limit, args.seed)?;
     let (files, mut model) = args.model.load()?;
     let flexi = args.depth.apply(&mut model)?;
     let calibration = flexidepth_experiments::bench::bench_ids(&files.tokenizer, 256)?;
+    // Building a policy can take long (ShortGPT's influence pass, LaCo's merges): timed and reported apart from
+    // the tasks' wall time.
+    let setup = std::time::Instant::now();
     let policy: Box<dyn flexidepth::depth::DepthPolicy> = match spec {
-        Some(s) => s.build(&model, &calibration)?,
+        Some(s) => s.build_with_progress(&model, &calibration, &mut |m| eprintln!("{m}"))?,
         // Without routers the FlexiDepth policy is the base model: say so in the tables.
         None if model.routed_layers().is_empty() => Box::new(flexidepth::model::plan::FullDepth),
         None => Box::new(flexi),
     };
+    let setup_s = setup.elapsed().as_secs_f64();
+    if setup_s >= 1.0 {
+        eprintln!("policy {} built in {setup_s:.1} s", policy.label());
+    }
     let chat = if args.chat {
         Some(
             files
@@ -106,24 +105,22 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
-    let total: usize = loaded.iter().map(|(_, _, items)| items.len()).sum();
+    let total: usize = loaded.iter().map(|t| t.items.len()).sum();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]")
             .expect("a valid progress template"),
     );
-    let mut results = Vec::new();
-    for (task, shots, items) in &loaded {
-        bar.set_message(format!("{} ({})", task.name(), policy.label()));
-        let r = run::run_task(&mut lm, *task, *shots, items, &opts, &mut || bar.inc(1))
-            .with_context(|| format!("{} failed", task.name()))?;
-        results.push(r);
-    }
+    let label = policy.label();
+    let results = run::run_tasks(&mut lm, &loaded, &opts, &mut |t| {
+        bar.set_message(format!("{} ({label})", t.name()));
+        bar.inc(1)
+    })?;
     bar.finish_and_clear();
     let n_layers = model.config.num_hidden_layers;
     let full_bytes: f64 = model.layer_bytes().iter().map(|b| b.base() as f64).sum();
     out(format!(
-        "model: {}  policy: {}  limit: {}  seed: {}",
+        "model: {}  policy: {} (built in {setup_s:.1} s)  limit: {}  seed: {}",
         args.model.model.model,
         policy.label(),
         args.limit.map_or("all".to_string(), |l| l.to_string()),
@@ -141,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
             chat: args.chat,
             num_layers: n_layers,
             full_weight_bytes_per_token: full_bytes,
+            policy_setup_s: setup_s,
             results,
         };
         let mut bytes = serde_json::to_vec_pretty(&rep)?;

@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 mod cmd_bench;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_data;
 mod cmd_depth;
@@ -44,6 +45,10 @@ enum Command {
     /// Benchmark scores as lm-evaluation-harness defines them (mmlu, hellaswag, winogrande, arc, gsm8k, humaneval,
     /// coqa) under a depth policy, with standard errors, layers and weight bytes per token, and wall time.
     Eval(Box<cmd_eval::Args>),
+    /// The paper's method comparison: full depth, FlexiDepth (threshold tuned to the budget), early exit, ShortGPT,
+    /// LaCo and MindSkip at "skip k layers" budgets, each an eval of the tasks; the retain-% table beside the
+    /// paper's, JSON and a figure. Resumable: finished cells are kept in the output folder.
+    Compare(Box<cmd_compare::Args>),
     /// Print the token ids of a text as a JSON array (no special tokens added).
     Tokenize(cmd_tokenize::Args),
     /// Describe a model: architecture, sizes, storage types, parameter count.
@@ -428,6 +433,7 @@ fn main() {
         Command::Generate(a) => cmd_generate::run(*a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Eval(a) => cmd_eval::run(*a),
+        Command::Compare(a) => cmd_compare::run(*a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),

@@ -1,12 +1,13 @@
 //! flexidepth-experiments: the experiments and reports built on the engine and the trainer.
 //!
-//! [`eval`] (perplexity, quality against full depth), [`study`] (the paper's layer-usage experiment),
+//! [`compare`] (the paper's method comparison, retain %), [`eval`] (perplexity, quality against full depth), [`study`] (the paper's layer-usage experiment),
 //! [`corpus`] and [`dataset`] (training and evaluation text, the self-distillation data builder), [`bench`]
 //! (llama-bench-style speed; [`bench_dmtd`] its DMTD rows), [`depthmap`] (per-token depth maps), [`plot`] and [`curves`] (SVG charts).
 //! Nothing in the engine or the trainer depends on this crate.
 
 pub mod bench;
 pub mod bench_dmtd;
+pub mod compare;
 pub mod corpus;
 pub mod curves;
 pub mod dataset;

@@ -159,6 +159,24 @@ fn laco_search_removes_exactly_k_layers_and_records_its_merges() {
     assert!("laco:3".parse::<PolicySpec>().unwrap().build(&m, &IDS).is_err());
 }
 
+#[test]
+fn laco_search_reports_every_merge_it_tries() {
+    let c = config(Arch::Qwen2);
+    let m = model_from(&c, &weights(&c));
+    let mut lines = Vec::new();
+    let spec = "laco:2".parse::<PolicySpec>().unwrap();
+    let built = spec
+        .build_with_progress(&m, &IDS, &mut |l| lines.push(l.to_string()))
+        .unwrap();
+    let quiet = Laco::search(&m, &IDS, 2, &LacoSettings::for_layers(3)).unwrap();
+    // One line per candidate merge, kept or rejected; as many kept as the search kept.
+    let kept = lines.iter().filter(|l| l.contains(", kept")).count();
+    assert_eq!(kept, quiet.merges.len(), "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("LaCo: merge layers")), "{lines:?}");
+    assert!(lines.last().unwrap().contains("(2 of 2 layers removed)"), "{lines:?}");
+    assert_eq!(built.label(), "laco:2");
+}
+
 /// Greedy options without stop tokens, full depth.
 fn greedy(n: usize) -> GenerateOptions {
     GenerateOptions {

@@ -182,3 +182,58 @@ pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
         _ => idx,
     }
 }
+
+/// Parse a comma list's task names, each once, in the order first given (`mmlu,mmlu` runs MMLU once); also returns
+/// the names given more than once, for a note.
+///
+/// Errors: an unknown name, or no task.
+pub fn parse_tasks(names: &[String]) -> Result<(Vec<TaskName>, Vec<String>)> {
+    let mut tasks: Vec<TaskName> = Vec::new();
+    let mut repeated = Vec::new();
+    for n in names {
+        let t: TaskName = n.trim().parse()?;
+        if tasks.contains(&t) {
+            repeated.push(t.name().to_string());
+        } else {
+            tasks.push(t);
+        }
+    }
+    if tasks.is_empty() {
+        return Err(Error::Input("no task given".into()));
+    }
+    Ok((tasks, repeated))
+}
+
+/// A task with its few-shot count and its (subset of) items, ready to run.
+#[derive(Debug, Clone)]
+pub struct LoadedTask {
+    pub task: TaskName,
+    pub shots: usize,
+    pub items: Vec<Item>,
+}
+
+/// Load each task's items (`num_fewshot`, else the task's default shots) and take the seeded `--limit` subset
+/// ([`subset`]).
+///
+/// Errors: a missing data file, few-shot examples a task has no source for.
+pub fn load_tasks(
+    tasks: &[TaskName],
+    num_fewshot: Option<usize>,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<Vec<LoadedTask>> {
+    tasks
+        .iter()
+        .map(|&task| {
+            let shots = num_fewshot.unwrap_or(task.default_shots());
+            let all = task
+                .load(shots)
+                .map_err(|e| Error::Input(format!("cannot load {}: {e}", task.name())))?;
+            let items = subset(all.len(), limit, seed)
+                .into_iter()
+                .map(|i| all[i].clone())
+                .collect();
+            Ok(LoadedTask { task, shots, items })
+        })
+        .collect()
+}

@@ -17,6 +17,9 @@ pub struct EvalReport {
     pub num_layers: usize,
     /// Weight bytes of all layers at full depth, per token (what `weight_bytes_per_token` is a share of).
     pub full_weight_bytes_per_token: f64,
+    /// Seconds spent building the policy before the first task (ShortGPT's influence pass, LaCo's merges, a
+    /// threshold's tuning); not part of any task's wall time.
+    pub policy_setup_s: f64,
     pub results: Vec<TaskResult>,
 }
 

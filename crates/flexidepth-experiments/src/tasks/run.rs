@@ -210,3 +210,21 @@ pub fn run_task(
         items: records,
     })
 }
+
+/// [`run_task`] for each task in order; `progress` hears the task after each item.
+///
+/// Errors: the first task that fails, named.
+pub fn run_tasks(
+    lm: &mut Lm,
+    tasks: &[super::LoadedTask],
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(TaskName),
+) -> Result<Vec<TaskResult>> {
+    tasks
+        .iter()
+        .map(|t| {
+            run_task(lm, t.task, t.shots, &t.items, opts, &mut || progress(t.task))
+                .map_err(|e| Error::Input(format!("{} failed: {e}", t.task.name())))
+        })
+        .collect()
+}

@@ -258,6 +258,18 @@ impl Laco {
     /// calibration tokens `ids`. Errors: `k` not below the layer count, a range that cannot hold a merge, empty
     /// calibration.
     pub fn search(model: &Model, ids: &[u32], k: usize, s: &LacoSettings) -> Result<Self> {
+        Self::search_with_progress(model, ids, k, s, &mut |_| {})
+    }
+
+    /// [`Laco::search`], telling `progress` about each merge tried (layers, similarity, kept or not; a merge of a
+    /// large model takes seconds).
+    pub fn search_with_progress(
+        model: &Model,
+        ids: &[u32],
+        k: usize,
+        s: &LacoSettings,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
         let n = model.layers.len();
         if k >= n {
             return Err(Error::Input(format!(
@@ -287,6 +299,15 @@ impl Laco {
                 let candidate = merge_slots(model, &slots, at, count)?;
                 let policy = Laco::from_slots(model, &candidate, vec![]);
                 let sim = mean_cosine(&reference, &last_hidden(model, ids, &policy)?)?;
+                progress(&format!(
+                    "LaCo: merge layers {}..={} into layer {}: similarity {sim:.4} vs threshold {threshold:.4}, {} \
+                     ({} of {k} layers removed)",
+                    slots[at + 1].layer_idx,
+                    slots[at + count].layer_idx,
+                    slots[at].layer_idx,
+                    if sim > threshold { "kept" } else { "rejected" },
+                    removed + if sim > threshold { count } else { 0 }
+                ));
                 if sim > threshold {
                     let layers = slots[at..=at + count].iter().map(|x| x.layer_idx).collect();
                     merges.push(Merge {

@@ -122,6 +122,16 @@ impl PolicySpec {
     /// Errors: a routing policy on a model without routers, `mindskip` on routers not trained for the attention
     /// unit, an exit, pruning or collapse beyond the model's layers.
     pub fn build(&self, model: &Model, calibration: &[u32]) -> Result<Box<dyn DepthPolicy>> {
+        self.build_with_progress(model, calibration, &mut |_| {})
+    }
+
+    /// [`PolicySpec::build`], telling `progress` what a slow build does (LaCo's merges, one line each).
+    pub fn build_with_progress(
+        &self,
+        model: &Model,
+        calibration: &[u32],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Box<dyn DepthPolicy>> {
         if self.needs_routers() && model.routed_layers().is_empty() {
             return Err(Error::Input(format!(
                 "depth policy '{self}' needs a model with routers (attach a depth file)"
@@ -145,7 +155,13 @@ impl PolicySpec {
                 )))
             }
             PolicySpec::Exit(l) => Box::new(EarlyExit { exit_after: l }),
-            PolicySpec::Laco(k) => Box::new(Laco::search(model, calibration, k, &LacoSettings::for_layers(n))?),
+            PolicySpec::Laco(k) => Box::new(Laco::search_with_progress(
+                model,
+                calibration,
+                k,
+                &LacoSettings::for_layers(n),
+                progress,
+            )?),
             PolicySpec::MindSkip(_) if model.skip_unit() != Some(SkipUnit::Attention) => {
                 return Err(Error::Input(format!(
                     "depth policy '{self}' needs routers trained for the attention unit (a MindSkip depth file); \
