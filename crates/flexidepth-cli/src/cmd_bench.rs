@@ -297,7 +297,18 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
                     }
                 }
                 for (policy, timed) in policies.iter().zip(&runs) {
-                    rows.push(bench_row(model_name, dtype, threads, policy.label(), label, *p, *n, *d, reps, timed));
+                    rows.push(bench_row(
+                        model_name,
+                        dtype,
+                        threads,
+                        policy.label(),
+                        label,
+                        *p,
+                        *n,
+                        *d,
+                        reps,
+                        timed,
+                    ));
                     bar.inc(1);
                 }
             }
@@ -380,7 +391,18 @@ impl BatchedRun<'_> {
     fn rows(&self, runners: &[Runner], model: &str, dtype: crate::DtypeArg, threads: usize) -> Result<Vec<BenchRow>> {
         let mut rows = Vec::new();
         for (config, batch, timed) in self.measure(runners)? {
-            let mut row = bench_row(model, dtype, threads, config, &self.label(), 0, self.n, self.prompt, self.reps, &timed);
+            let mut row = bench_row(
+                model,
+                dtype,
+                threads,
+                config,
+                &self.label(),
+                0,
+                self.n,
+                self.prompt,
+                self.reps,
+                &timed,
+            );
             let b = batch as f64;
             row.batch = Some(batch);
             row.mean_tps *= b;
@@ -401,8 +423,11 @@ impl BatchedRun<'_> {
                 Runner::Dmtd(_) => Err(anyhow::anyhow!("dmtd rows cannot be batched (-b)")),
             })
             .collect::<Result<_>>()?;
-        let mut runs: Vec<Vec<Vec<bench::Timed>>> =
-            self.batches.iter().map(|_| policies.iter().map(|_| Vec::new()).collect()).collect();
+        let mut runs: Vec<Vec<Vec<bench::Timed>>> = self
+            .batches
+            .iter()
+            .map(|_| policies.iter().map(|_| Vec::new()).collect())
+            .collect();
         for rep in 0..=self.reps {
             for (bi, &b) in self.batches.iter().enumerate() {
                 let prompts = bench_batched::batch_prompts(self.ids, b, self.prompt)?;

@@ -62,9 +62,16 @@ pub fn ids_needed(batch: usize, len: usize) -> usize {
 ///
 /// Errors: no prompts, an empty prompt, or what the forward passes return (a policy the batch cannot run, such as
 /// a layer-replacing one; a context overflow).
-pub fn time_batched_generation(model: &Model, policy: &dyn DepthPolicy, prompts: &[Vec<u32>], n: usize) -> Result<Timed> {
+pub fn time_batched_generation(
+    model: &Model,
+    policy: &dyn DepthPolicy,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Result<Timed> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(Error::Input("a batched benchmark needs at least one non-empty prompt".into()));
+        return Err(Error::Input(
+            "a batched benchmark needs at least one non-empty prompt".into(),
+        ));
     }
     let mut caches: Vec<KvCache> = prompts
         .iter()
@@ -89,7 +96,11 @@ pub fn time_batched_generation(model: &Model, policy: &dyn DepthPolicy, prompts:
         plans.push(out.plans);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let costs = plans.iter().flatten().flat_map(|p| bench::token_costs(model, p)).collect();
+    let costs = plans
+        .iter()
+        .flatten()
+        .flat_map(|p| bench::token_costs(model, p))
+        .collect();
     Ok(Timed { seconds, costs })
 }
 
@@ -165,7 +176,10 @@ mod tests {
     fn prompts_are_distinct_windows() {
         let ids: Vec<u32> = (0..100).collect();
         let p = batch_prompts(&ids, 3, 5).unwrap();
-        assert_eq!(p, vec![vec![0, 1, 2, 3, 4], vec![13, 14, 15, 16, 17], vec![26, 27, 28, 29, 30]]);
+        assert_eq!(
+            p,
+            vec![vec![0, 1, 2, 3, 4], vec![13, 14, 15, 16, 17], vec![26, 27, 28, 29, 30]]
+        );
         assert!(batch_prompts(&ids, 8, 10).is_err(), "7 · 13 + 10 > 100");
     }
 
@@ -179,7 +193,10 @@ mod tests {
         let full = flexidepth::model::plan::FullDepth;
         let t = time_batched_generation(&m, &full, &prompts, 5).unwrap();
         assert_eq!(t.costs.len(), 15);
-        assert!(t.costs.iter().all(|c| c.0 == 4.0), "every token runs the 4 layers at full depth");
+        assert!(
+            t.costs.iter().all(|c| c.0 == 4.0),
+            "every token runs the 4 layers at full depth"
+        );
         assert!(time_batched_generation(&m, &full, &[], 5).is_err());
         assert!(time_batched_generation(&m, &full, &[vec![]], 5).is_err());
     }
@@ -191,7 +208,11 @@ mod tests {
             per_seq_tps: Some(tps / batch as f64),
             ..crate::bench::tests::row("full", "tg8", tps, 1e6)
         };
-        let mut rows = vec![row(1, 100.0), row(4, 300.0), crate::bench::tests::row("full", "tg8", 90.0, 1e6)];
+        let mut rows = vec![
+            row(1, 100.0),
+            row(4, 300.0),
+            crate::bench::tests::row("full", "tg8", 90.0, 1e6),
+        ];
         fill_batch_speedups(&mut rows);
         assert_eq!(rows[0].batch_speedup, Some(1.0));
         assert_eq!(rows[1].batch_speedup, Some(3.0));

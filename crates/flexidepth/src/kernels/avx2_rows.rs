@@ -142,9 +142,9 @@ unsafe fn k_rows<const T: u8, const M: usize>(row: &[u8], x: [&[BlockQ8K]; M], t
     assert!(row.len() >= nb * bb && out.len() >= M && x.iter().all(|x| x.len() >= nb));
     let mut acc = [_mm256_setzero_ps(); M];
     let mut corr = _mm256_setzero_ps();
-    for i in 0..nb {
+    for (i, yd) in tile.d.iter().enumerate() {
         let b = row.as_ptr().add(i * bb);
-        let yd = _mm256_loadu_ps(tile.d[i].as_ptr());
+        let yd = _mm256_loadu_ps(yd.as_ptr());
         let ys: [&BlockQ8K; M] = std::array::from_fn(|j| &x[j][i]);
         if T == Q6K {
             let dy = lanes(_mm256_mul_ps(_mm256_set1_ps(f16_to_f32(b.add(208))), yd));
@@ -202,109 +202,121 @@ fn wrong_acts(t: BlockType) -> ! {
 /// blocks (the K-quants' scaled products stay on `madd`).
 macro_rules! rows_kernels {
     ($features:literal, $udot:ident, $q32_rows:ident, $rows_m:ident, $dot_rows:ident) => {
-/// A row of 32-weight blocks · `M` rows of Q8 activations.
-#[inline]
-#[target_feature(enable = $features)]
-unsafe fn $q32_rows<const T: u8, const M: usize>(row: &[u8], x: [&[BlockQ8]; M], tile: &ActTile, out: &mut [f32]) {
-    let bb = match T {
-        Q4_0 => 18,
-        Q4_1 => 20,
-        Q5_0 => 22,
-        _ => 34,
-    };
-    let nb = tile.d.len();
-    assert!(row.len() >= nb * bb && out.len() >= M && x.iter().all(|x| x.len() >= nb));
-    let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); M];
-    let mut offset = _mm256_setzero_ps();
-    let base = row.as_ptr();
-    for i in 0..nb {
-        let b = base.add(i * bb);
-        // d (and m for Q4_1) in one conversion: lanes 0 and 1.
-        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const i32)));
-        let d = _mm_cvtss_f32(scales);
-        // Lane j: d · d_j, the scale of row j's block product.
-        let dy = lanes(_mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(tile.d[i].as_ptr())));
-        let ysum = _mm256_loadu_ps(tile.dsum[i].as_ptr());
-        if T == Q4_0 {
-            offset = _mm256_sub_ps(offset, _mm256_mul_ps(_mm256_set1_ps(8.0 * d), ysum));
-        } else if T == Q5_0 {
-            offset = _mm256_sub_ps(offset, _mm256_mul_ps(_mm256_set1_ps(16.0 * d), ysum));
-        } else if T == Q4_1 {
-            let m = _mm_cvtss_f32(_mm_movehdup_ps(scales));
-            offset = _mm256_add_ps(offset, _mm256_mul_ps(_mm256_set1_ps(m), ysum));
-        }
-        if T == Q8_0 {
-            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-            let wabs = _mm256_sign_epi8(w, w);
+        /// A row of 32-weight blocks · `M` rows of Q8 activations.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $q32_rows<const T: u8, const M: usize>(
+            row: &[u8],
+            x: [&[BlockQ8]; M],
+            tile: &ActTile,
+            out: &mut [f32],
+        ) {
+            let bb = match T {
+                Q4_0 => 18,
+                Q4_1 => 20,
+                Q5_0 => 22,
+                _ => 34,
+            };
+            let nb = tile.d.len();
+            assert!(row.len() >= nb * bb && out.len() >= M && x.iter().all(|x| x.len() >= nb));
+            let mask = _mm256_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); M];
+            let mut offset = _mm256_setzero_ps();
+            let base = row.as_ptr();
+            for i in 0..nb {
+                let b = base.add(i * bb);
+                // d (and m for Q4_1) in one conversion: lanes 0 and 1.
+                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const i32)));
+                let d = _mm_cvtss_f32(scales);
+                // Lane j: d · d_j, the scale of row j's block product.
+                let dy = lanes(_mm256_mul_ps(
+                    _mm256_set1_ps(d),
+                    _mm256_loadu_ps(tile.d[i].as_ptr()),
+                ));
+                let ysum = _mm256_loadu_ps(tile.dsum[i].as_ptr());
+                if T == Q4_0 {
+                    offset = _mm256_sub_ps(offset, _mm256_mul_ps(_mm256_set1_ps(8.0 * d), ysum));
+                } else if T == Q5_0 {
+                    offset = _mm256_sub_ps(offset, _mm256_mul_ps(_mm256_set1_ps(16.0 * d), ysum));
+                } else if T == Q4_1 {
+                    let m = _mm_cvtss_f32(_mm_movehdup_ps(scales));
+                    offset = _mm256_add_ps(offset, _mm256_mul_ps(_mm256_set1_ps(m), ysum));
+                }
+                if T == Q8_0 {
+                    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                    let wabs = _mm256_sign_epi8(w, w);
+                    for j in 0..M {
+                        let yv = _mm256_loadu_si256(x[j].get_unchecked(i).qs.as_ptr() as *const __m256i);
+                        let p32 = $udot(wabs, _mm256_sign_epi8(yv, w));
+                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dy[j]), _mm256_cvtepi32_ps(p32), acc[j]);
+                    }
+                } else {
+                    let lo = _mm_loadu_si128(b.add(match T {
+                        Q4_0 => 2,
+                        Q4_1 => 4,
+                        _ => 6,
+                    }) as *const __m128i);
+                    let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
+                    if T == Q5_0 {
+                        q = _mm256_or_si256(q, q5_high_bits(b.add(2)));
+                    }
+                    for j in 0..M {
+                        let yv = _mm256_loadu_si256(x[j].get_unchecked(i).qs.as_ptr() as *const __m256i);
+                        let p32 = $udot(q, yv);
+                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dy[j]), _mm256_cvtepi32_ps(p32), acc[j]);
+                    }
+                }
+            }
+            let offset = lanes(offset);
             for j in 0..M {
-                let yv = _mm256_loadu_si256(x[j].get_unchecked(i).qs.as_ptr() as *const __m256i);
-                let p32 = $udot(wabs, _mm256_sign_epi8(yv, w));
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dy[j]), _mm256_cvtepi32_ps(p32), acc[j]);
-            }
-        } else {
-            let lo = _mm_loadu_si128(b.add(match T {
-                Q4_0 => 2,
-                Q4_1 => 4,
-                _ => 6,
-            }) as *const __m128i);
-            let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
-            if T == Q5_0 {
-                q = _mm256_or_si256(q, q5_high_bits(b.add(2)));
-            }
-            for j in 0..M {
-                let yv = _mm256_loadu_si256(x[j].get_unchecked(i).qs.as_ptr() as *const __m256i);
-                let p32 = $udot(q, yv);
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dy[j]), _mm256_cvtepi32_ps(p32), acc[j]);
+                // Q8_0 has no offset term (and `x + 0.0` would turn a −0.0 into +0.0).
+                out[j] = if T == Q8_0 {
+                    hsum(acc[j])
+                } else {
+                    hsum(acc[j]) + offset[j]
+                };
             }
         }
-    }
-    let offset = lanes(offset);
-    for j in 0..M {
-        // Q8_0 has no offset term (and `x + 0.0` would turn a −0.0 into +0.0).
-        out[j] = if T == Q8_0 { hsum(acc[j]) } else { hsum(acc[j]) + offset[j] };
-    }
-}
 
-/// `M` rows, dispatched on the block type.
-#[inline]
-#[target_feature(enable = $features)]
-unsafe fn $rows_m<const M: usize>(t: BlockType, row: &[u8], tile: &ActTile, out: &mut [f32]) {
-    if t.is_k_quant() {
-        let x = q8k_rows::<M>(tile).unwrap_or_else(|| wrong_acts(t));
-        match t {
-            BlockType::Q4K => k_rows::<Q4K, M>(row, x, tile, out),
-            BlockType::Q5K => k_rows::<Q5K, M>(row, x, tile, out),
-            _ => k_rows::<Q6K, M>(row, x, tile, out),
+        /// `M` rows, dispatched on the block type.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $rows_m<const M: usize>(t: BlockType, row: &[u8], tile: &ActTile, out: &mut [f32]) {
+            if t.is_k_quant() {
+                let x = q8k_rows::<M>(tile).unwrap_or_else(|| wrong_acts(t));
+                match t {
+                    BlockType::Q4K => k_rows::<Q4K, M>(row, x, tile, out),
+                    BlockType::Q5K => k_rows::<Q5K, M>(row, x, tile, out),
+                    _ => k_rows::<Q6K, M>(row, x, tile, out),
+                }
+            } else {
+                let x = q8_rows::<M>(tile).unwrap_or_else(|| wrong_acts(t));
+                match t {
+                    BlockType::Q4_0 => $q32_rows::<Q4_0, M>(row, x, tile, out),
+                    BlockType::Q4_1 => $q32_rows::<Q4_1, M>(row, x, tile, out),
+                    BlockType::Q5_0 => $q32_rows::<Q5_0, M>(row, x, tile, out),
+                    _ => $q32_rows::<Q8_0, M>(row, x, tile, out),
+                }
+            }
         }
-    } else {
-        let x = q8_rows::<M>(tile).unwrap_or_else(|| wrong_acts(t));
-        match t {
-            BlockType::Q4_0 => $q32_rows::<Q4_0, M>(row, x, tile, out),
-            BlockType::Q4_1 => $q32_rows::<Q4_1, M>(row, x, tile, out),
-            BlockType::Q5_0 => $q32_rows::<Q5_0, M>(row, x, tile, out),
-            _ => $q32_rows::<Q8_0, M>(row, x, tile, out),
-        }
-    }
-}
 
-/// One weight row · every row of `tile`, into `out[..tile.len()]`.
-///
-/// # Panics
-/// When the tile's activations are not the type `t` is multiplied with, or `out` is shorter than the tile.
-#[target_feature(enable = $features)]
-pub unsafe fn $dot_rows(t: BlockType, row: &[u8], tile: &ActTile, out: &mut [f32]) {
-    match tile.len() {
-        1 => $rows_m::<1>(t, row, tile, out),
-        2 => $rows_m::<2>(t, row, tile, out),
-        3 => $rows_m::<3>(t, row, tile, out),
-        4 => $rows_m::<4>(t, row, tile, out),
-        5 => $rows_m::<5>(t, row, tile, out),
-        6 => $rows_m::<6>(t, row, tile, out),
-        7 => $rows_m::<7>(t, row, tile, out),
-        _ => $rows_m::<8>(t, row, tile, out),
-    }
-}
+        /// One weight row · every row of `tile`, into `out[..tile.len()]`.
+        ///
+        /// # Panics
+        /// When the tile's activations are not the type `t` is multiplied with, or `out` is shorter than the tile.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $dot_rows(t: BlockType, row: &[u8], tile: &ActTile, out: &mut [f32]) {
+            match tile.len() {
+                1 => $rows_m::<1>(t, row, tile, out),
+                2 => $rows_m::<2>(t, row, tile, out),
+                3 => $rows_m::<3>(t, row, tile, out),
+                4 => $rows_m::<4>(t, row, tile, out),
+                5 => $rows_m::<5>(t, row, tile, out),
+                6 => $rows_m::<6>(t, row, tile, out),
+                7 => $rows_m::<7>(t, row, tile, out),
+                _ => $rows_m::<8>(t, row, tile, out),
+            }
+        }
     };
 }
 

@@ -55,7 +55,9 @@ pub fn rows_kernels() -> Vec<(&'static str, DotRowsFn)> {
         && std::is_x86_feature_detected!("f16c")
     {
         // SAFETY: the features the kernel needs were just detected.
-        out.push(("avx2", |t, row, tile, out| unsafe { avx2_rows::dot_rows(t, row, tile, out) }));
+        out.push(("avx2", |t, row, tile, out| unsafe {
+            avx2_rows::dot_rows(t, row, tile, out)
+        }));
         if std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vnni")

@@ -281,14 +281,21 @@ fn rows_of_a_product_equal_rows_alone() {
         };
         for (name, k) in kernels() {
             // The scalar kernels against the scalar one-row path; the SIMD ones against the detected decode path.
-            let single = if name.contains("scalar") { kernels()[0].1 } else { Kernels::detected() };
+            let single = if name.contains("scalar") {
+                kernels()[0].1
+            } else {
+                Kernels::detected()
+            };
             for n in [2, 3, 8, 9, 16, 17] {
                 let mut y = vec![0f32; n * rows];
                 q.matmul_with(k, &x[..n * cols], n, &mut y);
                 for i in 0..n {
                     let want = alone(single, i);
                     assert!(
-                        y[i * rows..(i + 1) * rows].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        y[i * rows..(i + 1) * rows]
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{t:?} {name}: row {i} of {n} differs from the row alone"
                     );
                 }
