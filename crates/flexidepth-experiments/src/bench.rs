@@ -121,28 +121,13 @@ pub struct BenchRow {
 /// batch, and `batch_speedup` of the batched rows ([`crate::bench_batched::fill_batch_speedups`]).
 pub fn fill_speedups(rows: &mut [BenchRow]) {
     crate::bench_batched::fill_batch_speedups(rows);
-    let fulls: Vec<(String, String, usize, String, f64, f64, Option<usize>)> = rows
-        .iter()
-        .filter(|r| r.config == "full")
-        .map(|r| {
-            (
-                r.model.clone(),
-                r.dtype.clone(),
-                r.threads,
-                r.test.clone(),
-                r.mean_tps,
-                r.weight_bytes_per_token,
-                r.batch,
-            )
-        })
-        .collect();
+    let fulls: Vec<BenchRow> = rows.iter().filter(|r| r.config == "full").cloned().collect();
     for r in rows.iter_mut() {
-        if let Some(f) = fulls
-            .iter()
-            .find(|f| f.0 == r.model && f.1 == r.dtype && f.2 == r.threads && f.3 == r.test && f.6 == r.batch)
-        {
-            r.speedup = Some(r.mean_tps / f.4);
-            r.bound_speedup = Some(f.5 / r.weight_bytes_per_token);
+        if let Some(f) = fulls.iter().find(|f| {
+            f.model == r.model && f.dtype == r.dtype && f.threads == r.threads && f.test == r.test && f.batch == r.batch
+        }) {
+            r.speedup = Some(r.mean_tps / f.mean_tps);
+            r.bound_speedup = Some(f.weight_bytes_per_token / r.weight_bytes_per_token);
         }
     }
 }
