@@ -1,13 +1,15 @@
 //! `flexidepth bench`: llama-bench-style prompt-processing and generation speed, one row per depth
 //! configuration (full depth, FlexiDepth thresholds, all-skip, static removal of k layers), with the layers used
 //! and the weights-read bound beside the measured speed-up; `dmtd:τ` rows decode with Direct Multi-Token Decoding.
-//! Comma lists sweep parameters.
+//! Comma lists sweep parameters. `-b` turns the generation tests into batched decode (llama-batched-bench style,
+//! [`flexidepth_experiments::bench_batched`]).
 
 use anyhow::{Context, Result};
 use flexidepth::depth::PolicySpec;
 use flexidepth::loader::ModelFiles;
 use flexidepth::model::{Model, WeightFormat};
 use flexidepth_experiments::bench::{self, BenchRow, Stats};
+use flexidepth_experiments::bench_batched;
 use std::path::PathBuf;
 
 /// `bench -o`: how the rows are printed.
@@ -54,6 +56,11 @@ pub struct Args {
     /// freshly initialised routers (seed 42).
     #[arg(long)]
     pub depth: Option<PathBuf>,
+    /// Batched decode (llama-batched-bench style; comma list of batch sizes, 1..=64): each generation test runs B
+    /// sequences in lockstep through the batched decode step, each prefilled with its own prompt of -d tokens (or,
+    /// with -d 0, of the first -p size), and reports aggregate and per-sequence tokens/s and the ratio to batch 1.
+    #[arg(short = 'b', long = "batch", value_name = "B")]
+    pub batch: Option<String>,
     /// Output format (llama-bench's -o; --output is kept as a hidden alias).
     #[arg(short = 'o', long = "output-format", alias = "output", value_enum, default_value_t = OutputFormat::Md)]
     pub output: OutputFormat,
@@ -223,6 +230,14 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
         anyhow::bail!("-r takes 1..={MAX_REPETITIONS} repetitions, not {}", args.repetitions);
     }
     let reps = args.repetitions;
+    let batches = match &args.batch {
+        Some(b) => Some(flexidepth_experiments::bench_batched::parse_batch_sizes(b)?),
+        None => None,
+    };
+    if batches.is_some() && configs.iter().any(|c| matches!(c, BenchConfig::Dmtd(..))) {
+        anyhow::bail!("dmtd rows cannot be batched (-b): the batched decode step runs depth policies only");
+    }
+    let batch_prompt = batched_prompt_len(args)?;
     let total = args.model.split(',').count() * args.dtype.len() * configs.len() * tests.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
@@ -232,6 +247,10 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     for model_name in args.model.split(',') {
         let files = ModelFiles::open(model_name).with_context(|| format!("cannot open model '{model_name}'"))?;
         check_sizes(&tests, files.config.max_position_embeddings)?;
+        if batches.is_some() {
+            let batched: Vec<_> = tests.iter().map(|t| (t.0.clone(), 0, t.2, batch_prompt(t.3))).collect();
+            check_sizes(&batched, files.config.max_position_embeddings)?;
+        }
         for &dtype in &args.dtype {
             let format: WeightFormat = dtype.format();
             let mut model = files.load_model(format, &candle_core::Device::Cpu)?;
@@ -242,11 +261,31 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
                 attach_routers(&mut model, model_name, args.depth.as_deref())?;
             }
             let max_ctx = tests.iter().map(|t| t.1.max(t.3 + t.2 + 1)).max().unwrap_or(1);
-            let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(64))?;
+            let max_batched = match &batches {
+                Some(b) => {
+                    let longest = tests.iter().map(|t| batch_prompt(t.3)).max().unwrap_or(1);
+                    bench_batched::ids_needed(b.iter().copied().max().unwrap_or(1), longest)
+                }
+                None => 0,
+            };
+            let ids = bench::bench_ids(&files.tokenizer, max_ctx.max(max_batched).max(64))?;
             // Built once per model (ShortGPT's choice of layers needs forward passes over calibration tokens).
             let policies = runners(args, &configs, &files, &model, &ids)?;
             for (label, p, n, d) in &tests {
                 bar.set_message(format!("{model_name} {} {label}", dtype.name()));
+                if let (Some(batches), true) = (&batches, *n > 0) {
+                    let run = BatchedRun {
+                        model: &model,
+                        ids: &ids,
+                        batches,
+                        prompt: batch_prompt(*d),
+                        n: *n,
+                        reps,
+                    };
+                    rows.extend(run.rows(&policies, model_name, dtype, threads)?);
+                    bar.inc(configs.len() as u64);
+                    continue;
+                }
                 // Configs interleaved inside each repetition, so machine noise lands on all of them alike.
                 let mut runs: Vec<Vec<bench::Timed>> = configs.iter().map(|_| Vec::new()).collect();
                 for rep in 0..=reps {
@@ -258,29 +297,18 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
                     }
                 }
                 for (policy, timed) in policies.iter().zip(&runs) {
-                    let tokens = if *p > 0 { *p } else { *n } as f64;
-                    let samples: Vec<f64> = timed.iter().map(|t| tokens / t.seconds).collect();
-                    let stats = Stats::of(&samples);
-                    let (layers, bytes) = bench::mean_costs(timed);
-                    rows.push(BenchRow {
-                        engine: "flexidepth".into(),
-                        model: model_name.to_string(),
-                        dtype: dtype.name().to_string(),
+                    rows.push(bench_row(
+                        model_name,
+                        dtype,
                         threads,
-                        config: policy.label(),
-                        test: label.clone(),
-                        n_prompt: *p,
-                        n_gen: *n,
-                        n_depth: *d,
+                        policy.label(),
+                        label,
+                        *p,
+                        *n,
+                        *d,
                         reps,
-                        mean_tps: stats.mean,
-                        std_tps: stats.std,
-                        samples_tps: samples,
-                        layers_per_token: layers,
-                        weight_bytes_per_token: bytes,
-                        bound_speedup: None,
-                        speedup: None,
-                    });
+                        timed,
+                    ));
                     bar.inc(1);
                 }
             }
@@ -288,6 +316,137 @@ fn measure(args: &Args, threads: usize) -> Result<Vec<BenchRow>> {
     }
     bar.finish_and_clear();
     Ok(rows)
+}
+
+/// One row from the timed runs of a test: tokens/s per run (`p` prompt tokens or `n` generated ones per run).
+#[allow(clippy::too_many_arguments)]
+fn bench_row(
+    model: &str,
+    dtype: crate::DtypeArg,
+    threads: usize,
+    config: String,
+    test: &str,
+    p: usize,
+    n: usize,
+    d: usize,
+    reps: usize,
+    timed: &[bench::Timed],
+) -> BenchRow {
+    let tokens = if p > 0 { p } else { n } as f64;
+    let samples: Vec<f64> = timed.iter().map(|t| tokens / t.seconds).collect();
+    let stats = Stats::of(&samples);
+    let (layers, bytes) = bench::mean_costs(timed);
+    BenchRow {
+        engine: "flexidepth".into(),
+        model: model.to_string(),
+        dtype: dtype.name().to_string(),
+        threads,
+        config,
+        test: test.to_string(),
+        n_prompt: p,
+        n_gen: n,
+        n_depth: d,
+        reps,
+        mean_tps: stats.mean,
+        std_tps: stats.std,
+        samples_tps: samples,
+        layers_per_token: layers,
+        weight_bytes_per_token: bytes,
+        bound_speedup: None,
+        speedup: None,
+        batch: None,
+        per_seq_tps: None,
+        batch_speedup: None,
+    }
+}
+
+/// The prompt length of each batched sequence for a generation test with context depth `d`: `d`, or with `d = 0`
+/// the first nonzero -p size (llama-batched-bench's prompt), else one token.
+fn batched_prompt_len(args: &Args) -> Result<impl Fn(usize) -> usize> {
+    let p = list::<usize>(&args.n_prompt, "prompt size")?
+        .into_iter()
+        .find(|&p| p > 0)
+        .unwrap_or(1);
+    Ok(move |d: usize| if d > 0 { d } else { p })
+}
+
+/// The batched generation tests of one model and test: every batch size and config, repetitions interleaved.
+struct BatchedRun<'a> {
+    model: &'a Model,
+    ids: &'a [u32],
+    batches: &'a [usize],
+    prompt: usize,
+    n: usize,
+    reps: usize,
+}
+
+impl BatchedRun<'_> {
+    /// `tg N@dP`: N steps after a P-token prompt (as the single-sequence rows name a context of P).
+    fn label(&self) -> String {
+        format!("tg{}@d{}", self.n, self.prompt)
+    }
+
+    /// One row per config and batch size: aggregate tokens/s (and per run), per sequence, and the layers and bytes
+    /// per decoded token.
+    fn rows(&self, runners: &[Runner], model: &str, dtype: crate::DtypeArg, threads: usize) -> Result<Vec<BenchRow>> {
+        let mut rows = Vec::new();
+        for (config, batch, timed) in self.measure(runners)? {
+            let mut row = bench_row(
+                model,
+                dtype,
+                threads,
+                config,
+                &self.label(),
+                0,
+                self.n,
+                self.prompt,
+                self.reps,
+                &timed,
+            );
+            let b = batch as f64;
+            row.batch = Some(batch);
+            row.mean_tps *= b;
+            row.std_tps *= b;
+            row.samples_tps.iter_mut().for_each(|s| *s *= b);
+            row.per_seq_tps = Some(row.mean_tps / b);
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// (config label, batch size, timed runs) for every config and batch size; repetition 0 is a warm-up.
+    fn measure(&self, runners: &[Runner]) -> Result<Vec<(String, usize, Vec<bench::Timed>)>> {
+        let policies: Vec<&dyn flexidepth::depth::DepthPolicy> = runners
+            .iter()
+            .map(|r| match r {
+                Runner::Policy(p) => Ok(p.as_ref()),
+                Runner::Dmtd(_) => Err(anyhow::anyhow!("dmtd rows cannot be batched (-b)")),
+            })
+            .collect::<Result<_>>()?;
+        let mut runs: Vec<Vec<Vec<bench::Timed>>> = self
+            .batches
+            .iter()
+            .map(|_| policies.iter().map(|_| Vec::new()).collect())
+            .collect();
+        for rep in 0..=self.reps {
+            for (bi, &b) in self.batches.iter().enumerate() {
+                let prompts = bench_batched::batch_prompts(self.ids, b, self.prompt)?;
+                for (pi, policy) in policies.iter().enumerate() {
+                    let timed = bench_batched::time_batched_generation(self.model, *policy, &prompts, self.n)?;
+                    if rep > 0 {
+                        runs[bi][pi].push(timed);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (bi, &b) in self.batches.iter().enumerate() {
+            for (pi, runner) in runners.iter().enumerate() {
+                out.push((runner.label(), b, std::mem::take(&mut runs[bi][pi])));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Routers for flexi/skip rows: the given depth file, else the adapter shipped for `model_name`

@@ -148,3 +148,49 @@ fn bench_rows_and_formats() {
     let out = flexidepth(&["bench", "-o", "xml"]);
     assert!(!out.status.success() && text(&out.stderr).contains("invalid value 'xml' for '--output-format"));
 }
+
+/// `-b`: the generation test runs as batched decode, one row per batch size with the aggregate, per-sequence and
+/// batch-1 ratio columns; bad batch sizes are refused with a message.
+#[test]
+fn batched_rows() {
+    let no_adapters = tempfile::tempdir().unwrap();
+    let args = [
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "-b",
+        "1,2",
+        "--configs",
+        "full",
+        "-o",
+        "json",
+    ];
+    let out = bench_with_adapters(no_adapters.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "pp8, and tg2@d8 at batch 1 and 2");
+    assert!(rows[0]["batch"].is_null());
+    for (r, b) in rows[1..].iter().zip([1.0, 2.0]) {
+        assert_eq!(r["test"], "tg2@d8");
+        assert_eq!(r["batch"].as_f64(), Some(b));
+        let (agg, per) = (r["mean_tps"].as_f64().unwrap(), r["per_seq_tps"].as_f64().unwrap());
+        assert!(agg > 0.0 && (per - agg / b).abs() < 1e-9 * agg, "{r}");
+        assert_eq!(r["layers_per_token"], 30.0);
+    }
+    assert_eq!(rows[1]["batch_speedup"], 1.0);
+    let md = bench_with_adapters(no_adapters.path(), &args[..10]);
+    assert!(
+        text(&md.stdout).contains("| tokens/s (aggregate) |"),
+        "{}",
+        text(&md.stdout)
+    );
+    for bad in ["0", "65", "x"] {
+        let out = bench_with_adapters(no_adapters.path(), &["-p", "8", "-n", "2", "-b", bad]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("batch size"), "{bad}: {}", text(&out.stderr));
+    }
+}

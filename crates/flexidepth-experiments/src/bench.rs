@@ -103,33 +103,31 @@ pub struct BenchRow {
     pub weight_bytes_per_token: f64,
     /// Full depth's weight bytes per token over this row's: the most a memory-bound decode can speed up.
     pub bound_speedup: Option<f64>,
-    /// This row's tokens/s over full depth's (same model, dtype, threads and test).
+    /// This row's tokens/s over full depth's (same model, dtype, threads, test and batch).
     pub speedup: Option<f64>,
+    /// Sequences decoded in lockstep (`bench -b`, [`crate::bench_batched`]); `None` for a single-sequence row.
+    /// A batched row's `mean_tps` is the aggregate over the batch.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Tokens/s per sequence of a batched row (`mean_tps` over `batch`).
+    #[serde(default)]
+    pub per_seq_tps: Option<f64>,
+    /// A batched row's aggregate tokens/s over the batch-1 row of the same config and test.
+    #[serde(default)]
+    pub batch_speedup: Option<f64>,
 }
 
-/// Fill `speedup` and `bound_speedup` of every row from the `full` row of the same model, dtype, threads and test.
+/// Fill `speedup` and `bound_speedup` of every row from the `full` row of the same model, dtype, threads, test and
+/// batch, and `batch_speedup` of the batched rows ([`crate::bench_batched::fill_batch_speedups`]).
 pub fn fill_speedups(rows: &mut [BenchRow]) {
-    let fulls: Vec<(String, String, usize, String, f64, f64)> = rows
-        .iter()
-        .filter(|r| r.config == "full")
-        .map(|r| {
-            (
-                r.model.clone(),
-                r.dtype.clone(),
-                r.threads,
-                r.test.clone(),
-                r.mean_tps,
-                r.weight_bytes_per_token,
-            )
-        })
-        .collect();
+    crate::bench_batched::fill_batch_speedups(rows);
+    let fulls: Vec<BenchRow> = rows.iter().filter(|r| r.config == "full").cloned().collect();
     for r in rows.iter_mut() {
-        if let Some(f) = fulls
-            .iter()
-            .find(|f| f.0 == r.model && f.1 == r.dtype && f.2 == r.threads && f.3 == r.test)
-        {
-            r.speedup = Some(r.mean_tps / f.4);
-            r.bound_speedup = Some(f.5 / r.weight_bytes_per_token);
+        if let Some(f) = fulls.iter().find(|f| {
+            f.model == r.model && f.dtype == r.dtype && f.threads == r.threads && f.test == r.test && f.batch == r.batch
+        }) {
+            r.speedup = Some(r.mean_tps / f.mean_tps);
+            r.bound_speedup = Some(f.weight_bytes_per_token / r.weight_bytes_per_token);
         }
     }
 }
@@ -138,8 +136,14 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("-".to_string(), |v| format!("{v:.2}"))
 }
 
-/// A markdown table, one line per row.
+/// A markdown table, one line per single-sequence row; the batched rows follow in a table of their own
+/// ([`crate::bench_batched::to_markdown`]).
 pub fn to_markdown(rows: &[BenchRow]) -> String {
+    let batched = crate::bench_batched::to_markdown(rows);
+    let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.batch.is_none()).collect();
+    if rows.is_empty() && !batched.is_empty() {
+        return batched;
+    }
     let mut out = String::from(
         "| model | dtype | threads | config | test | layers/token | MB/token | tokens/s | speed-up | bound |\n\
          |---|---|---:|---|---|---:|---:|---:|---:|---:|\n",
@@ -160,6 +164,10 @@ pub fn to_markdown(rows: &[BenchRow]) -> String {
             opt(r.bound_speedup)
         );
     }
+    if !batched.is_empty() {
+        out += "\n";
+        out += &batched;
+    }
     out
 }
 
@@ -179,7 +187,7 @@ pub fn to_csv(rows: &[BenchRow]) -> String {
 }
 
 /// The CSV columns, in order (the fields of [`CsvRow`]).
-const CSV_HEADER: [&str; 17] = [
+const CSV_HEADER: [&str; 20] = [
     "engine",
     "model",
     "dtype",
@@ -197,6 +205,9 @@ const CSV_HEADER: [&str; 17] = [
     "weight_bytes_per_token",
     "speedup",
     "bound_speedup",
+    "batch",
+    "per_seq_tps",
+    "batch_speedup",
 ];
 
 /// One CSV line of a [`BenchRow`]: rates and ratios with four decimals, bytes whole, the samples joined by `;`,
@@ -220,6 +231,9 @@ struct CsvRow<'a> {
     weight_bytes_per_token: String,
     speedup: String,
     bound_speedup: String,
+    batch: String,
+    per_seq_tps: String,
+    batch_speedup: String,
 }
 
 impl<'a> From<&'a BenchRow> for CsvRow<'a> {
@@ -245,6 +259,9 @@ impl<'a> From<&'a BenchRow> for CsvRow<'a> {
             weight_bytes_per_token: format!("{:.0}", r.weight_bytes_per_token),
             speedup: opt(r.speedup),
             bound_speedup: opt(r.bound_speedup),
+            batch: r.batch.map_or(String::new(), |b| b.to_string()),
+            per_seq_tps: opt(r.per_seq_tps),
+            batch_speedup: opt(r.batch_speedup),
         }
     }
 }
@@ -271,7 +288,7 @@ pub fn bench_ids(tokenizer: &flexidepth::tokenizer::Tokenizer, n: usize) -> Resu
 }
 
 /// Layers used and weight bytes read (layers, head and one embedding row) by each row of an executed plan.
-fn token_costs(model: &Model, plan: &ExecutedPlan) -> Vec<(f64, f64)> {
+pub fn token_costs(model: &Model, plan: &ExecutedPlan) -> Vec<(f64, f64)> {
     let bytes = model.layer_bytes();
     let head = model.head_weight_bytes() as f64;
     (0..plan.rows)
@@ -332,10 +349,10 @@ pub fn mean_costs(runs: &[Timed]) -> (f64, f64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(config: &str, test: &str, tps: f64, bytes: f64) -> BenchRow {
+    pub(crate) fn row(config: &str, test: &str, tps: f64, bytes: f64) -> BenchRow {
         BenchRow {
             engine: "flexidepth".into(),
             model: "m".into(),
@@ -354,6 +371,9 @@ mod tests {
             weight_bytes_per_token: bytes,
             bound_speedup: None,
             speedup: None,
+            batch: None,
+            per_seq_tps: None,
+            batch_speedup: None,
         }
     }
 

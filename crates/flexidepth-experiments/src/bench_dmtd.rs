@@ -45,14 +45,15 @@ pub fn time_generation(model: &Model, opts: DmtdOptions, context: &[u32], n: usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flexidepth::config::{Arch, ModelConfig};
     use flexidepth::dmtd::DmtdLayout;
     use flexidepth::model::WeightFormat;
     use flexidepth::weights::{SafetensorsFiles, WeightSource};
 
-    fn tiny() -> Model {
+    /// A tiny random Llama (4 layers, hidden 8, vocabulary 16), f32.
+    pub(crate) fn tiny() -> Model {
         let c = ModelConfig {
             arch: Arch::Llama,
             vocab_size: 16,

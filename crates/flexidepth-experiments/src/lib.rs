@@ -2,10 +2,11 @@
 //!
 //! [`compare`] (the paper's method comparison, retain %), [`eval`] (perplexity, quality against full depth), [`study`] (the paper's layer-usage experiment),
 //! [`corpus`] and [`dataset`] (training and evaluation text, the self-distillation data builder), [`bench`]
-//! (llama-bench-style speed; [`bench_dmtd`] its DMTD rows), [`depthmap`] (per-token depth maps), [`plot`] and [`curves`] (SVG charts).
+//! (llama-bench-style speed; [`bench_dmtd`] its DMTD rows, [`bench_batched`] its batched decode), [`depthmap`] (per-token depth maps), [`plot`] and [`curves`] (SVG charts).
 //! Nothing in the engine or the trainer depends on this crate.
 
 pub mod bench;
+pub mod bench_batched;
 pub mod bench_dmtd;
 pub mod compare;
 pub mod corpus;

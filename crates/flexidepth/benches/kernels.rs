@@ -1,10 +1,13 @@
-//! Throughput of the quantized matrix-vector kernels on the default models' shapes (decode: one activation row).
-//! Run: `cargo bench -p flexidepth --bench kernels` (RAYON_NUM_THREADS sets the threads). Prints GB/s of weights.
+//! Throughput of the quantized matrix-vector kernels on the default models' shapes (decode: one activation row),
+//! then several activation rows (batched decode, short prompts): row by row (one- and four-row kernels), the rows
+//! kernel, and the dequantized f32 GEMM that `Linear` switches to from `PACKED_GEMM_MIN_ROWS` rows.
+//! Run: `cargo bench -p flexidepth --bench kernels [-- rows]` (RAYON_NUM_THREADS sets the threads; `rows`: only
+//! the several-rows table). Prints GB/s of weights, and µs per call and per activation row.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use flexidepth::kernels::blocks::{self, BlockType};
-use flexidepth::kernels::{dot4_fn, dot_fn, DotFn, QuantMatrix};
+use flexidepth::kernels::{dot4_fn, dot_fn, rows_kernels, DotFn, Kernels, QuantMatrix};
 use std::time::Instant;
 
 fn matrix(t: GgmlDType, rows: usize, cols: usize) -> QuantMatrix {
@@ -13,7 +16,78 @@ fn matrix(t: GgmlDType, rows: usize, cols: usize) -> QuantMatrix {
     QuantMatrix::new(BlockType::from_ggml(t).unwrap(), rows, cols, q.data().unwrap().to_vec()).unwrap()
 }
 
+/// Best of five timings of `reps` calls of `f`, seconds per call.
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(start.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
+}
+
+/// Several activation rows: the row-by-row path, the rows kernel, and the dequantized f32 GEMM (dequantization
+/// included, as `Linear::forward` pays it on every call).
+fn several_rows() {
+    let shapes = [
+        ("gate/up 1536x576 Q4_1", GgmlDType::Q4_1, 1536, 576),
+        ("down 576x1536 Q4_1", GgmlDType::Q4_1, 576, 1536),
+        ("lm_head 49152x576 Q8_0", GgmlDType::Q8_0, 49152, 576),
+        ("qwen gate/up 4864x896 Q5_0", GgmlDType::Q5_0, 4864, 896),
+        ("qwen down 896x4864 Q4_K", GgmlDType::Q4K, 896, 4864),
+        ("qwen down 896x4864 Q6_K", GgmlDType::Q6K, 896, 4864),
+    ];
+    let simd: Vec<_> = rows_kernels().into_iter().filter(|k| k.0 != "scalar").collect();
+    print!("{:<30} {:>4} {:>12}", "shape", "m", "row-by-row");
+    for (name, _) in &simd {
+        print!(" {:>12}", format!("rows {name}"));
+    }
+    println!(" {:>12}   (µs per activation row)", "f32 GEMM");
+    for (name, t, rows, cols) in shapes {
+        let m = matrix(t, rows, cols);
+        for n in [1usize, 2, 4, 8, 16, 24, 32, 48] {
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = vec![0f32; n * rows];
+            let reps = (100_000_000 / (m.storage_bytes() * n)).clamp(3, 2000);
+            let by_row = Kernels {
+                rows: None,
+                ..Kernels::detected()
+            };
+            let a = best_of(reps, || m.matmul_with(by_row, &x, n, &mut y));
+            let by_kernel: Vec<f64> = simd
+                .iter()
+                .map(|&(_, f)| {
+                    let k = Kernels {
+                        rows: Some(f),
+                        ..Kernels::detected()
+                    };
+                    best_of(reps, || m.matmul_with(k, &x, n, &mut y))
+                })
+                .collect();
+            let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu).unwrap();
+            let c = best_of(reps, || {
+                let w = Tensor::from_vec(m.dequantize(), (rows, cols), &Device::Cpu).unwrap();
+                let _ = xt.matmul(&w.t().unwrap()).unwrap();
+            });
+            let per = |s: f64| s * 1e6 / n as f64;
+            print!("{name:<30} {n:>4} {:>12.2}", per(a));
+            for r in by_kernel {
+                print!(" {:>12.2}", per(r));
+            }
+            println!(" {:>12.2}", per(c));
+        }
+    }
+}
+
 fn main() {
+    println!("threads: {}", rayon::current_num_threads());
+    if std::env::args().any(|a| a == "rows") {
+        return several_rows();
+    }
     let shapes = [
         ("q_proj/o_proj 576x576 Q4_1", GgmlDType::Q4_1, 576, 576),
         ("gate/up 1536x576 Q4_1", GgmlDType::Q4_1, 1536, 576),
@@ -27,7 +101,6 @@ fn main() {
         ("qwen down 896x4864 Q6_K", GgmlDType::Q6K, 896, 4864),
         ("qwen down 896x4864 Q5_K", GgmlDType::Q5K, 896, 4864),
     ];
-    println!("threads: {}", rayon::current_num_threads());
     for (name, t, rows, cols) in shapes {
         let m = matrix(t, rows, cols);
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -39,7 +112,12 @@ fn main() {
         ];
         for (kname, dot, four) in kernels {
             let reps = (200_000_000 / m.storage_bytes()).clamp(5, 5000);
-            let run = |y: &mut [f32]| m.matmul_with(dot, if four { dot4_fn() } else { None }, &x, 1, y);
+            let k = Kernels {
+                dot,
+                dot4: if four { dot4_fn() } else { None },
+                rows: None,
+            };
+            let run = |y: &mut [f32]| m.matmul_with(k, &x, 1, y);
             run(&mut y);
             let mut best = f64::MAX;
             for _ in 0..5 {
@@ -56,4 +134,5 @@ fn main() {
             );
         }
     }
+    several_rows();
 }

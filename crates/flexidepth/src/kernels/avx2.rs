@@ -27,7 +27,7 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 /// `0x10` in byte `j` where bit `j` of Q5_0's little-endian `qh` is set (ggml's `bytes_from_bits_32`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_high_bits(qh: *const u8) -> __m256i {
+pub(super) unsafe fn q5_high_bits(qh: *const u8) -> __m256i {
     let x32 = std::ptr::read_unaligned(qh as *const i32);
     // Byte j gets byte j / 8 of qh, then every bit but bit j % 8 is set: all ones iff that bit was set.
     let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
@@ -61,15 +61,18 @@ pub unsafe fn dot_q4(t: BlockType, row: &[u8], x: &[BlockQ8]) -> f32 {
         }
         let yv = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones);
-        let d = f16_to_f32(b) * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
-        offset += if t == BlockType::Q4_0 {
-            -8.0 * d * y.sum as f32
+        let d = f16_to_f32(b);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(p32), acc);
+        // The offset terms in the four-row and rows kernels' order of operations, so that every kernel gives a
+        // row the same bits.
+        let ysum = y.d * y.sum as f32;
+        if t == BlockType::Q4_0 {
+            offset -= 8.0 * d * ysum;
         } else if t == BlockType::Q5_0 {
-            -16.0 * d * y.sum as f32
+            offset -= 16.0 * d * ysum;
         } else {
-            f16_to_f32(b.add(2)) * y.d * y.sum as f32
-        };
+            offset += f16_to_f32(b.add(2)) * ysum;
+        }
     }
     hsum(acc) + offset
 }

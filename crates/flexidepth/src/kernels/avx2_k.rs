@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 /// 16-bit scale of each pair of bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mul_scaled(q: __m256i, y: *const i8, sc: __m256i) -> __m256i {
+pub(super) unsafe fn mul_scaled(q: __m256i, y: *const i8, sc: __m256i) -> __m256i {
     let yv = _mm256_loadu_si256(y as *const __m256i);
     _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), sc)
 }
@@ -61,7 +61,7 @@ unsafe fn q45k_block(five: bool, b: *const u8, y: &BlockQ8K) -> (__m256i, i32) {
 /// The two low bits of each byte of `h` moved to bits 4–5.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn high2(h: __m256i, three: __m256i) -> __m256i {
+pub(super) unsafe fn high2(h: __m256i, three: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(h, three), 4)
 }
 

@@ -2,20 +2,26 @@
 //! has no SIMD path for Q4_1 (every linear layer of the default model). Weights stay in their GGUF block format
 //! (Q4_0, Q4_1, Q5_0, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K); activations are quantized to 8 bits, per 32 values
 //! for the 32-weight blocks and per 256 (Q8_K) for the K-quants, as ggml pairs them, and each weight row is dotted
-//! with them by an AVX2 kernel (chosen at runtime, scalar fallback), rows split across threads.
+//! with them by an AVX2 kernel (chosen at runtime, scalar fallback), rows split across threads. Several activation
+//! rows (a batch of sequences) go through a rows kernel ([`rows`]) that unpacks each weight block once for all of
+//! them.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_rows;
 pub mod blocks;
 pub mod kquants;
+pub mod rows;
 pub mod vexp;
 
 use crate::error::{Error, Result};
 use blocks::{quantize_q8, Acts, BlockQ8, BlockType};
 use kquants::{quantize_q8k, BlockQ8K};
 use rayon::prelude::*;
+use rows::{tile_ranges, ActTile, DotRowsFn};
 use std::sync::OnceLock;
 
 /// A dot-product kernel: one weight row (its blocks) with activations quantized for its block type.
@@ -38,6 +44,57 @@ pub fn dot4_fn() -> Option<Dot4Fn> {
         }
         None
     })
+}
+
+/// Every rows kernel this CPU runs, slowest first: the scalar fallback, AVX2, AVX-512 VNNI (each bit-identical to
+/// the others' SIMD results: see `avx2_rows.rs`), for tests and benchmarks.
+pub fn rows_kernels() -> Vec<(&'static str, DotRowsFn)> {
+    let mut out: Vec<(&'static str, DotRowsFn)> = vec![("scalar", rows::dot_rows_scalar)];
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features the kernel needs were just detected.
+        out.push(("avx2", |t, row, tile, out| unsafe {
+            avx2_rows::dot_rows(t, row, tile, out)
+        }));
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            // SAFETY: as above, and the AVX-512 features were just detected too.
+            out.push(("avx512vnni", |t, row, tile, out| unsafe {
+                avx2_rows::dot_rows_vnni(t, row, tile, out)
+            }));
+        }
+    }
+    out
+}
+
+/// The rows kernel this CPU runs (decided once): the last of [`rows_kernels`].
+pub fn dot_rows_fn() -> DotRowsFn {
+    static F: OnceLock<DotRowsFn> = OnceLock::new();
+    *F.get_or_init(|| rows_kernels().last().expect("the scalar kernel is always there").1)
+}
+
+/// The kernels one product uses: one row, four weight rows, several activation rows (`None`: row by row).
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub dot: DotFn,
+    pub dot4: Option<Dot4Fn>,
+    pub rows: Option<DotRowsFn>,
+}
+
+impl Kernels {
+    /// The fastest this CPU runs.
+    pub fn detected() -> Self {
+        Kernels {
+            dot: dot_fn(),
+            dot4: dot4_fn(),
+            rows: Some(dot_rows_fn()),
+        }
+    }
 }
 
 /// The fastest kernel this CPU runs (decided once).
@@ -158,18 +215,28 @@ impl QuantMatrix {
     ///
     /// The loop runs over the weights outermost: each thread takes a range of weight rows and, a block of
     /// [`WEIGHT_BLOCK`] rows at a time, dots it with every activation row while the block sits in cache — so `m`
-    /// rows (a batch of sequences) read the weights from memory once, not `m` times. Each output is the same dot
-    /// product of one weight row with one activation row whatever `m` is: a row's result does not depend on the
-    /// others.
-    pub fn matmul_with(&self, dot: DotFn, dot4: Option<Dot4Fn>, x: &[f32], m: usize, y: &mut [f32]) {
+    /// rows (a batch of sequences) read the weights from memory once, not `m` times. From two activation rows on,
+    /// with a rows kernel, each weight row is also unpacked once per tile of activation rows ([`rows`]). Each
+    /// output is the same dot product of one weight row with one activation row whatever `m` is: a row's result
+    /// does not depend on the others (bit for bit, where the kernels agree: the AVX2 ones do, see `avx2_rows.rs`).
+    pub fn matmul_with(&self, k: Kernels, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
         let t = self.block_type;
         let nb = self.cols / t.block_elems();
         let xq = QuantActs::new(t, x, self.cols);
+        let rows_kernel = k.rows.filter(|_| m >= 2);
+        let tiles: Vec<(usize, ActTile)> = match rows_kernel {
+            Some(_) => tile_ranges(m)
+                .into_iter()
+                .map(|(s, n)| (s, ActTile::new((s..s + n).map(|i| xq.row(i, nb)).collect())))
+                .collect(),
+            None => vec![],
+        };
         // Measured (benches/kernels.rs): four rows at once is 1.5–2.2× faster for the 4-bit types at every size,
         // but slower for Q8_0 (the sign trick costs two extra ops per row and block), so Q8_0 goes row by row.
-        let dot4 = dot4.filter(|_| t != BlockType::Q8_0);
+        let dot4 = k.dot4.filter(|_| t != BlockType::Q8_0);
+        let dot = k.dot;
         // Weight rows `first..first + out.len()` against one activation row.
         let rows_into = |first: usize, out: &mut [f32], xi: Acts| {
             let mut k = 0;
@@ -191,10 +258,25 @@ impl QuantMatrix {
         let mut blocks = vec![0f32; m * self.rows];
         blocks.par_chunks_mut(chunk * m).enumerate().for_each(|(ci, block)| {
             let (first, len) = (ci * chunk, block.len() / m);
+            let mut tile_out = [0f32; rows::MAX_TILE];
             for sub in (0..len).step_by(WEIGHT_BLOCK) {
                 let n = WEIGHT_BLOCK.min(len - sub);
-                for i in 0..m {
-                    rows_into(first + sub, &mut block[i * len + sub..i * len + sub + n], xq.row(i, nb));
+                match rows_kernel {
+                    Some(f) => {
+                        for (start, tile) in &tiles {
+                            for r in sub..sub + n {
+                                f(t, self.row(first + r), tile, &mut tile_out);
+                                for (j, &v) in tile_out[..tile.len()].iter().enumerate() {
+                                    block[(start + j) * len + r] = v;
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        for i in 0..m {
+                            rows_into(first + sub, &mut block[i * len + sub..i * len + sub + n], xq.row(i, nb));
+                        }
+                    }
                 }
             }
         });
@@ -217,7 +299,7 @@ impl QuantMatrix {
 
     /// `y = x · Wᵀ` with the fastest kernel.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.matmul_with(dot_fn(), dot4_fn(), x, m, y)
+        self.matmul_with(Kernels::detected(), x, m, y)
     }
 }
 

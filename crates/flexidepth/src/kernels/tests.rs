@@ -134,13 +134,35 @@ fn through_acts(t: BlockType, x: &[f32]) -> Vec<f32> {
     }
 }
 
-/// Scalar, the detected SIMD one-row kernel, and the detected multi-row kernel.
-fn kernels() -> [(&'static str, DotFn, Option<Dot4Fn>); 3] {
-    [
-        ("scalar", blocks::dot_scalar, None),
-        ("one row", dot_fn(), None),
-        ("four rows", dot_fn(), dot4_fn()),
-    ]
+/// The scalar kernels (one row, and the rows fallback), the detected SIMD one-row kernel, the four-row kernel, and
+/// every rows kernel (several activation rows per pass) this CPU runs.
+fn kernels() -> Vec<(String, Kernels)> {
+    let none = |dot| Kernels {
+        dot,
+        dot4: None,
+        rows: None,
+    };
+    let mut out = vec![
+        ("scalar".to_string(), none(blocks::dot_scalar)),
+        ("one row".to_string(), none(dot_fn())),
+        (
+            "four rows".to_string(),
+            Kernels {
+                dot4: dot4_fn(),
+                ..none(dot_fn())
+            },
+        ),
+    ];
+    for (name, rows) in rows_kernels() {
+        let scalar = name == "scalar";
+        let k = Kernels {
+            dot: if scalar { blocks::dot_scalar } else { dot_fn() },
+            dot4: if scalar { None } else { dot4_fn() },
+            rows: Some(rows),
+        };
+        out.push((format!("rows {name}"), k));
+    }
+    out
 }
 
 /// A non-finite activation (corrupt weights upstream) is not rounded away: every kernel's product with its
@@ -153,15 +175,15 @@ fn non_finite_activations_are_not_quantized_away() {
         for bad in [f32::NAN, f32::INFINITY] {
             let mut x = vec![0.25f32; cols];
             x[40] = bad;
-            for (name, dot, dot4) in kernels() {
-                let mut y = vec![0f32; rows];
-                q.matmul_with(dot, dot4, &x, 1, &mut y);
+            for (name, k) in kernels() {
+                let mut y = vec![0f32; 2 * rows];
+                q.matmul_with(k, &[x.clone(), x.clone()].concat(), 2, &mut y);
                 assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
             }
         }
         // Finite activations keep finite products.
         let mut y = vec![0f32; rows];
-        q.matmul_with(blocks::dot_scalar, None, &vec![0.25f32; cols], 1, &mut y);
+        q.matmul_with(kernels()[0].1, &vec![0.25f32; cols], 1, &mut y);
         assert!(y.iter().all(|v| v.is_finite()), "{t:?}");
     }
 }
@@ -169,7 +191,8 @@ fn non_finite_activations_are_not_quantized_away() {
 /// Every kernel (scalar and the detected SIMD ones), decode and prefill shapes, equals the f64 product of the
 /// dequantized weights with the 8-bit-rounded activations (float summation order aside), and stays within the
 /// rounding's reach of the plain f32 product. 67 rows leave a remainder for the four-row kernel; rows of 8 and 9
-/// blocks, or of 1 and 3 super-blocks.
+/// blocks, or of 1 and 3 super-blocks; 1, 3, 5, 16 and 17 activation rows (tiles of 3, 5, 8 + 8, 6 + 6 + 5 rows
+/// for the rows kernel).
 #[test]
 fn kernels_match_the_dequantized_product() {
     for t in ALL {
@@ -181,7 +204,7 @@ fn kernels_match_the_dequantized_product() {
                 ("quantized", matrix(t, rows, cols, 3)),
                 ("random", random_matrix(t, rows, cols, 4)),
             ] {
-                for m in [1, 2, 5] {
+                for m in [1, 3, 5, 16, 17] {
                     let x: Vec<f32> = (0..m * cols)
                         .map(|i| ((i * 7919 % 997) as f32 / 498.0 - 1.0) * 2.0)
                         .collect();
@@ -190,9 +213,9 @@ fn kernels_match_the_dequantized_product() {
                     let scale = plain.iter().fold(0f32, |a, v| a.max(v.abs()));
                     // Q8_K has one activation scale per 256 values, not per 32: a coarser rounding.
                     let reach = if bt.is_k_quant() { 0.06 } else { 0.03 };
-                    for (name, dot, dot4) in kernels() {
+                    for (name, k) in kernels() {
                         let mut y = vec![0f32; m * rows];
-                        q.matmul_with(dot, dot4, &x, m, &mut y);
+                        q.matmul_with(k, &x, m, &mut y);
                         let err = y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                         assert!(
                             err < 1e-5 * scale,
@@ -221,30 +244,62 @@ fn the_detected_kernels_are_the_cpus_own() {
     let avx2 = false;
     assert_eq!(kernel_name(), if avx2 { "avx2" } else { "scalar" });
     assert_eq!(dot4_fn().is_some(), avx2);
+    #[cfg(target_arch = "x86_64")]
+    let vnni = avx2
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    let names: Vec<&str> = rows_kernels().iter().map(|k| k.0).collect();
+    let want: &[&str] = match (avx2, vnni) {
+        (true, true) => &["scalar", "avx2", "avx512vnni"],
+        (true, false) => &["scalar", "avx2"],
+        _ => &["scalar"],
+    };
+    assert_eq!(names, want);
+    assert_eq!(dot_rows_fn() as usize, rows_kernels().last().unwrap().1 as usize);
 }
 
-/// A row of a multi-row product is the same, bit for bit, as that row multiplied alone.
+/// A row of a multi-row product is the same, bit for bit, as that row multiplied alone (by the one-row path decode
+/// takes), for every block type, kernel set and number of rows; and the SIMD kernels (one row, four rows, rows)
+/// agree with each other bit for bit, so a row's result never depends on which of them the shape picked.
 #[test]
 fn rows_of_a_product_equal_rows_alone() {
-    for t in [
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q6K,
-    ] {
-        let (rows, cols) = (203, 512);
-        let (q, _) = matrix(t, rows, cols, 5);
-        let m = 7;
+    for t in ALL {
+        let bt = BlockType::from_ggml(t).unwrap();
+        let (rows, cols) = (203, if bt.is_k_quant() { 768 } else { 544 });
+        let (q, _) = random_matrix(t, rows, cols, 5);
+        let m = 17;
         let x: Vec<f32> = (0..m * cols)
             .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 1.5)
             .collect();
-        let mut y = vec![0f32; m * rows];
-        q.matmul(&x, m, &mut y);
-        for i in 0..m {
-            let mut alone = vec![0f32; rows];
-            q.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
-            assert_eq!(&y[i * rows..(i + 1) * rows], alone.as_slice(), "{t:?} row {i}");
+        let alone = |k: Kernels, i: usize| {
+            let mut y = vec![0f32; rows];
+            q.matmul_with(k, &x[i * cols..(i + 1) * cols], 1, &mut y);
+            y
+        };
+        for (name, k) in kernels() {
+            // The scalar kernels against the scalar one-row path; the SIMD ones against the detected decode path.
+            let single = if name.contains("scalar") {
+                kernels()[0].1
+            } else {
+                Kernels::detected()
+            };
+            for n in [2, 3, 8, 9, 16, 17] {
+                let mut y = vec![0f32; n * rows];
+                q.matmul_with(k, &x[..n * cols], n, &mut y);
+                for i in 0..n {
+                    let want = alone(single, i);
+                    assert!(
+                        y[i * rows..(i + 1) * rows]
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{t:?} {name}: row {i} of {n} differs from the row alone"
+                    );
+                }
+            }
         }
     }
 }

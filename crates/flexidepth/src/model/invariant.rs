@@ -33,7 +33,7 @@ impl Ops for RowInvariant {
         let rows = x.dim(0)?;
         match &linear.weight {
             LinearWeight::Packed(_) if rows > MAX_PACKED_ROWS => {
-                // Even chunks (16 rows: 8 + 8, not 15 + 1), each read of the weights shared by as many rows as can.
+                // Even chunks (48 rows: 24 + 24, not 47 + 1), each read of the weights shared by as many rows as can.
                 let chunks = rows.div_ceil(MAX_PACKED_ROWS);
                 let size = rows.div_ceil(chunks);
                 let parts = (0..rows)

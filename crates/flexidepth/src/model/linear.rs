@@ -10,7 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Rows from which a packed layer multiplies through a dequantized f32 copy (see [`Linear::forward`]).
-pub const PACKED_GEMM_MIN_ROWS: usize = 16;
+///
+/// Measured with the rows kernels (`cargo bench -p flexidepth --bench kernels -- rows`, 2 threads, 2026-12-01, on
+/// a shared machine at load average 12–13, so single figures are noisy), µs per activation row, rows kernel
+/// (AVX-512 VNNI) against dequantize + f32 GEMM, at 16 / 32 / 48 rows: SmolLM2 gate/up 1536×576 Q4_1
+/// 36.7 / 35.5 / 32.8 vs 74.3 / 77.3 / 41.0; down 576×1536 Q4_1 37.9 / 36.1 / 37.3 vs 98.6 / 62.4 / 46.9; lm_head
+/// 49152×576 Q8_0 4692 / 1845 / 3315 vs 26842 / 7778 / 7959; Qwen2.5 gate/up 4864×896 Q5_0 499 / 539 / 451 vs
+/// 1081 / 1375 / 831; down 896×4864 Q4_K 324 / 510 / 687 vs 654 / 1034 / 1039; Q6_K 171 / 506 / 661 vs
+/// 413 / 1033 / 280. The packed path wins everywhere up to 32 rows; at 48 the Q6_K GEMM won: the switch is at 48.
+/// (Before the rows kernels, with one dot product per row and weight row, it was at 16.)
+pub const PACKED_GEMM_MIN_ROWS: usize = 48;
 
 /// How a layer's weight is kept in memory.
 #[derive(Debug)]
@@ -134,7 +143,7 @@ impl Linear {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
             // A batch of many rows is compute-bound: dequantizing the weights once and using the f32 GEMM beats
-            // one int8 dot product per (row, weight row). Measured crossover on the default model: ~16 rows.
+            // the int8 rows kernels from some size on (see `PACKED_GEMM_MIN_ROWS` for the figures).
             LinearWeight::Packed(q) if x.dim(0)? >= PACKED_GEMM_MIN_ROWS => {
                 let w = Tensor::from_vec(q.dequantize(), (q.rows, q.cols), x.device())?;
                 x.matmul(&w.t()?)?
