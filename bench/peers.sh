@@ -267,7 +267,8 @@ run_flexidepth() {
         --configs "$FD_CONFIGS" -o json >"$1" 2>"$1.log"
 }
 run_flexidepth_batched() {
-    "$FLEXIDEPTH" bench -m "$2" -p "$BATCH_P" -n "$N" -r 1 -t "$THREADS" --dtype "$FD_DTYPE" \
+    # -b decodes after a prompt of the first -p size per sequence (it also times single pp/tg runs: ignored here).
+    "$FLEXIDEPTH" bench -m "$2" -p "$BATCH_P" -n "$N" -r 2 -t "$THREADS" --dtype "$FD_DTYPE" \
         --configs full -b "$BATCH" -o json >"$1" 2>"$1.log"
 }
 run_torch() {
