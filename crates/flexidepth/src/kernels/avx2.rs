@@ -99,10 +99,28 @@ pub unsafe fn dot_q8(row: &[u8], x: &[BlockQ8]) -> f32 {
 }
 
 /// Block-type codes for the const-generic kernels (one compiled loop per type, no branch inside).
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q8_0: u8 = 2;
-const Q5_0: u8 = 3;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q8_0: u8 = 2;
+pub(super) const Q5_0: u8 = 3;
+
+/// The 32 quants of the Q4_0 / Q4_1 / Q5_0 block at `b` (type code `T`) as unsigned bytes, low nibbles first and
+/// Q5_0's fifth bit added (`mask`: `0x0F` in every byte; the offset is left to the caller).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_quants<const T: u8>(b: *const u8, mask: __m256i) -> __m256i {
+    let lo = _mm_loadu_si128(b.add(match T {
+        Q4_0 => 2,
+        Q4_1 => 4,
+        _ => 6,
+    }) as *const __m128i);
+    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
+    if T == Q5_0 {
+        _mm256_or_si256(q, q5_high_bits(b.add(2)))
+    } else {
+        q
+    }
+}
 
 /// Four weight rows (`rows[k]`, each the same length) dotted with the same activations: the activation block is
 /// loaded once for four rows, and the four accumulators are independent chains the core can overlap.
@@ -138,16 +156,7 @@ unsafe fn dot4_impl<const T: u8>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
                     ones,
                 )
             } else {
-                let lo = _mm_loadu_si128(b.add(match T {
-                    Q4_0 => 2,
-                    Q4_1 => 4,
-                    _ => 6,
-                }) as *const __m128i);
-                let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
-                if T == Q5_0 {
-                    q = _mm256_or_si256(q, q5_high_bits(b.add(2)));
-                }
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), ones)
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q4_quants::<T>(b, mask), yv), ones)
             };
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(p32), acc[k]);
             if T == Q4_0 {

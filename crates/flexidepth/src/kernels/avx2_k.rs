@@ -65,30 +65,38 @@ pub(super) unsafe fn high2(h: __m256i, three: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(h, three), 4)
 }
 
+/// The 128 six-bit quants of half `n` (0 or 1) of the Q6_K super-block at `b`, as four vectors of 32 unsigned
+/// bytes (weights `128n + 32k..`, `k` = 0..4; the −32 offset is left to the caller).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6k_quants(b: *const u8, n: usize) -> [__m256i; 4] {
+    let mask = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let hbits = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+    let l0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+    let l1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+    [
+        _mm256_or_si256(_mm256_and_si256(l0, mask), high2(hbits, three)),
+        _mm256_or_si256(_mm256_and_si256(l1, mask), high2(_mm256_srli_epi16(hbits, 2), three)),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(l0, 4), mask),
+            high2(_mm256_srli_epi16(hbits, 4), three),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(l1, 4), mask),
+            high2(_mm256_srli_epi16(hbits, 6), three),
+        ),
+    ]
+}
+
 /// One Q6_K super-block at `b` · `y`: `Σ sc · (q − 32) · y` in i32 lanes (the offset folded into lane 0).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_block(b: *const u8, y: &BlockQ8K) -> __m256i {
     let sc = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
-    let mask = _mm256_set1_epi8(0x0F);
-    let three = _mm256_set1_epi8(3);
     let mut sumi = _mm256_setzero_si256();
     for n in 0..2 {
-        let hbits = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
-        let l0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
-        let l1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
-        let q = [
-            _mm256_or_si256(_mm256_and_si256(l0, mask), high2(hbits, three)),
-            _mm256_or_si256(_mm256_and_si256(l1, mask), high2(_mm256_srli_epi16(hbits, 2), three)),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), mask),
-                high2(_mm256_srli_epi16(hbits, 4), three),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), mask),
-                high2(_mm256_srli_epi16(hbits, 6), three),
-            ),
-        ];
+        let q = q6k_quants(b, n);
         for (k, &q) in q.iter().enumerate() {
             // Weights 128n + 32k.. take scales 8n + 2k (first 16) and 8n + 2k + 1 (next 16).
             let s = 8 * n + 2 * k;

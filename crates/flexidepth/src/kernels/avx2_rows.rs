@@ -7,18 +7,15 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use super::avx2::{f16_to_f32, hsum, q5_high_bits};
-use super::avx2_k::{high2, mul_scaled};
+use super::avx2::{f16_to_f32, hsum, q4_quants};
+use super::avx2_k::{mul_scaled, q6k_quants};
 use super::blocks::{Acts, BlockQ8, BlockType};
 use super::kquants::{scale_min_k4, BlockQ8K};
 use super::rows::{ActTile, MAX_TILE};
 use std::arch::x86_64::*;
 
-/// Block-type codes for the const-generic kernels.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q8_0: u8 = 2;
-const Q5_0: u8 = 3;
+/// Block-type codes for the const-generic kernels (the 32-weight ones shared with the one-row kernels).
+use super::avx2::{Q4_0, Q4_1, Q5_0, Q8_0};
 const Q4K: u8 = 4;
 const Q5K: u8 = 5;
 const Q6K: u8 = 6;
@@ -94,25 +91,9 @@ unsafe fn q45k_block_rows<const M: usize>(five: bool, b: *const u8, ys: [&BlockQ
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_block_rows<const M: usize>(b: *const u8, ys: [&BlockQ8K; M]) -> [__m256i; M] {
     let sc = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
-    let mask = _mm256_set1_epi8(0x0F);
-    let three = _mm256_set1_epi8(3);
     let mut sumi = [_mm256_setzero_si256(); M];
     for n in 0..2 {
-        let hbits = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
-        let l0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
-        let l1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
-        let q = [
-            _mm256_or_si256(_mm256_and_si256(l0, mask), high2(hbits, three)),
-            _mm256_or_si256(_mm256_and_si256(l1, mask), high2(_mm256_srli_epi16(hbits, 2), three)),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), mask),
-                high2(_mm256_srli_epi16(hbits, 4), three),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), mask),
-                high2(_mm256_srli_epi16(hbits, 6), three),
-            ),
-        ];
+        let q = q6k_quants(b, n);
         for (k, &q) in q.iter().enumerate() {
             let s = 8 * n + 2 * k;
             let scv = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1] as i16), _mm_set1_epi16(sc[s] as i16));
@@ -251,15 +232,7 @@ macro_rules! rows_kernels {
                         acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dy[j]), _mm256_cvtepi32_ps(p32), acc[j]);
                     }
                 } else {
-                    let lo = _mm_loadu_si128(b.add(match T {
-                        Q4_0 => 2,
-                        Q4_1 => 4,
-                        _ => 6,
-                    }) as *const __m128i);
-                    let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(lo, 4), lo), mask);
-                    if T == Q5_0 {
-                        q = _mm256_or_si256(q, q5_high_bits(b.add(2)));
-                    }
+                    let q = q4_quants::<T>(b, mask);
                     for j in 0..M {
                         let yv = _mm256_loadu_si256(x[j].get_unchecked(i).qs.as_ptr() as *const __m256i);
                         let p32 = $udot(q, yv);
