@@ -116,6 +116,16 @@ fn check_args(args: &Args) -> Result<(Vec<Budget>, Vec<TaskName>)> {
         .iter()
         .map(|b| b.parse::<Budget>())
         .collect::<flexidepth::Result<_>>()?;
+    for (i, a) in budgets.iter().enumerate() {
+        if let Some(b) = budgets[..i].iter().find(|b| b.fraction == a.fraction) {
+            anyhow::bail!(
+                "budget {} is given twice (as '{}' and '{}'): give each budget once",
+                a.text,
+                b.text,
+                a.text
+            );
+        }
+    }
     let (task_names, repeated) = tasks::parse_tasks(&args.tasks)?;
     if !repeated.is_empty() {
         eprintln!("compare: {} given more than once, run once", repeated.join(", "));
@@ -213,6 +223,15 @@ pub fn run(args: Args) -> Result<()> {
         .into_iter()
         .map(|b| b.skipped_layers(n).map(|k| (b, k)))
         .collect::<flexidepth::Result<_>>()?;
+    for (i, (a, k)) in ks.iter().enumerate() {
+        if let Some((b, _)) = ks[..i].iter().find(|(_, kb)| kb == k) {
+            anyhow::bail!(
+                "budgets {} and {} both skip {k} of {n} layers: give each budget once",
+                b.text,
+                a.text
+            );
+        }
+    }
     eprintln!("{}", report::budget_lines(&ks, n).trim_end());
     let skipped: Vec<usize> = ks.iter().map(|p| p.1).collect();
     let manifest = grid_args(&args, &model, &skipped, &task_names, &depth, &mindskip);

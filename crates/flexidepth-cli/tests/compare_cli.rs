@@ -1,4 +1,5 @@
-//! `flexidepth compare`'s argument errors: a clear message and a non-zero exit, before any model or data loads.
+//! `flexidepth compare`'s argument errors: a clear message and a non-zero exit, before any model or data loads
+//! (budgets that round to the same layer count: right after the model loads).
 
 mod common;
 
@@ -15,6 +16,8 @@ fn bad_budgets_and_tasks_are_clear_errors() {
         ("1/8,x", "bad budget 'x'"),
         ("1/0", "division by zero"),
         ("-0.25", "must be above 0"),
+        ("1/8,1/8", "given twice"),
+        ("1/8,0.125", "given twice"),
     ] {
         let o = flexidepth(&["compare", &format!("--budgets={budgets}"), "-o", out]);
         let err = text(&o.stderr);
@@ -26,5 +29,13 @@ fn bad_budgets_and_tasks_are_clear_errors() {
     assert!(text(&o.stderr).contains("--confirm-run-unsafe-code"));
     let o = flexidepth(&["compare", "--budgets", "1/8", "--tasks", "mmlu,nope", "-o", out]);
     assert!(text(&o.stderr).contains("unknown task 'nope'"));
+    // Different budgets that round to the same layer count on the model (1/8 and 0.13 of 30 layers: both 4).
+    let o = flexidepth(&["compare", "--budgets", "1/8,0.13", "--tasks", "arc_easy", "-o", out]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("both skip 4 of 30 layers"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!dir.path().join("grid").exists(), "nothing written on a bad argument");
 }
