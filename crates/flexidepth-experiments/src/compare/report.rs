@@ -280,10 +280,12 @@ pub fn chance_table(full: &Cell, tasks: &[TaskName]) -> String {
         let Some(m) = m else { continue };
         let c = chance(t);
         let se = m.stderr.unwrap_or(0.0);
-        let verdict = if m.value <= c + 2.0 * se {
-            "**yes** (within 2 s.e.)"
-        } else {
+        let verdict = if m.value > c + 2.0 * se {
             "no"
+        } else if m.value < c - 2.0 * se {
+            "**yes** (below chance)"
+        } else {
+            "**yes** (within 2 s.e.)"
         };
         let _ = writeln!(
             s,
