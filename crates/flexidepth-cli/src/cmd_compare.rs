@@ -126,19 +126,13 @@ fn check_args(args: &Args) -> Result<(Vec<Budget>, Vec<TaskName>)> {
             );
         }
     }
-    let (task_names, repeated) = tasks::parse_tasks(&args.tasks)?;
-    if !repeated.is_empty() {
-        eprintln!("compare: {} given more than once, run once", repeated.join(", "));
-    }
-    if task_names.contains(&TaskName::Humaneval) && !args.confirm_run_unsafe_code {
-        anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
-    }
-    if args.limit == Some(0) {
-        anyhow::bail!("--limit must be at least 1");
-    }
-    if !(args.code_timeout.is_finite() && args.code_timeout > 0.0 && args.code_timeout <= 600.0) {
-        anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {}", args.code_timeout);
-    }
+    let task_names = crate::cmd_eval::check_task_args(
+        "compare",
+        &args.tasks,
+        args.confirm_run_unsafe_code,
+        args.limit,
+        args.code_timeout,
+    )?;
     if args.iters == 0 || args.iters > 30 {
         anyhow::bail!("--iters must be in 1..=30");
     }

@@ -49,20 +49,39 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let (tasks, repeated) = tasks::parse_tasks(&args.tasks)?;
+/// The task list (duplicates dropped, with a note from `command`) and the checks of the task options that `eval`
+/// and `compare` share: humaneval needs the opt-in, `--limit` ≥ 1, `--code-timeout` in (0, 600] seconds.
+pub(crate) fn check_task_args(
+    command: &str,
+    names: &[String],
+    confirm_run_unsafe_code: bool,
+    limit: Option<usize>,
+    code_timeout: f64,
+) -> Result<Vec<TaskName>> {
+    let (tasks, repeated) = tasks::parse_tasks(names)?;
     if !repeated.is_empty() {
-        eprintln!("eval: {} given more than once, run once", repeated.join(", "));
+        eprintln!("{command}: {} given more than once, run once", repeated.join(", "));
     }
-    if tasks.contains(&TaskName::Humaneval) && !args.confirm_run_unsafe_code {
+    if tasks.contains(&TaskName::Humaneval) && !confirm_run_unsafe_code {
         anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
     }
-    if args.limit == Some(0) {
+    if limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
-    if !(args.code_timeout.is_finite() && args.code_timeout > 0.0 && args.code_timeout <= 600.0) {
-        anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {}", args.code_timeout);
+    if !(code_timeout.is_finite() && code_timeout > 0.0 && code_timeout <= 600.0) {
+        anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {code_timeout}");
     }
+    Ok(tasks)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tasks = check_task_args(
+        "eval",
+        &args.tasks,
+        args.confirm_run_unsafe_code,
+        args.limit,
+        args.code_timeout,
+    )?;
     if let Some(path) = &args.output {
         crate::output::check_output_path("-o", path)?;
     }
