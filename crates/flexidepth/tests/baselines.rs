@@ -172,9 +172,40 @@ fn laco_search_reports_every_merge_it_tries() {
     // One line per candidate merge, kept or rejected; as many kept as the search kept.
     let kept = lines.iter().filter(|l| l.contains(", kept")).count();
     assert_eq!(kept, quiet.merges.len(), "{lines:?}");
-    assert!(lines.iter().all(|l| l.starts_with("LaCo: merge layers")), "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("LaCo: ")), "{lines:?}");
     assert!(lines.last().unwrap().contains("(2 of 2 layers removed)"), "{lines:?}");
     assert_eq!(built.label(), "laco:2");
+}
+
+/// Sweeps that keep nothing only lower the threshold: starting too high and stepping down gives the merges of
+/// starting at the first threshold that keeps one, and computes each candidate's similarity once.
+#[test]
+fn laco_search_lowering_the_threshold_equals_starting_low() {
+    let c = config(Arch::Qwen2);
+    let m = model_from(&c, &weights(&c));
+    let low = LacoSettings {
+        threshold: -0.9,
+        threshold_step: 0.5,
+        ..LacoSettings::for_layers(3)
+    };
+    let direct = Laco::search(&m, &IDS, 1, &low).unwrap();
+    // 1.1 is above any cosine similarity: the sweeps at 1.1, 0.6, 0.1, −0.4 may keep nothing; −0.9 keeps.
+    let high = LacoSettings { threshold: 1.1, ..low };
+    let mut lines = Vec::new();
+    let stepped = Laco::search_with_progress(&m, &IDS, 1, &high, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(stepped.removed, direct.removed, "{lines:?}");
+    assert_eq!(stepped.merges.len(), 1);
+    assert_eq!(stepped.merges[0].layers, direct.merges[0].layers);
+    assert_eq!(stepped.merges[0].similarity, direct.merges[0].similarity);
+    let lowered = lines.iter().filter(|l| l.contains("threshold lowered")).count();
+    assert!(lowered >= 1, "{lines:?}");
+    assert!((stepped.merges[0].threshold - (1.1 - 0.5 * lowered as f64)).abs() < 1e-9);
+    // One line per distinct candidate (computed once), plus the kept one when it was computed in an earlier sweep.
+    let tried: Vec<&String> = lines.iter().filter(|l| l.contains(", rejected")).collect();
+    let mut distinct = tried.clone();
+    distinct.sort();
+    distinct.dedup_by(|a, b| a.split(':').nth(1) == b.split(':').nth(1));
+    assert_eq!(tried.len(), distinct.len(), "a candidate computed twice: {lines:?}");
 }
 
 /// Greedy options without stop tokens, full depth.

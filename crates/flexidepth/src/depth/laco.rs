@@ -30,6 +30,7 @@ use crate::model::plan::{DepthPolicy, FullDepth, LayerInput, LayerPlan};
 use crate::model::{ForwardCtx, Model, WeightFormat};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Tensor};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The knobs of Algorithm 1, with the paper's Llama2-7B values (`C = 4`, `I = 2`, `T = 0.65`, range from layer
@@ -289,6 +290,10 @@ impl Laco {
         let mut merges = Vec::new();
         let mut threshold = s.threshold;
         let mut removed = 0;
+        // Similarities of the candidates tried on the current slots, by (position, layers merged): a sweep that
+        // keeps nothing is repeated at a lower threshold on the same slots, and would recompute the same values
+        // (on SmolLM2 about ten sweeps of identical forward passes). Cleared when a merge is kept.
+        let mut tried: HashMap<(usize, usize), f64> = HashMap::new();
         while removed < k {
             let before = removed;
             // Positions in the current (collapsed) model; `highest` shrinks as layers go.
@@ -296,19 +301,23 @@ impl Laco {
             while l >= s.lowest as isize && removed < k {
                 let count = (s.merge_layers - 1).min(k - removed);
                 let at = (l as usize).min(slots.len() - 1 - count);
-                let candidate = merge_slots(model, &slots, at, count)?;
-                let policy = Laco::from_slots(model, &candidate, vec![]);
-                let sim = mean_cosine(&reference, &last_hidden(model, ids, &policy)?)?;
-                progress(&format!(
-                    "LaCo: merge layers {}..={} into layer {}: similarity {sim:.4} vs threshold {threshold:.4}, {} \
-                     ({} of {k} layers removed)",
-                    slots[at + 1].layer_idx,
-                    slots[at + count].layer_idx,
-                    slots[at].layer_idx,
-                    if sim > threshold { "kept" } else { "rejected" },
-                    removed + if sim > threshold { count } else { 0 }
-                ));
+                let fresh = !tried.contains_key(&(at, count));
+                if fresh {
+                    let candidate = merge_slots(model, &slots, at, count)?;
+                    let policy = Laco::from_slots(model, &candidate, vec![]);
+                    tried.insert(
+                        (at, count),
+                        mean_cosine(&reference, &last_hidden(model, ids, &policy)?)?,
+                    );
+                }
+                let sim = tried[&(at, count)];
+                // Every candidate computed, and a reused one when it is kept.
+                if fresh || sim > threshold {
+                    let kept = if sim > threshold { count } else { 0 };
+                    progress(&merge_line(&slots[at..=at + count], sim, threshold, removed + kept, k));
+                }
                 if sim > threshold {
+                    let candidate = merge_slots(model, &slots, at, count)?;
                     let layers = slots[at..=at + count].iter().map(|x| x.layer_idx).collect();
                     merges.push(Merge {
                         layers,
@@ -316,6 +325,7 @@ impl Laco {
                         threshold,
                     });
                     slots = candidate;
+                    tried.clear();
                     removed += count;
                     l = at as isize - s.interval as isize;
                 } else {
@@ -330,10 +340,25 @@ impl Laco {
                         s.lowest, s.highest
                     )));
                 }
+                progress(&format!(
+                    "LaCo: no merge kept in this sweep; threshold lowered to {threshold:.4} (similarities reused)"
+                ));
             }
         }
         Ok(Laco::from_slots(model, &slots, merges))
     }
+}
+
+/// The progress line of one candidate merge of `slots[1..]` into `slots[0]`.
+fn merge_line(slots: &[Slot], sim: f64, threshold: f64, removed: usize, k: usize) -> String {
+    format!(
+        "LaCo: merge layers {}..={} into layer {}: similarity {sim:.4} vs threshold {threshold:.4}, {} ({removed} \
+         of {k} layers removed)",
+        slots[1].layer_idx,
+        slots[slots.len() - 1].layer_idx,
+        slots[0].layer_idx,
+        if sim > threshold { "kept" } else { "rejected" },
+    )
 }
 
 /// `slots` with slots `at + 1..=at + count` merged into slot `at` (each slot's current parameters).
