@@ -5,6 +5,7 @@
 //! depth; the retain-% table beside the paper's, a JSON report and a figure. Each finished cell is written to the
 //! output folder, so a rerun with the same arguments continues where a killed one stopped.
 
+use crate::cmd_eval::TaskArgs;
 use crate::LoadArgs;
 use anyhow::{Context, Result};
 use flexidepth::depth::file::attach_depth_file;
@@ -17,7 +18,7 @@ use flexidepth_experiments::compare::grid::{self, Budget, Cell, CellKey, DecodeT
 use flexidepth_experiments::compare::report;
 use flexidepth_experiments::eval::{self, FullReference};
 use flexidepth_experiments::frontier::{self, TuneTarget};
-use flexidepth_experiments::tasks::{self, humaneval::Limits, lm::Lm, run, LoadedTask, TaskName};
+use flexidepth_experiments::tasks::{self, lm::Lm, run, LoadedTask, TaskName};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -35,24 +36,8 @@ pub struct Args {
         default_value = "mmlu,hellaswag,winogrande,arc_easy,arc_challenge,gsm8k,coqa"
     )]
     pub tasks: Vec<String>,
-    /// Score a seeded random subset of this many items per task (the same items in every cell).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Seed of the --limit subset.
-    #[arg(long, default_value_t = 1234)]
-    pub seed: u64,
-    /// Few-shot examples for every task [default: each task's, see `eval`].
-    #[arg(long)]
-    pub num_fewshot: Option<usize>,
-    /// Wrap each context or prompt in the model's chat template (see `eval`).
-    #[arg(long)]
-    pub chat: bool,
-    /// Allow humaneval to execute the model's programs (see `eval`).
-    #[arg(long)]
-    pub confirm_run_unsafe_code: bool,
-    /// Wall-clock seconds a humaneval program may run.
-    #[arg(long, default_value_t = 3.0)]
-    pub code_timeout: f64,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// The FlexiDepth depth file [default: the model's shipped adapter, `adapters/shipped.toml`].
     #[arg(long)]
     pub depth: Option<PathBuf>,
@@ -126,13 +111,7 @@ fn check_args(args: &Args) -> Result<(Vec<Budget>, Vec<TaskName>)> {
             );
         }
     }
-    let task_names = crate::cmd_eval::check_task_args(
-        "compare",
-        &args.tasks,
-        args.confirm_run_unsafe_code,
-        args.limit,
-        args.code_timeout,
-    )?;
+    let task_names = args.task.check("compare", &args.tasks)?;
     if args.iters == 0 || args.iters > 30 {
         anyhow::bail!("--iters must be in 1..=30");
     }
@@ -196,7 +175,7 @@ fn file_id(p: &Option<PathBuf>) -> serde_json::Value {
 pub fn run(args: Args) -> Result<()> {
     let (budgets, task_names) = check_args(&args)?;
     parse_methods(&args.methods)?;
-    let loaded = tasks::load_tasks(&task_names, args.num_fewshot, args.limit, args.seed)?;
+    let loaded = tasks::load_tasks(&task_names, args.task.num_fewshot, args.task.limit, args.task.seed)?;
     let model_name = args.model.model.model.clone();
     let depth = adapter(
         args.depth.as_deref(),
@@ -239,29 +218,12 @@ pub fn run(args: Args) -> Result<()> {
     let cells = grid::grid_cells(&skipped, &methods);
     let tune_ids = files.tokenizer.encode(&frontier::tuning_text()?, false)?;
     let tuning_windows = eval::windows(&tune_ids, 512, args.tune_tokens)?;
-    let chat = match args.chat {
-        true => Some(
-            files
-                .tokenizer
-                .chat_template
-                .as_ref()
-                .context("--chat: this model has no chat template")?,
-        ),
-        false => None,
-    };
     let mut ctx = Ctx {
         model,
         tokenizer: &files.tokenizer,
         model_name: model_name.clone(),
         tasks: loaded,
-        opts: run::RunOptions {
-            chat,
-            confirm_run_unsafe_code: args.confirm_run_unsafe_code,
-            limits: Limits {
-                timeout: std::time::Duration::from_secs_f64(args.code_timeout),
-                ..Limits::default()
-            },
-        },
+        opts: args.task.run_options(&files.tokenizer)?,
         depth,
         mindskip,
         calibration: tuning_windows.iter().flatten().copied().take(1024).collect(),
@@ -302,11 +264,11 @@ fn grid_args(
         "num_layers": n,
         "skipped": skipped,
         "tasks": task_names.iter().map(|t| t.name()).collect::<Vec<_>>(),
-        "limit": args.limit,
-        "seed": args.seed,
-        "num_fewshot": args.num_fewshot,
-        "chat": args.chat,
-        "code_timeout": args.code_timeout,
+        "limit": args.task.limit,
+        "seed": args.task.seed,
+        "num_fewshot": args.task.num_fewshot,
+        "chat": args.task.chat,
+        "code_timeout": args.task.code_timeout,
         "depth": file_id(depth),
         "mindskip": file_id(mindskip),
         "iters": args.iters,
@@ -463,9 +425,9 @@ fn run_cell(ctx: &mut Ctx, key: &CellKey, cells: &[CellKey]) -> Result<(Cell, Ve
             Method::MindSkip => ctx.mindskip.as_ref().map(|p| p.display().to_string()),
             _ => None,
         },
-        limit: ctx.args.limit,
-        seed: ctx.args.seed,
-        chat: ctx.args.chat,
+        limit: ctx.args.task.limit,
+        seed: ctx.args.task.seed,
+        chat: ctx.args.task.chat,
         num_layers: ctx.model.config.num_hidden_layers,
         full_weight_bytes_per_token: full_bytes,
         policy_setup_s: setup_s,
@@ -482,6 +444,7 @@ fn run_cell(ctx: &mut Ctx, key: &CellKey, cells: &[CellKey]) -> Result<(Cell, Ve
         setup_s,
         tasks: results.iter().map(grid::TaskScore::from).collect(),
         decode,
+        batch_size: ctx.opts.batch_size,
     };
     Ok((cell, items))
 }
@@ -490,7 +453,16 @@ fn write_outputs(ctx: &Ctx, dir: &GridDir, ks: &[(Budget, usize)], tasks: &[Task
     let n = ctx.model.config.num_hidden_layers;
     let rows = report::rows(cells, tasks)?;
     let title = format!("{} ({} layers)", ctx.model_name, n);
-    let md = report::markdown(&title, &rows, cells, ks, n, tasks, ctx.args.limit, ctx.args.seed);
+    let md = report::markdown(
+        &title,
+        &rows,
+        cells,
+        ks,
+        n,
+        tasks,
+        ctx.args.task.limit,
+        ctx.args.task.seed,
+    );
     println!("{md}");
     flexidepth::error::write_atomic(&dir.dir().join("compare.md"), md.as_bytes())?;
     let rep = report::CompareReport::new(&ctx.model_name, n, ks, tasks, &rows, cells);

@@ -7,6 +7,7 @@ use crate::output::out;
 use crate::{DepthArgs, LoadArgs};
 use anyhow::{Context, Result};
 use flexidepth::depth::PolicySpec;
+use flexidepth::tokenizer::Tokenizer;
 use flexidepth_experiments::tasks::{self, humaneval::Limits, lm::Lm, report, run, TaskName};
 use std::path::PathBuf;
 
@@ -23,7 +24,19 @@ pub struct Args {
     /// Comma-separated tasks: mmlu, hellaswag, winogrande, arc_easy, arc_challenge, gsm8k, humaneval, coqa.
     #[arg(long, value_delimiter = ',', required = true)]
     pub tasks: Vec<String>,
-    /// Score a seeded random subset of this many items per task (all items when absent).
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Write the report (every item's prompt, output and scores) to this JSON file.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+/// The task options `eval` and `compare` share (the task list itself is each command's: required by `eval`, with
+/// the paper's default by `compare`).
+#[derive(clap::Args, Debug)]
+pub struct TaskArgs {
+    /// Score a seeded random subset of this many items per task (all items when absent; the same items for every
+    /// policy).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Seed of the --limit subset.
@@ -44,50 +57,67 @@ pub struct Args {
     /// Wall-clock seconds a humaneval program may run.
     #[arg(long, default_value_t = 3.0)]
     pub code_timeout: f64,
-    /// Write the report (every item's prompt, output and scores) to this JSON file.
-    #[arg(short = 'o', long)]
-    pub output: Option<PathBuf>,
+    /// Generation requests (gsm8k, humaneval, coqa) decoded together, one batched decode step for all (the
+    /// harness's --batch_size). Greedy outputs can differ from batch 1 where two logits nearly tie (batched steps
+    /// round differently); log-likelihood tasks are scored item by item at any size.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
 }
 
-/// The task list (duplicates dropped, with a note from `command`) and the checks of the task options that `eval`
-/// and `compare` share: humaneval needs the opt-in, `--limit` ≥ 1, `--code-timeout` in (0, 600] seconds.
-pub(crate) fn check_task_args(
-    command: &str,
-    names: &[String],
-    confirm_run_unsafe_code: bool,
-    limit: Option<usize>,
-    code_timeout: f64,
-) -> Result<Vec<TaskName>> {
-    let (tasks, repeated) = tasks::parse_tasks(names)?;
-    if !repeated.is_empty() {
-        eprintln!("{command}: {} given more than once, run once", repeated.join(", "));
+impl TaskArgs {
+    /// The task list (duplicates dropped, with a note from `command`) after the checks: humaneval needs the
+    /// opt-in, `--limit` ≥ 1, `--code-timeout` in (0, 600] seconds, `--batch-size` in 1..=64.
+    pub(crate) fn check(&self, command: &str, names: &[String]) -> Result<Vec<TaskName>> {
+        let (tasks, repeated) = tasks::parse_tasks(names)?;
+        if !repeated.is_empty() {
+            eprintln!("{command}: {} given more than once, run once", repeated.join(", "));
+        }
+        if tasks.contains(&TaskName::Humaneval) && !self.confirm_run_unsafe_code {
+            anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
+        }
+        if self.limit == Some(0) {
+            anyhow::bail!("--limit must be at least 1");
+        }
+        if !(self.code_timeout.is_finite() && self.code_timeout > 0.0 && self.code_timeout <= 600.0) {
+            anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {}", self.code_timeout);
+        }
+        if !(1..=64).contains(&self.batch_size) {
+            anyhow::bail!("--batch-size must be in 1..=64, not {}", self.batch_size);
+        }
+        Ok(tasks)
     }
-    if tasks.contains(&TaskName::Humaneval) && !confirm_run_unsafe_code {
-        anyhow::bail!("humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it");
+
+    /// How the items run, with the model's chat template under `--chat`. Errors: `--chat` without a template.
+    pub(crate) fn run_options<'t>(&self, tokenizer: &'t Tokenizer) -> Result<run::RunOptions<'t>> {
+        let chat = match self.chat {
+            true => Some(
+                tokenizer
+                    .chat_template
+                    .as_ref()
+                    .context("--chat: this model has no chat template")?,
+            ),
+            false => None,
+        };
+        Ok(run::RunOptions {
+            chat,
+            confirm_run_unsafe_code: self.confirm_run_unsafe_code,
+            limits: Limits {
+                timeout: std::time::Duration::from_secs_f64(self.code_timeout),
+                ..Limits::default()
+            },
+            batch_size: self.batch_size,
+        })
     }
-    if limit == Some(0) {
-        anyhow::bail!("--limit must be at least 1");
-    }
-    if !(code_timeout.is_finite() && code_timeout > 0.0 && code_timeout <= 600.0) {
-        anyhow::bail!("--code-timeout must be in (0, 600] seconds, not {code_timeout}");
-    }
-    Ok(tasks)
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let tasks = check_task_args(
-        "eval",
-        &args.tasks,
-        args.confirm_run_unsafe_code,
-        args.limit,
-        args.code_timeout,
-    )?;
+    let tasks = args.task.check("eval", &args.tasks)?;
     if let Some(path) = &args.output {
         crate::output::check_output_path("-o", path)?;
     }
     let spec: Option<PolicySpec> = args.policy.as_deref().map(str::parse).transpose()?;
     // Load the items first: a missing data file is reported before the model loads.
-    let loaded = tasks::load_tasks(&tasks, args.num_fewshot, args.limit, args.seed)?;
+    let loaded = tasks::load_tasks(&tasks, args.task.num_fewshot, args.task.limit, args.task.seed)?;
     let (files, mut model) = args.model.load()?;
     let flexi = args.depth.apply(&mut model)?;
     let calibration = flexidepth_experiments::bench::bench_ids(&files.tokenizer, 256)?;
@@ -104,25 +134,7 @@ pub fn run(args: Args) -> Result<()> {
     if setup_s >= 1.0 {
         eprintln!("policy {} built in {setup_s:.1} s", policy.label());
     }
-    let chat = if args.chat {
-        Some(
-            files
-                .tokenizer
-                .chat_template
-                .as_ref()
-                .context("--chat: this model has no chat template")?,
-        )
-    } else {
-        None
-    };
-    let opts = run::RunOptions {
-        chat,
-        confirm_run_unsafe_code: args.confirm_run_unsafe_code,
-        limits: Limits {
-            timeout: std::time::Duration::from_secs_f64(args.code_timeout),
-            ..Limits::default()
-        },
-    };
+    let opts = args.task.run_options(&files.tokenizer)?;
     let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
     let total: usize = loaded.iter().map(|t| t.items.len()).sum();
     let bar = indicatif::ProgressBar::new(total as u64);
@@ -142,8 +154,8 @@ pub fn run(args: Args) -> Result<()> {
         "model: {}  policy: {} (built in {setup_s:.1} s)  limit: {}  seed: {}",
         args.model.model.model,
         policy.label(),
-        args.limit.map_or("all".to_string(), |l| l.to_string()),
-        args.seed
+        args.task.limit.map_or("all".to_string(), |l| l.to_string()),
+        args.task.seed
     ))?;
     out(report::results_table(&results))?;
     out(report::cost_table(&results, n_layers, full_bytes))?;
@@ -152,9 +164,9 @@ pub fn run(args: Args) -> Result<()> {
             model: args.model.model.model.clone(),
             policy: policy.label(),
             depth_file: args.depth.depth.as_ref().map(|p| p.display().to_string()),
-            limit: args.limit,
-            seed: args.seed,
-            chat: args.chat,
+            limit: args.task.limit,
+            seed: args.task.seed,
+            chat: args.task.chat,
             num_layers: n_layers,
             full_weight_bytes_per_token: full_bytes,
             policy_setup_s: setup_s,

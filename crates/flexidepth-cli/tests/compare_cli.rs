@@ -29,6 +29,22 @@ fn bad_budgets_and_tasks_are_clear_errors() {
     assert!(text(&o.stderr).contains("--confirm-run-unsafe-code"));
     let o = flexidepth(&["compare", "--budgets", "1/8", "--tasks", "mmlu,nope", "-o", out]);
     assert!(text(&o.stderr).contains("unknown task 'nope'"));
+    // The task options eval and compare share, checked alike by both.
+    for (flag, value, needle) in [
+        ("--batch-size", "0", "--batch-size must be in 1..=64"),
+        ("--batch-size", "65", "--batch-size must be in 1..=64"),
+        ("--limit", "0", "--limit must be at least 1"),
+        ("--code-timeout", "0", "--code-timeout must be in (0, 600]"),
+    ] {
+        for cmd in [&["compare", "--budgets", "1/8", "-o", out][..], &["eval"][..]] {
+            let o = flexidepth(&[cmd, &["--tasks", "arc_easy", flag, value]].concat());
+            let err = text(&o.stderr);
+            assert!(
+                !o.status.success() && err.contains(needle),
+                "{cmd:?} {flag} {value}: {err}"
+            );
+        }
+    }
     // Different budgets that round to the same layer count on the model (1/8 and 0.13 of 30 layers: both 4).
     let o = flexidepth(&["compare", "--budgets", "1/8,0.13", "--tasks", "arc_easy", "-o", out]);
     assert!(!o.status.success());

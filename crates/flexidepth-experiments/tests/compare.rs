@@ -164,6 +164,7 @@ fn tiny_cell(files: &ModelFiles, model: &flexidepth::model::Model, key: &CellKey
         chat: None,
         confirm_run_unsafe_code: false,
         limits: Limits::default(),
+        batch_size: 1,
     };
     let results = run_tasks(&mut lm, &tiny_tasks(), &opts, &mut |_| {}).unwrap();
     let cell = Cell {
@@ -175,6 +176,7 @@ fn tiny_cell(files: &ModelFiles, model: &flexidepth::model::Model, key: &CellKey
         setup_s: 0.0,
         tasks: results.iter().map(TaskScore::from).collect(),
         decode: None,
+        batch_size: 1,
     };
     (cell, b"{}\n".to_vec())
 }

@@ -276,6 +276,7 @@ fn partial_scoring_scores_the_shared_continuation_after_each_option() {
         chat: None,
         confirm_run_unsafe_code: false,
         limits: Limits::default(),
+        batch_size: 1,
     };
     let rec = score_item(&mut lm, &item, &opts).unwrap();
     let l1 = lm.alone("hi a", " is here.").unwrap().logprob;
@@ -315,5 +316,96 @@ fn greedy_generation_stops_at_the_first_stop_sequence() {
     if let Some(first) = text.chars().next() {
         let cut = lm.generate_until("hi", &[first.to_string()], 5).unwrap();
         assert_eq!(cut, "");
+    }
+}
+
+/// `--batch-size`: generation requests decoded together (continuous batching, fewer places than requests, so
+/// places are reused) give every request the text it gets alone, and the same rows and layers computed; under full
+/// depth and early exit, on f32 and quantized weights; `run_task` scores batched items as it scores them one by one.
+#[test]
+fn batched_generation_equals_one_request_at_a_time() {
+    use flexidepth_experiments::tasks::lm::GenRequest;
+    use flexidepth_experiments::tasks::run::run_task;
+    use flexidepth_experiments::tasks::TaskName;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, tiny_gguf::tiny_gguf().0).unwrap();
+    let files = ModelFiles::open_path(ModelPath::Gguf(path)).unwrap();
+    let calibration: Vec<u32> = (3..40).collect();
+    let prompts = [
+        "hi",
+        "hi there, a longer prompt",
+        "a",
+        "hi hi hi",
+        "there is",
+        "one more",
+    ];
+    let limits = [5, 1, 7, 0, 3, 6];
+    for format in [WeightFormat::F32, WeightFormat::Quantized] {
+        let model = files.load_model(format, &candle_core::Device::Cpu).unwrap();
+        for spec in ["full", "exit:1"] {
+            let policy = spec.parse::<PolicySpec>().unwrap().build(&model, &calibration).unwrap();
+            let mut alone = Lm::new(&model, &files.tokenizer, policy.as_ref());
+            let mut requests: Vec<GenRequest> = prompts
+                .iter()
+                .zip(limits)
+                .map(|(p, n)| GenRequest {
+                    prompt: p.to_string(),
+                    stops: vec![],
+                    max_new_tokens: n,
+                })
+                .collect();
+            // A stop sequence that cuts one generation short: the first character it generates alone.
+            let first = alone.generate_until(prompts[2], &[], 7).unwrap();
+            if let Some(c) = first.chars().nth(1) {
+                requests[2].stops = vec![c.to_string()];
+            }
+            let mut alone = Lm::new(&model, &files.tokenizer, policy.as_ref());
+            let want: Vec<String> = requests
+                .iter()
+                .map(|r| alone.generate_until(&r.prompt, &r.stops, r.max_new_tokens).unwrap())
+                .collect();
+            for batch in [1, 2, 4, 16] {
+                let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
+                let mut finished = Vec::new();
+                let got = lm.generate_batch(&requests, batch, &mut |i| finished.push(i)).unwrap();
+                assert_eq!(got, want, "{format:?} {spec} batch {batch}");
+                finished.sort_unstable();
+                assert_eq!(finished, (0..requests.len()).collect::<Vec<_>>());
+                assert_eq!(lm.cost.tokens, alone.cost.tokens, "{spec} batch {batch}");
+                assert!(
+                    (lm.cost.layers - alone.cost.layers).abs() < 1e-9,
+                    "{spec} batch {batch}"
+                );
+            }
+            let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
+            assert!(lm.generate_batch(&requests, 0, &mut |_| {}).is_err());
+            // Through run_task: GSM8K items, scored one by one and in batches of 4.
+            let items: Vec<Item> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Item {
+                    id: i.to_string(),
+                    kind: Kind::Gsm8k {
+                        prompt: p.to_string(),
+                        answer: "3".into(),
+                    },
+                })
+                .collect();
+            let records = |batch_size: usize| {
+                let opts = RunOptions {
+                    chat: None,
+                    confirm_run_unsafe_code: false,
+                    limits: Limits::default(),
+                    batch_size,
+                };
+                let mut lm = Lm::new(&model, &files.tokenizer, policy.as_ref());
+                let mut ticks = 0;
+                let r = run_task(&mut lm, TaskName::Gsm8k, 0, &items, &opts, &mut || ticks += 1).unwrap();
+                assert_eq!(ticks, items.len());
+                (r.items, r.cost)
+            };
+            assert_eq!(records(1), records(4), "{format:?} {spec}");
+        }
     }
 }

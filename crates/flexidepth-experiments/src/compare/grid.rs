@@ -215,6 +215,14 @@ pub struct Cell {
     pub setup_s: f64,
     pub tasks: Vec<TaskScore>,
     pub decode: Option<DecodeTiming>,
+    /// Generation requests decoded together (`--batch-size`; not part of the grid's arguments, so recorded per
+    /// cell; cells written before batching existed ran one at a time).
+    #[serde(default = "one")]
+    pub batch_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Cell {

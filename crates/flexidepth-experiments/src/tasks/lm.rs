@@ -3,9 +3,10 @@
 //! Every forward pass's executed plan is added to a [`Cost`] (layers and weight bytes per processed token).
 
 use candle_core::{DType, Tensor, D};
+use flexidepth::cache::KvCache;
 use flexidepth::error::{Error, Result};
 use flexidepth::model::plan::{DepthPolicy, ExecutedPlan, LayerBytes};
-use flexidepth::model::{Logits, Model};
+use flexidepth::model::{BatchRow, Logits, Model, RowInvariant};
 use flexidepth::tokenizer::Tokenizer;
 
 /// Sums over every token row the model processed (prompt, context, continuation and generated tokens).
@@ -54,6 +55,8 @@ pub struct Lm<'a> {
     pub tokenizer: &'a Tokenizer,
     pub policy: &'a dyn DepthPolicy,
     bytes: Vec<LayerBytes>,
+    /// The tokenizer's end-of-generation ids (looked up once).
+    eos: Vec<u32>,
     pub cost: Cost,
 }
 
@@ -81,6 +84,7 @@ impl<'a> Lm<'a> {
             tokenizer,
             policy,
             bytes: model.layer_bytes(),
+            eos: tokenizer.end_of_generation_ids(),
             cost: Cost::default(),
         }
     }
@@ -159,6 +163,109 @@ impl<'a> Lm<'a> {
     ///
     /// Errors: an empty prompt, a prompt that fills the context window.
     pub fn generate_until(&mut self, prompt: &str, stops: &[String], max_new_tokens: usize) -> Result<String> {
+        let (ids, mut cache, budget) = self.begin(prompt, max_new_tokens)?;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut feed = ids;
+        while generated.len() < budget {
+            let out = self.model.forward_with(&feed, &mut cache, Logits::Last, self.policy)?;
+            self.cost.add(&out.plan, &self.bytes);
+            let logits: Vec<f32> = out.logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+            if let Some(text) = self.advance(&mut generated, &logits, stops, budget)? {
+                return Ok(text);
+            }
+            feed = vec![generated[generated.len() - 1]];
+        }
+        self.tokenizer.decode(&generated, true)
+    }
+
+    /// [`Lm::generate_until`] for many requests, up to `batch_size` sequences at a time (continuous batching: a
+    /// finished sequence's place goes to the next request). Each prompt is prefilled alone; then every decode step
+    /// feeds one token of each running sequence in one [`Model::forward_batch`] call with
+    /// [`RowInvariant`] ops, so a weight is read once per step for the whole batch and a sequence's tokens do not
+    /// depend on what else runs beside it. Against [`Lm::generate_until`] (one sequence, fused ops) a decode step
+    /// may round differently (see [`RowInvariant`]), which can change a greedy choice between near-equal logits.
+    /// `done(i)` is called as request `i` finishes. Returns the texts in the order of `requests`.
+    ///
+    /// Errors: as [`Lm::generate_until`], for the first request that fails; `batch_size` 0; non-finite logits.
+    pub fn generate_batch(
+        &mut self,
+        requests: &[GenRequest],
+        batch_size: usize,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<String>> {
+        if batch_size == 0 {
+            return Err(Error::Input("the generation batch size must be at least 1".into()));
+        }
+        let mut texts: Vec<Option<String>> = vec![None; requests.len()];
+        let mut queue = 0..requests.len();
+        let mut running: Vec<Running> = Vec::with_capacity(batch_size);
+        loop {
+            while running.len() < batch_size {
+                let Some(index) = queue.next() else { break };
+                let req = &requests[index];
+                let (ids, mut cache, budget) = self.begin(&req.prompt, req.max_new_tokens)?;
+                let mut generated = Vec::new();
+                let finished = if budget == 0 {
+                    Some(String::new())
+                } else {
+                    let out = self.model.forward_with(&ids, &mut cache, Logits::Last, self.policy)?;
+                    self.cost.add(&out.plan, &self.bytes);
+                    let logits: Vec<f32> = out.logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+                    self.advance(&mut generated, &logits, &req.stops, budget)?
+                };
+                match finished {
+                    Some(text) => {
+                        texts[index] = Some(text);
+                        done(index);
+                    }
+                    None => running.push(Running {
+                        index,
+                        cache,
+                        generated,
+                        budget,
+                    }),
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let mut rows: Vec<BatchRow> = running
+                .iter_mut()
+                .map(|r| BatchRow {
+                    token: r.generated[r.generated.len() - 1],
+                    cache: &mut r.cache,
+                    policy: self.policy,
+                })
+                .collect();
+            let out = self.model.forward_batch(&RowInvariant, &mut rows)?;
+            drop(rows);
+            for plan in &out.plans {
+                self.cost.add(plan, &self.bytes);
+            }
+            let logits: Vec<Vec<f32>> = out.logits.to_dtype(DType::F32)?.to_vec2()?;
+            if logits.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(Error::Input(
+                    "the model computed non-finite logits (NaN or infinity): its weights are corrupt".into(),
+                ));
+            }
+            let mut still = Vec::with_capacity(running.len());
+            for (mut r, row) in running.into_iter().zip(&logits) {
+                let req = &requests[r.index];
+                match self.advance(&mut r.generated, row, &req.stops, r.budget)? {
+                    Some(text) => {
+                        texts[r.index] = Some(text);
+                        done(r.index);
+                    }
+                    None => still.push(r),
+                }
+            }
+            running = still;
+        }
+        Ok(texts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// A generation's ids, its cache (reserved for the whole generation) and its token budget.
+    fn begin(&self, prompt: &str, max_new_tokens: usize) -> Result<(Vec<u32>, KvCache, usize)> {
         let ids = self.tokenizer.encode(prompt, false)?;
         if ids.is_empty() {
             return Err(Error::Input("a generation prompt encodes to no token".into()));
@@ -171,28 +278,51 @@ impl<'a> Lm<'a> {
             });
         }
         let budget = max_new_tokens.min(window - ids.len());
-        let eos = self.tokenizer.end_of_generation_ids();
         let mut cache = self.model.new_cache(ids.len() + budget);
         cache.reserve(ids.len() + budget)?; // never grown (see `choices`)
-        let mut generated: Vec<u32> = Vec::new();
-        let mut feed = ids;
-        while generated.len() < budget {
-            let out = self.model.forward_with(&feed, &mut cache, Logits::Last, self.policy)?;
-            self.cost.add(&out.plan, &self.bytes);
-            let logits: Vec<f32> = out.logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
-            let next = flexidepth::generate::sampler::argmax(&logits);
-            if eos.contains(&next) {
-                break;
-            }
-            generated.push(next);
-            let text = self.tokenizer.decode(&generated, true)?;
-            if let Some(cut) = cut_at_stop(&text, stops) {
-                return Ok(cut.to_string());
-            }
-            feed = vec![next];
-        }
-        self.tokenizer.decode(&generated, true)
+        Ok((ids, cache, budget))
     }
+
+    /// Take the greedy token of `logits` into `generated`; the finished text when it ends the generation (an
+    /// end-of-text token, which is not kept; a stop sequence, cut before it; the budget reached).
+    fn advance(
+        &self,
+        generated: &mut Vec<u32>,
+        logits: &[f32],
+        stops: &[String],
+        budget: usize,
+    ) -> Result<Option<String>> {
+        let next = flexidepth::generate::sampler::argmax(logits);
+        if self.eos.contains(&next) {
+            return self.tokenizer.decode(generated, true).map(Some);
+        }
+        generated.push(next);
+        let text = self.tokenizer.decode(generated, true)?;
+        if let Some(cut) = cut_at_stop(&text, stops) {
+            return Ok(Some(cut.to_string()));
+        }
+        Ok((generated.len() >= budget).then_some(text))
+    }
+}
+
+/// One harness `generate_until` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenRequest {
+    /// The text given to the model (encoded without special tokens).
+    pub prompt: String,
+    /// Stop sequences: the text is cut before the first that appears.
+    pub stops: Vec<String>,
+    pub max_new_tokens: usize,
+}
+
+/// A sequence [`Lm::generate_batch`] is decoding.
+struct Running {
+    /// Its request.
+    index: usize,
+    cache: KvCache,
+    /// Tokens so far (never empty: the prefill chose the first).
+    generated: Vec<u32>,
+    budget: usize,
 }
 
 /// `text` before the earliest occurrence of any stop sequence, if one occurs.

@@ -2,7 +2,7 @@
 //! then the task's metrics with their standard errors ([`TaskResult`]).
 
 use super::humaneval::{self, Limits, Outcome};
-use super::lm::{Cost, Lm};
+use super::lm::{Cost, GenRequest, Lm};
 use super::metrics::{self, acc_and_norm, coqa_scores, exact_match, gsm8k_extract};
 use super::{Item, Kind, TaskName};
 use flexidepth::chat::{ChatTemplate, Message};
@@ -18,6 +18,8 @@ pub struct RunOptions<'a> {
     /// `--confirm-run-unsafe-code`: HumanEval may execute model-written programs.
     pub confirm_run_unsafe_code: bool,
     pub limits: Limits,
+    /// `--batch-size`: generation requests decoded together (1: one at a time, as before batching existed).
+    pub batch_size: usize,
 }
 
 /// One scored item, as the JSON output records it.
@@ -99,10 +101,56 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
                 serde_json::json!({ "continuation": continuation, "logliks": lls, "gold": gold }),
             )
         }
-        Kind::Gsm8k { prompt, answer } => {
-            let prompt = wrap(opts.chat, prompt)?;
-            let stops: Vec<String> = super::gsm8k::STOPS.iter().map(|s| s.to_string()).collect();
-            let text = lm.generate_until(&prompt, &stops, super::gsm8k::MAX_NEW_TOKENS)?;
+        Kind::Gsm8k { .. } | Kind::Coqa { .. } | Kind::HumanEval { .. } => {
+            let req = generation_request(item, opts)?.expect("a generation kind");
+            let text = lm.generate_until(&req.prompt, &req.stops, req.max_new_tokens)?;
+            return score_generation(item, req.prompt, text, opts);
+        }
+    };
+    Ok(ItemRecord {
+        id: item.id.clone(),
+        prompt,
+        output,
+        scores,
+    })
+}
+
+/// The `generate_until` request of a generation item (GSM8K, CoQA, HumanEval), `None` for a log-likelihood one.
+///
+/// Errors: HumanEval without `confirm_run_unsafe_code`; a chat template that fails to render.
+pub fn generation_request(item: &Item, opts: &RunOptions) -> Result<Option<GenRequest>> {
+    let stops = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (prompt, stops, max_new_tokens) = match &item.kind {
+        Kind::Choice { .. } | Kind::Partial { .. } => return Ok(None),
+        Kind::Gsm8k { prompt, .. } => (prompt, stops(&super::gsm8k::STOPS), super::gsm8k::MAX_NEW_TOKENS),
+        Kind::Coqa { prompt, .. } => (prompt, stops(&super::coqa::STOPS), super::coqa::MAX_NEW_TOKENS),
+        Kind::HumanEval { prompt, .. } => {
+            if !opts.confirm_run_unsafe_code {
+                return Err(Error::Input(
+                    "humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it".into(),
+                ));
+            }
+            (prompt, stops(&humaneval::STOPS), humaneval::MAX_NEW_TOKENS)
+        }
+    };
+    Ok(Some(GenRequest {
+        prompt: wrap(opts.chat, prompt)?,
+        stops,
+        max_new_tokens,
+    }))
+}
+
+/// Score a generation item from the text generated for its request (`prompt`: the text the model was given).
+///
+/// Errors: a log-likelihood item; HumanEval's program could not be run.
+pub fn score_generation(item: &Item, prompt: String, text: String, opts: &RunOptions) -> Result<ItemRecord> {
+    let key = |m: &str, f: &str| format!("{m},{f}");
+    let mut scores = BTreeMap::new();
+    let output = match &item.kind {
+        Kind::Choice { .. } | Kind::Partial { .. } => {
+            return Err(Error::Input(format!("item {} is not a generation item", item.id)))
+        }
+        Kind::Gsm8k { answer, .. } => {
             let (strict, flexible) = gsm8k_extract(&text);
             let ignore = metrics::gsm8k_ignore();
             scores.insert(
@@ -113,42 +161,25 @@ pub fn score_item(lm: &mut Lm, item: &Item, opts: &RunOptions) -> Result<ItemRec
                 key("exact_match", "flexible-extract"),
                 exact_match(&flexible, answer, &ignore, true),
             );
-            let out = serde_json::json!({ "text": text, "strict-match": strict, "flexible-extract": flexible, "gold": answer });
-            (prompt, out)
+            serde_json::json!({ "text": text, "strict-match": strict, "flexible-extract": flexible, "gold": answer })
         }
-        Kind::Coqa { prompt, golds } => {
-            let prompt = wrap(opts.chat, prompt)?;
-            let stops: Vec<String> = super::coqa::STOPS.iter().map(|s| s.to_string()).collect();
-            let text = lm.generate_until(&prompt, &stops, super::coqa::MAX_NEW_TOKENS)?;
+        Kind::Coqa { golds, .. } => {
             let pred = text.trim().split('\n').next().unwrap_or("").to_string();
             let (em, f1) = coqa_scores(golds, &pred);
             scores.insert(key("em", "none"), em);
             scores.insert(key("f1", "none"), f1);
-            (
-                prompt,
-                serde_json::json!({ "text": text, "prediction": pred, "golds": golds }),
-            )
+            serde_json::json!({ "text": text, "prediction": pred, "golds": golds })
         }
         Kind::HumanEval {
-            prompt,
+            prompt: code_prompt,
             test,
             entry_point,
         } => {
-            if !opts.confirm_run_unsafe_code {
-                return Err(Error::Input(
-                    "humaneval runs model-written code: pass --confirm-run-unsafe-code to allow it".into(),
-                ));
-            }
-            let shown = wrap(opts.chat, prompt)?;
-            let stops: Vec<String> = humaneval::STOPS.iter().map(|s| s.to_string()).collect();
-            let completion = lm.generate_until(&shown, &stops, humaneval::MAX_NEW_TOKENS)?;
-            let outcome =
-                humaneval::run_program(&humaneval::program(prompt, &completion, test, entry_point), opts.limits)?;
+            // The program is the task's own prompt (not the chat-wrapped text) and the completion.
+            let program = humaneval::program(code_prompt, &text, test, entry_point);
+            let outcome = humaneval::run_program(&program, opts.limits)?;
             scores.insert(key("pass@1", "create_test"), (outcome == Outcome::Passed) as u8 as f64);
-            (
-                shown,
-                serde_json::json!({ "completion": completion, "outcome": outcome }),
-            )
+            serde_json::json!({ "completion": text, "outcome": outcome })
         }
     };
     Ok(ItemRecord {
@@ -171,11 +202,7 @@ pub fn run_task(
 ) -> Result<TaskResult> {
     let start = std::time::Instant::now();
     let before = lm.cost;
-    let mut records = Vec::with_capacity(items.len());
-    for item in items {
-        records.push(score_item(lm, item, opts)?);
-        progress();
-    }
+    let records = score_items(lm, items, opts, progress)?;
     let metrics = task
         .metrics()
         .iter()
@@ -209,6 +236,31 @@ pub fn run_task(
         wall_s: start.elapsed().as_secs_f64(),
         items: records,
     })
+}
+
+/// Every item's record, in order. With `batch_size` > 1 the generation items are generated together
+/// ([`Lm::generate_batch`]) and scored as they come back; the log-likelihood items are scored one by one (each
+/// already shares its context across its choices).
+fn score_items(lm: &mut Lm, items: &[Item], opts: &RunOptions, progress: &mut dyn FnMut()) -> Result<Vec<ItemRecord>> {
+    let mut records: Vec<Option<ItemRecord>> = vec![None; items.len()];
+    let mut batched: Vec<(usize, GenRequest)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match generation_request(item, opts)? {
+            Some(req) if opts.batch_size > 1 => batched.push((i, req)),
+            _ => {
+                records[i] = Some(score_item(lm, item, opts)?);
+                progress();
+            }
+        }
+    }
+    if !batched.is_empty() {
+        let requests: Vec<GenRequest> = batched.iter().map(|(_, r)| r.clone()).collect();
+        let texts = lm.generate_batch(&requests, opts.batch_size, &mut |_| progress())?;
+        for ((i, req), text) in batched.into_iter().zip(texts) {
+            records[i] = Some(score_generation(&items[i], req.prompt, text, opts)?);
+        }
+    }
+    Ok(records.into_iter().map(|r| r.expect("every item scored")).collect())
 }
 
 /// [`run_task`] for each task in order; `progress` hears the task after each item.
