@@ -230,7 +230,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     writeln!(out).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
     let s = &gen.stats;
-    eprintln!("stop reason: {:?}", s.stop_reason);
+    eprintln!("stop reason: {}", s.stop_reason);
     if args.n_predict == 0 {
         eprintln!("prompt: {} tokens, not computed (-n 0)", s.prompt_tokens);
     } else {

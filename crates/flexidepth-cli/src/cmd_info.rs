@@ -13,7 +13,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let files = args.model.open()?;
     let c = &files.config;
-    out(format!("source:            {:?}", files.path))?;
+    out(format!("source:            {}", files.path))?;
     out(format!("architecture:      {}", c.arch.hf_name()))?;
     out(format!("layers:            {}", c.num_hidden_layers))?;
     out(format!("hidden size:       {}", c.hidden_size))?;

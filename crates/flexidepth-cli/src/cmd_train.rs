@@ -215,9 +215,21 @@ pub fn run(args: Args) -> Result<()> {
             config.out.display()
         );
     }
-
-    // Data first: a bad data file fails before the model loads.
-    let text = flexidepth::error::read_to_string(&config.data)?;
+    if args.resume && !ckpt.exists() {
+        bail!(
+            "{} has no checkpoint to resume from (the run stopped before its first one): start it again without \
+             --resume, with the same --out",
+            config.out.display()
+        );
+    }
+    // The output folder and the data before the model loads: a bad path fails in a second, not after the load.
+    std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
+    if !args.resume {
+        flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())
+            .with_context(|| format!("cannot write to the output folder {}", config.out.display()))?;
+    }
+    let text = flexidepth::error::read_to_string(&config.data)
+        .with_context(|| format!("cannot read the data file {}", config.data.display()))?;
     let samples = parse_jsonl(&config.data, &text)?;
     let files = ModelFiles::open(&config.model).with_context(|| format!("cannot open model '{}'", config.model))?;
     let data = tokenize(&samples, &files.tokenizer, config.max_len)?;
@@ -243,10 +255,6 @@ pub fn run(args: Args) -> Result<()> {
         Some(d) => dmtd_params(&config, d, &model)?,
         None => depth_params(&config, &model)?,
     };
-    std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
-    if !args.resume {
-        flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())?;
-    }
     // Optimizer steps: the local stages (adapter fit, router start) run as one block each and take none.
     let total_steps: usize = (0..config.stages.len())
         .filter(|&i| config.stages[i].kind.is_optimizer_stage())

@@ -74,7 +74,7 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
     let cut_text = text(&cut.stdout);
     assert!(greedy.contains("Paris"), "{greedy}");
     assert_eq!(cut_text.trim_end(), greedy[..greedy.find("Paris").unwrap()].trim_end());
-    assert!(text(&cut.stderr).contains("StopString"));
+    assert!(text(&cut.stderr).contains("stop reason: stop string"));
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn end_of_generation_set_covers_end_of_text_and_end_of_turn() {
     ]);
     assert_eq!(out.trim(), "", "{err}");
     assert!(
-        err.contains("stop reason: Eos") && err.contains("decode: 1 tokens"),
+        err.contains("stop reason: eos") && err.contains("decode: 1 tokens"),
         "{err}"
     );
     // convert writes the whole set, and the folder it makes reads it back.
@@ -80,7 +80,7 @@ fn escapes_in_stop_strings() {
         "--stop",
         "\\n\\n",
     ]);
-    assert!(err.contains("stop reason: StopString"), "{err}");
+    assert!(err.contains("stop reason: stop string"), "{err}");
     assert!(
         out.contains("return a + b") && !out.trim_end().contains("\n\n"),
         "{out:?}"
@@ -97,12 +97,12 @@ fn escapes_in_stop_strings() {
     ] {
         let (cut, err) = ok(&[&base[..], &stop[..]].concat());
         assert_eq!(cut.trim_end(), want, "{stop:?}");
-        assert!(err.contains("StopString"), "{stop:?}: {err}");
+        assert!(err.contains("stop reason: stop string"), "{stop:?}: {err}");
     }
     // An escaped backslash is a backslash, not a newline: the stop never matches.
     let (kept, err) = ok(&[&base[..], &["--stop", "\\\\n"]].concat());
     assert_eq!(kept, full);
-    assert!(err.contains("MaxTokens"), "{err}");
+    assert!(err.contains("stop reason: max tokens"), "{err}");
     fails(&[&base[..], &["--stop", ""]].concat(), "stop string");
 }
 

@@ -122,6 +122,24 @@ fn trains_writes_outputs_and_refuses_bad_data() {
     let o = flexidepth(&long);
     let e = text(&o.stderr);
     assert!(!o.status.success() && e.contains("4 longer than max_len 8"), "{e}");
+    // That run stopped before its first checkpoint: --resume says so, and a fresh start in the folder is allowed.
+    let o = flexidepth(&["train", "--resume", "--out", &out2]);
+    let e = text(&o.stderr);
+    assert!(!o.status.success() && e.contains("no checkpoint to resume from"), "{e}");
+    // Path errors name what they are, before any model loads (an unknown model name would fail later).
+    let missing = dir.path().join("missing.jsonl").display().to_string();
+    let mut args = train_args(&missing, &out2);
+    args.extend(["-m", "no-such-model"]);
+    let e = text(&flexidepth(&args).stderr);
+    assert!(
+        e.contains("cannot read the data file") && !e.contains("no-such-model"),
+        "{e}"
+    );
+    let file = write(dir.path(), "a-file", "");
+    let mut args = train_args(&data, &file);
+    args.extend(["-m", "no-such-model"]);
+    let e = text(&flexidepth(&args).stderr);
+    assert!(e.contains("cannot create") && !e.contains("no-such-model"), "{e}");
 }
 
 #[test]

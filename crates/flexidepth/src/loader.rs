@@ -37,6 +37,16 @@ pub enum ModelPath {
     HfDir(PathBuf),
 }
 
+impl std::fmt::Display for ModelPath {
+    /// `GGUF file <path>` or `HF folder <path>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelPath::Gguf(p) => write!(f, "GGUF file {}", p.display()),
+            ModelPath::HfDir(p) => write!(f, "HF folder {}", p.display()),
+        }
+    }
+}
+
 /// Resolve `-m`: a short name, a GGUF path or an HF folder.
 pub fn resolve(spec: &str) -> Result<ModelPath> {
     if let Some((name, file)) = KNOWN_MODELS.iter().find(|(n, _)| *n == spec) {

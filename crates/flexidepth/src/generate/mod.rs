@@ -59,6 +59,18 @@ pub enum StopReason {
     ContextFull,
 }
 
+impl std::fmt::Display for StopReason {
+    /// What `generate` prints: `eos`, `stop string`, `max tokens`, `context full`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::Eos => "eos",
+            StopReason::StopString => "stop string",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+        })
+    }
+}
+
 /// Counts and timings of one generation.
 #[derive(Debug, Clone)]
 pub struct GenerationStats {
