@@ -75,6 +75,19 @@ pub fn run(args: Args) -> Result<()> {
     if args.compare_full && args.scoring != ScoringArg::All {
         anyhow::bail!("--compare-full scores all positions; drop --scoring");
     }
+    if let Some(tau) = args.dmtd.tau {
+        // Each cycle offset is scored at every position of each window: a second-half scoring would be ignored,
+        // and a cycle longer than the window leaves offsets with no position.
+        if args.scoring != ScoringArg::All {
+            anyhow::bail!("--dmtd scores every position, per cycle offset; drop --scoring");
+        }
+        if tau > args.ctx {
+            anyhow::bail!(
+                "--dmtd {tau} is longer than the window (--ctx-size {}): its later offsets would score nothing",
+                args.ctx
+            );
+        }
+    }
     let text = match &args.file {
         Some(f) => Some(flexidepth::error::read_to_string(f)?),
         None => None,

@@ -110,6 +110,25 @@ fn flags_outside_their_domains_are_refused() {
             &format!("{flag} must be"),
         );
     }
+    // DMTD perplexity: a scoring it would ignore, a cycle longer than the window.
+    clean_error(
+        &[
+            "perplexity",
+            "-m",
+            &m,
+            "-f",
+            &m,
+            "--dmtd",
+            "2",
+            "--scoring",
+            "second-half",
+        ],
+        "--dmtd scores every position",
+    );
+    clean_error(
+        &["perplexity", "-m", &m, "-f", &m, "--dmtd", "9", "--ctx-size", "8"],
+        "longer than the window",
+    );
     let run = dir.path().join("run").display().to_string();
     clean_error(
         &["-t", "1", "train", "-m", &m, "-d", &m, "-o", &run, "--lr", "NaN"],
