@@ -321,7 +321,7 @@ fn greedy_generation_stops_at_the_first_stop_sequence() {
 
 /// `--batch-size`: generation requests decoded together (continuous batching, fewer places than requests, so
 /// places are reused) give every request the text it gets alone, and the same rows and layers computed; under full
-/// depth and early exit, on f32 and quantized weights; `run_task` scores batched items as it scores them one by one.
+/// depth, early exit and LaCo (a merged layer in place of two), on f32 and quantized weights; `run_task` scores batched items as it scores them one by one.
 #[test]
 fn batched_generation_equals_one_request_at_a_time() {
     use flexidepth_experiments::tasks::lm::GenRequest;
@@ -343,7 +343,7 @@ fn batched_generation_equals_one_request_at_a_time() {
     let limits = [5, 1, 7, 0, 3, 6];
     for format in [WeightFormat::F32, WeightFormat::Quantized] {
         let model = files.load_model(format, &candle_core::Device::Cpu).unwrap();
-        for spec in ["full", "exit:1"] {
+        for spec in ["full", "exit:1", "laco:1"] {
             let policy = spec.parse::<PolicySpec>().unwrap().build(&model, &calibration).unwrap();
             let mut alone = Lm::new(&model, &files.tokenizer, policy.as_ref());
             let mut requests: Vec<GenRequest> = prompts

@@ -9,6 +9,7 @@ use common::tiny::{config, depth_weights, max_diff, routed_model, weights};
 use flexidepth::cache::KvCache;
 use flexidepth::config::Arch;
 use flexidepth::depth::early_exit::EarlyExit;
+use flexidepth::depth::laco::Laco;
 use flexidepth::depth::shortgpt::StaticPrune;
 use flexidepth::depth::{DepthMode, DepthPolicy, FlexiDepth, FullDepth, SkipUnit};
 use flexidepth::generate::sampler::argmax;
@@ -20,8 +21,8 @@ const PROMPTS: [&[u32]; 5] = [&[3, 17, 5], &[9, 2], &[30, 12, 7, 22, 14], &[4], 
 const STEPS: usize = 4;
 
 /// One policy of every kind the seam has (routing, FFN-only and attention-only skipping without skip K/V, forced
-/// skip, pruning, early exit, full depth).
-fn policies() -> Vec<Box<dyn DepthPolicy>> {
+/// skip, pruning, early exit, full depth, a layer replaced by a merged one: LaCo's layer 2 merged into 1).
+fn policies(m: &Model) -> Vec<Box<dyn DepthPolicy>> {
     vec![
         Box::new(FullDepth),
         Box::new(FlexiDepth::default()),
@@ -38,11 +39,13 @@ fn policies() -> Vec<Box<dyn DepthPolicy>> {
         Box::new(FlexiDepth::with_mode(DepthMode::Skip)),
         Box::new(StaticPrune::new(vec![1])),
         Box::new(EarlyExit { exit_after: 2 }),
+        Box::new(Laco::merge_once(m, 1, 1).unwrap()),
     ]
 }
 
-/// Which policy each of the eight sequences runs: rows 1 and 2 share one policy object (planned together).
-const POLICY_OF: [usize; 8] = [0, 1, 1, 2, 3, 4, 5, 6];
+/// Which policy each of the ten sequences runs: rows 1 and 2 share one policy object (planned together), and so do
+/// rows 8 and 9 (LaCo).
+const POLICY_OF: [usize; 10] = [0, 1, 1, 2, 3, 4, 5, 6, 7, 7];
 
 /// What a run produced: per decode step, per sequence, the logits and the executed plan.
 type Steps = Vec<Vec<(Vec<f32>, ExecutedPlan)>>;
@@ -126,7 +129,7 @@ fn a_row_is_the_same_alone_and_in_a_batch() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
         let c = config(arch);
         let m = routed_model(&c, &weights(&c), &depth_weights(&c, &ROUTED, 0), &ROUTED);
-        let policies = policies();
+        let policies = policies(&m);
         let alone = decode(&m, &policies, false);
         let batched = decode(&m, &policies, true);
         assert_eq!(batched, alone, "{arch:?}");
@@ -148,7 +151,7 @@ fn batched_steps_agree_with_forward_with() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
         let c = config(arch);
         let m = routed_model(&c, &weights(&c), &depth_weights(&c, &ROUTED, 0), &ROUTED);
-        let policies = policies();
+        let policies = policies(&m);
         let batched = decode(&m, &policies, true);
         let sequential = decode_sequential(&m, &policies);
         for (step, (b, s)) in batched.iter().zip(&sequential).enumerate() {

@@ -5,7 +5,8 @@
 //! not once per sequence), and the rows are grouped by what their plan says, as [`super::layer::DecoderLayer`]
 //! groups the rows of one sequence: K/V for every present row, queries, attention and `o_proj` only for the rows
 //! that run attention (each row attends over its own cache), the MLP for the MLP rows and the adapter for the
-//! adapter rows — so a row that skips saves its work in a batch too. Rows sharing a policy object are planned
+//! adapter rows — so a row that skips saves its work in a batch too. A row whose policy runs another layer in a
+//! layer's place (LaCo's merged layer) is run by that layer after the others. Rows sharing a policy object are planned
 //! together (one router call for them).
 //!
 //! With [`super::invariant::RowInvariant`] ops a row's logits are the same, bit for bit, whatever else is in the
@@ -23,6 +24,7 @@ use super::Model;
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
+use std::sync::Arc;
 
 /// One sequence's next token in a batched decode step.
 pub struct BatchRow<'a> {
@@ -49,6 +51,9 @@ struct RowPlans {
     scale: Vec<Option<f32>>,
     /// `input_layernorm(x)`, when one policy planned every row and computed it.
     normed: Option<Tensor>,
+    /// Rows whose policy runs another layer in this one's place ([`LayerPlan::Replaced`], LaCo's merged layer),
+    /// by replacement; their `steps` are `None` (the layer itself does not run them).
+    replaced: Vec<(Arc<DecoderLayer>, Vec<usize>)>,
 }
 
 impl Model {
@@ -77,10 +82,25 @@ impl Model {
             rows.len()
         ];
         let mut exited = vec![false; rows.len()];
+        let n = rows.len();
         for layer in &self.layers {
-            let plan = plan_layer(layer, ops, &x, &positions, &groups, &mut exited, &mut plans)?;
+            let mut plan = plan_layer(layer, ops, &x, &positions, &groups, &mut exited, &mut plans)?;
+            let replaced = std::mem::take(&mut plan.replaced);
             if plan.steps.iter().any(Option::is_some) {
                 x = layer_forward(layer, ops, &self.rope, &x, rows, &positions, plan)?;
+            }
+            // A row a layer pass does not run goes through it unchanged, so each replacement runs its own rows
+            // after the layer has run the others (K/V under the same layer index, as `run_layers` writes them).
+            for (other, members) in replaced {
+                let mut steps = vec![None; n];
+                members.iter().for_each(|&i| steps[i] = Some(RowStep::RUN));
+                let plan = RowPlans {
+                    steps,
+                    scale: vec![None; n],
+                    normed: None,
+                    replaced: Vec::new(),
+                };
+                x = layer_forward(&other, ops, &self.rope, &x, rows, &positions, plan)?;
             }
         }
         for (row, &pos) in rows.iter_mut().zip(&positions) {
@@ -121,6 +141,7 @@ fn plan_layer(
         steps: vec![None; n],
         scale: vec![None; n],
         normed: None,
+        replaced: Vec::new(),
     };
     for (policy, members) in groups {
         let live: Vec<usize> = members.iter().copied().filter(|&i| !exited[i]).collect();
@@ -141,12 +162,13 @@ fn plan_layer(
         };
         match plan {
             LayerPlan::Exit => live.iter().for_each(|&i| exited[i] = true),
-            LayerPlan::Replaced(_) => {
-                return Err(Error::Unsupported(format!(
-                    "layer {}: a policy that replaces a layer's weights (LaCo) in a batch of rows; \
-                     run one sequence at a time",
-                    layer.layer_idx
-                )))
+            LayerPlan::Replaced(other) => {
+                live.iter()
+                    .for_each(|&i| plans[i].layers.push(record(RecordKind::Full, None)));
+                match out.replaced.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &other)) {
+                    Some((_, rows)) => rows.extend(&live),
+                    None => out.replaced.push((other, live)),
+                }
             }
             LayerPlan::Absent => live
                 .iter()
