@@ -141,6 +141,7 @@ fn kernels() -> Vec<(String, Kernels)> {
         dot,
         dot4: None,
         rows: None,
+        wide: None,
     };
     let mut out = vec![
         ("scalar".to_string(), none(blocks::dot_scalar)),
@@ -153,12 +154,22 @@ fn kernels() -> Vec<(String, Kernels)> {
             },
         ),
     ];
+    if let Some(wide) = wide_fn() {
+        out.push((
+            "wide".to_string(),
+            Kernels {
+                wide: Some(wide),
+                ..none(dot_fn())
+            },
+        ));
+    }
     for (name, rows) in rows_kernels() {
         let scalar = name == "scalar";
         let k = Kernels {
             dot: if scalar { blocks::dot_scalar } else { dot_fn() },
             dot4: if scalar { None } else { dot4_fn() },
             rows: Some(rows),
+            wide: None,
         };
         out.push((format!("rows {name}"), k));
     }
@@ -176,9 +187,11 @@ fn non_finite_activations_are_not_quantized_away() {
             let mut x = vec![0.25f32; cols];
             x[40] = bad;
             for (name, k) in kernels() {
-                let mut y = vec![0f32; 2 * rows];
-                q.matmul_with(k, &[x.clone(), x.clone()].concat(), 2, &mut y);
-                assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
+                for m in [1, 2] {
+                    let mut y = vec![0f32; m * rows];
+                    q.matmul_with(k, &x.repeat(m), m, &mut y);
+                    assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad} m={m}: {y:?}");
+                }
             }
         }
         // Finite activations keep finite products.
@@ -258,6 +271,8 @@ fn the_detected_kernels_are_the_cpus_own() {
         _ => &["scalar"],
     };
     assert_eq!(names, want);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(wide_fn().is_some(), vnni && std::is_x86_feature_detected!("avx512bw"));
     assert_eq!(dot_rows_fn() as usize, rows_kernels().last().unwrap().1 as usize);
 }
 
@@ -324,5 +339,54 @@ fn bad_sizes_are_refused() {
             QuantMatrix::new(t, 2, 512, vec![0; 4 * t.block_bytes()]).is_ok(),
             "{t:?}"
         );
+    }
+}
+
+/// The wide one-row kernel (where this CPU has one) gives every weight row the bits the AVX2 one- and four-row
+/// kernels give it, for every 32-weight block type, on every range of rows (lengths 1..=19 from several first
+/// rows: whole passes of eight, pairs and an odd last row), and refuses activations laid out for another type.
+#[test]
+fn wide_kernel_equals_the_avx2_kernels() {
+    let Some(wide) = wide_fn() else {
+        return;
+    };
+    for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+        let bt = BlockType::from_ggml(t).unwrap();
+        for cols in [32, 288] {
+            let (q, _) = random_matrix(t, 27, cols, 9);
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 13 % 61) as f32 / 30.0 - 1.0) * 1.7).collect();
+            let mut xq = vec![BlockQ8::default(); cols / QK];
+            quantize_q8(&x, &mut xq);
+            let acts = wide::WideActs::new(bt, &xq);
+            let alone: Vec<f32> = (0..27).map(|r| dot_fn()(bt, q.row(r), Acts::Q8(&xq))).collect();
+            let four: Vec<f32> = (0..24)
+                .step_by(4)
+                .flat_map(|r| dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], Acts::Q8(&xq)))
+                .collect();
+            assert!(alone[..24].iter().zip(&four).all(|(a, b)| a.to_bits() == b.to_bits()));
+            for first in [0, 1, 5] {
+                for len in 1..=(27 - first).min(19) {
+                    let mut out = vec![f32::NAN; len];
+                    wide(bt, &q.data, q.row_bytes(), first, &acts, &mut out);
+                    for (j, v) in out.iter().enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            alone[first + j].to_bits(),
+                            "{t:?} cols {cols} rows {first}..{}: row {}: {v} vs {}",
+                            first + len,
+                            first + j,
+                            alone[first + j]
+                        );
+                    }
+                }
+            }
+        }
+        let other = if bt == BlockType::Q8_0 { BlockType::Q4_1 } else { BlockType::Q8_0 };
+        let (q, _) = random_matrix(t, 3, 64, 1);
+        let mut xq = vec![BlockQ8::default(); 2];
+        quantize_q8(&[0.5; 64], &mut xq);
+        let acts = wide::WideActs::new(other, &xq);
+        let refused = std::panic::catch_unwind(|| wide(bt, &q.data, q.row_bytes(), 0, &acts, &mut [0f32; 3]));
+        assert!(refused.is_err(), "{t:?} with activations for {other:?}");
     }
 }
