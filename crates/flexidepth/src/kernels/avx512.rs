@@ -38,7 +38,10 @@ unsafe fn pair_bytes<const T: u8>(p0: *const u8, p1: *const u8, mask: __m512i) -
         _ => 6,
     };
     let lo = _mm_loadu_si128(p0.add(at) as *const __m128i);
-    let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), _mm_loadu_si128(p1.add(at) as *const __m128i));
+    let both = _mm256_inserti128_si256::<1>(
+        _mm256_castsi128_si256(lo),
+        _mm_loadu_si128(p1.add(at) as *const __m128i),
+    );
     let q = _mm512_and_si512(
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(both), _mm256_srli_epi16::<4>(both)),
         mask,

@@ -361,7 +361,9 @@ fn wide_kernel_equals_the_avx2_kernels() {
             let alone: Vec<f32> = (0..27).map(|r| dot_fn()(bt, q.row(r), Acts::Q8(&xq))).collect();
             let four: Vec<f32> = (0..24)
                 .step_by(4)
-                .flat_map(|r| dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], Acts::Q8(&xq)))
+                .flat_map(|r| {
+                    dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], Acts::Q8(&xq))
+                })
                 .collect();
             assert!(alone[..24].iter().zip(&four).all(|(a, b)| a.to_bits() == b.to_bits()));
             for first in [0, 1, 5] {
@@ -381,7 +383,11 @@ fn wide_kernel_equals_the_avx2_kernels() {
                 }
             }
         }
-        let other = if bt == BlockType::Q8_0 { BlockType::Q4_1 } else { BlockType::Q8_0 };
+        let other = if bt == BlockType::Q8_0 {
+            BlockType::Q4_1
+        } else {
+            BlockType::Q8_0
+        };
         let (q, _) = random_matrix(t, 3, 64, 1);
         let mut xq = vec![BlockQ8::default(); 2];
         quantize_q8(&[0.5; 64], &mut xq);
