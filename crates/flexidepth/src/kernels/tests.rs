@@ -396,3 +396,61 @@ fn wide_kernel_equals_the_avx2_kernels() {
         assert!(refused.is_err(), "{t:?} with activations for {other:?}");
     }
 }
+
+/// The quantizers this CPU runs (compiled for its SIMD features where it has them) give the plain code's blocks
+/// bit for bit: values exactly half-way between two integers (rounded away from zero), just below them, zero and
+/// non-finite blocks, and pseudo-random ones.
+#[test]
+fn quantizers_equal_the_plain_code() {
+    let mut next = random_words(11);
+    let mut x: Vec<f32> = Vec::new();
+    // A block whose scale is exactly 1 (max 127): each value is its own quantized value before rounding.
+    let halves = [
+        0.5f32,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        126.5,
+        -126.5,
+        0.49999997,
+        -0.49999997,
+        2.4999998,
+        0.0,
+        -0.0,
+    ];
+    for b in 0..8 {
+        let mut block: Vec<f32> = (0..QK).map(|j| halves[(j + b) % halves.len()]).collect();
+        block[b] = if b % 2 == 0 { 127.0 } else { -127.0 };
+        x.extend(block);
+    }
+    x.extend([0f32; QK]);
+    let mut bad = vec![0.25f32; QK];
+    bad[3] = f32::NAN;
+    x.extend(bad);
+    x.extend((0..QK * 30).map(|_| (next() % 2_000_001) as f32 / 1e4 - 100.0));
+    x.extend((0..QK_K - x.len() % QK_K).map(|i| i as f32 * 0.3 - 7.0));
+    let n = x.len() / QK;
+    let (mut fast, mut plain) = (vec![BlockQ8::default(); n], vec![BlockQ8::default(); n]);
+    quantize_q8(&x, &mut fast);
+    blocks::quantize_q8_body(&x, &mut plain);
+    for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+        assert_eq!((a.d.to_bits(), a.sum, a.qs), (b.d.to_bits(), b.sum, b.qs), "block {i}");
+    }
+    assert_eq!(&plain[0].qs[1..4], &[-1, 2, -2], "-0.5 and ±1.5 round away from zero");
+    let n = x.len() / QK_K;
+    let (mut fast, mut plain) = (
+        vec![kquants::BlockQ8K::default(); n],
+        vec![kquants::BlockQ8K::default(); n],
+    );
+    kquants::quantize_q8k(&x, &mut fast);
+    kquants::quantize_q8k_body(&x, &mut plain);
+    for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+        assert_eq!(
+            (a.d.to_bits(), a.bsums, a.qs),
+            (b.d.to_bits(), b.bsums, b.qs),
+            "super-block {i}"
+        );
+    }
+}
