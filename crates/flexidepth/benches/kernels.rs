@@ -103,7 +103,6 @@ fn main() {
     ];
     for (name, t, rows, cols) in shapes {
         let m = matrix(t, rows, cols);
-        let t = m.block_type;
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut y = vec![0f32; rows];
         let kernels: [(&str, DotFn, bool, bool); 4] = [
@@ -113,7 +112,7 @@ fn main() {
             ("wide", dot_fn(), true, true),
         ];
         for (kname, dot, four, wide) in kernels {
-            if wide && (wide_fn().is_none() || t.is_k_quant()) {
+            if wide && wide_fn().is_none() {
                 continue;
             }
             let reps = (200_000_000 / m.storage_bytes()).clamp(5, 5000);

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use std::ptr::read_unaligned;
 
 /// Pairs of weight rows per pass (eight rows: four accumulators, each activation block loaded once for all).
-const PAIRS: usize = 4;
+pub(super) const PAIRS: usize = 4;
 
 /// The 64 bytes of one block of two weight rows `p0`, `p1` (type code `T`), in the order of
 /// [`super::wide`]: 4-bit types `[r0 lo, r1 lo, r0 hi, r1 hi]` as unsigned values (Q5_0 with its fifth bit, the
@@ -68,12 +68,13 @@ unsafe fn hsum_halves(s: __m256) -> [f32; 2] {
     [out[0], out[4]]
 }
 
-/// The two rows' sums of a pair's accumulator, each as `avx2::hsum` sums that row's eight lanes.
+/// The two rows' sums of a pair's accumulator, each as `avx2::hsum` sums that row's eight lanes: `[r0 lanes 0..8,
+/// r1 lanes 0..8]` when `halves` (Q8_0, the K-quants), else the 4-bit types' `[r0 0..4, r1 0..4, r0 4..8, r1 4..8]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum_pair<const T: u8>(acc: __m512) -> [f32; 2] {
-    // Into [r0 lanes 0..4, r1 lanes 0..4, r0 lanes 4..8, r1 lanes 4..8] (the 4-bit types' order already).
-    let a = if T == Q8_0 {
+pub(super) unsafe fn hsum_pair(halves: bool, acc: __m512) -> [f32; 2] {
+    // Into [r0 lanes 0..4, r1 lanes 0..4, r0 lanes 4..8, r1 lanes 4..8].
+    let a = if halves {
         _mm512_shuffle_f32x4::<0b11_01_10_00>(acc, acc)
     } else {
         acc
@@ -126,7 +127,7 @@ unsafe fn pairs<const T: u8, const P: usize>(rows: [[*const u8; 2]; P], x: &Wide
     }
     let mut out = [[0f32; 2]; P];
     for p in 0..P {
-        let s = hsum_pair::<T>(acc[p]);
+        let s = hsum_pair(T == Q8_0, acc[p]);
         let mut o = [0f32; 4];
         _mm_storeu_ps(o.as_mut_ptr(), offset[p]);
         out[p] = match T {
@@ -173,11 +174,11 @@ unsafe fn range_impl<const T: u8>(data: &[u8], row_bytes: usize, first: usize, x
     }
 }
 
-/// Weight rows `first..first + out.len()` of a matrix of 32-weight blocks (`data`, rows of `row_bytes`) · one row
-/// of activations rearranged for `t`, into `out`.
+/// Weight rows `first..first + out.len()` of a matrix (`data`, rows of `row_bytes`) · one row of activations laid
+/// out for `t`, into `out` (the K-quants in `avx512_k.rs`).
 ///
 /// # Panics
-/// When `t` is a K-quant, `x` was laid out for another block type or row length, or the rows lie outside `data`.
+/// When `x` was laid out for another block type or row length, or the rows lie outside `data`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_range(t: BlockType, data: &[u8], row_bytes: usize, first: usize, x: &WideActs, out: &mut [f32]) {
     assert_eq!(x.block_type, t, "activations laid out for another block type");
@@ -186,6 +187,6 @@ pub unsafe fn dot_range(t: BlockType, data: &[u8], row_bytes: usize, first: usiz
         BlockType::Q4_1 => range_impl::<Q4_1>(data, row_bytes, first, x, out),
         BlockType::Q5_0 => range_impl::<Q5_0>(data, row_bytes, first, x, out),
         BlockType::Q8_0 => range_impl::<Q8_0>(data, row_bytes, first, x, out),
-        other => panic!("the wide kernels take the 32-weight block types, not {other:?}"),
+        _ => super::avx512_k::dot_range(t, data, row_bytes, first, x, out),
     }
 }

@@ -14,6 +14,8 @@ mod avx2_k;
 mod avx2_rows;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_k;
 pub mod blocks;
 pub mod kquants;
 pub mod rows;
@@ -50,13 +52,13 @@ pub fn dot4_fn() -> Option<Dot4Fn> {
     })
 }
 
-/// A wide one-row kernel (32-weight block types): weight rows `first..first + out.len()` of a matrix (`data`,
+/// A wide one-row kernel: weight rows `first..first + out.len()` of a matrix (`data`,
 /// rows of `row_bytes` bytes) · one activation row laid out by [`WideActs`], into `out`. Arguments: block type,
 /// `data`, `row_bytes`, `first`, activations, `out`.
 pub type DotWideFn = fn(BlockType, &[u8], usize, usize, &WideActs, &mut [f32]);
 
 /// The wide one-row kernel this CPU runs, if any: AVX-512 F/BW/VL/VNNI, eight weight rows per pass, bit-identical
-/// to the AVX2 kernels (see `avx512.rs`).
+/// to the AVX2 kernels (see `avx512.rs`, and `avx512_k.rs` for the K-quants).
 pub fn wide_fn() -> Option<DotWideFn> {
     static F: OnceLock<Option<DotWideFn>> = OnceLock::new();
     *F.get_or_init(|| {
@@ -123,7 +125,7 @@ pub fn dot_rows_fn() -> DotRowsFn {
 }
 
 /// The kernels one product uses: one row, four weight rows, several activation rows (`None`: row by row), and the
-/// wide one-row kernel that one activation row of a 32-weight type takes where there is one (`None`: `dot4`/`dot`).
+/// wide one-row kernel that one activation row takes where there is one (`None`: `dot4`/`dot`).
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub dot: DotFn,
@@ -270,7 +272,7 @@ impl QuantMatrix {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
         let t = self.block_type;
-        if let Some(wide) = k.wide.filter(|_| m == 1 && !t.is_k_quant()) {
+        if let Some(wide) = k.wide.filter(|_| m == 1) {
             return self.matvec_wide(wide, x, y);
         }
         let nb = self.cols / t.block_elems();
@@ -338,12 +340,19 @@ impl QuantMatrix {
         }
     }
 
-    /// `y = x · Wᵀ` for one activation row `x: [cols]` of a 32-weight type with a wide kernel, `y: [rows]`: the
-    /// weight rows split across threads in multiples of eight (the kernel's rows per pass).
+    /// `y = x · Wᵀ` for one activation row `x: [cols]` with a wide kernel, `y: [rows]`: the weight rows split
+    /// across threads in multiples of eight (the kernel's rows per pass).
     fn matvec_wide(&self, wide: DotWideFn, x: &[f32], y: &mut [f32]) {
-        let mut xq = vec![BlockQ8::default(); self.cols / blocks::QK];
-        quantize_q8(x, &mut xq);
-        let acts = WideActs::new(self.block_type, &xq);
+        let t = self.block_type;
+        let acts = if t.is_k_quant() {
+            let mut xq = vec![BlockQ8K::default(); self.cols / kquants::QK_K];
+            quantize_q8k(x, &mut xq);
+            WideActs::new_k(t, xq)
+        } else {
+            let mut xq = vec![BlockQ8::default(); self.cols / blocks::QK];
+            quantize_q8(x, &mut xq);
+            WideActs::new(t, &xq)
+        };
         let chunk = (self.rows.div_ceil(rayon::current_num_threads() * 4).max(16) + 7) & !7;
         let rb = self.row_bytes();
         y.par_chunks_mut(chunk)

@@ -343,27 +343,34 @@ fn bad_sizes_are_refused() {
 }
 
 /// The wide one-row kernel (where this CPU has one) gives every weight row the bits the AVX2 one- and four-row
-/// kernels give it, for every 32-weight block type, on every range of rows (lengths 1..=19 from several first
-/// rows: whole passes of eight, pairs and an odd last row), and refuses activations laid out for another type.
+/// kernels give it, for every block type, on every range of rows (lengths 1..=19 from several first rows: whole
+/// passes of eight, pairs and an odd last row), and refuses activations laid out for another type.
 #[test]
 fn wide_kernel_equals_the_avx2_kernels() {
     let Some(wide) = wide_fn() else {
         return;
     };
-    for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+    for t in ALL {
         let bt = BlockType::from_ggml(t).unwrap();
-        for cols in [32, 288] {
+        let widths = if bt.is_k_quant() { [256, 768] } else { [32, 288] };
+        for cols in widths {
             let (q, _) = random_matrix(t, 27, cols, 9);
             let x: Vec<f32> = (0..cols).map(|i| ((i * 13 % 61) as f32 / 30.0 - 1.0) * 1.7).collect();
-            let mut xq = vec![BlockQ8::default(); cols / QK];
-            quantize_q8(&x, &mut xq);
-            let acts = wide::WideActs::new(bt, &xq);
-            let alone: Vec<f32> = (0..27).map(|r| dot_fn()(bt, q.row(r), Acts::Q8(&xq))).collect();
+            let (mut xq, mut xk) = (
+                vec![BlockQ8::default(); cols / QK],
+                vec![kquants::BlockQ8K::default(); cols / QK_K],
+            );
+            let (acts, xa) = if bt.is_k_quant() {
+                kquants::quantize_q8k(&x, &mut xk);
+                (wide::WideActs::new_k(bt, xk.clone()), Acts::Q8K(&xk))
+            } else {
+                quantize_q8(&x, &mut xq);
+                (wide::WideActs::new(bt, &xq), Acts::Q8(&xq))
+            };
+            let alone: Vec<f32> = (0..27).map(|r| dot_fn()(bt, q.row(r), xa)).collect();
             let four: Vec<f32> = (0..24)
                 .step_by(4)
-                .flat_map(|r| {
-                    dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], Acts::Q8(&xq))
-                })
+                .flat_map(|r| dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], xa))
                 .collect();
             assert!(alone[..24].iter().zip(&four).all(|(a, b)| a.to_bits() == b.to_bits()));
             for first in [0, 1, 5] {
@@ -388,9 +395,9 @@ fn wide_kernel_equals_the_avx2_kernels() {
         } else {
             BlockType::Q8_0
         };
-        let (q, _) = random_matrix(t, 3, 64, 1);
-        let mut xq = vec![BlockQ8::default(); 2];
-        quantize_q8(&[0.5; 64], &mut xq);
+        let (q, _) = random_matrix(t, 3, 256, 1);
+        let mut xq = vec![BlockQ8::default(); 8];
+        quantize_q8(&[0.5; 256], &mut xq);
         let acts = wide::WideActs::new(other, &xq);
         let refused = std::panic::catch_unwind(|| wide(bt, &q.data, q.row_bytes(), 0, &acts, &mut [0f32; 3]));
         assert!(refused.is_err(), "{t:?} with activations for {other:?}");

@@ -7,8 +7,10 @@
 //! are `[y0..16, y0..16, y16..32, y16..32]`. A Q8_0 block of two rows is `[r0 w0..32, r1 w0..32]`: its activations
 //! are `[y0..32, y0..32]`, and as `vpdpbusd` multiplies unsigned by signed bytes, the weights go in as `w + 128`
 //! (`w ^ 0x80`) and the product starts from `−128 · Σy` over each lane's four bytes ([`WideActs::q8_start`]).
+//! The K-quants' kernels read their Q8_K activations as they are ([`WideActs::new_k`]).
 
 use super::blocks::{BlockQ8, BlockType, QK};
+use super::kquants::BlockQ8K;
 
 /// 64 activation bytes of one block for two weight rows, aligned for one 512-bit load.
 #[derive(Clone, Copy)]
@@ -33,13 +35,16 @@ pub struct WideActs {
     pub d: Vec<f32>,
     /// Per block: `d · Σqs` (the offset terms of Q4_0, Q4_1 and Q5_0, as the other kernels compute it).
     pub dsum: Vec<f32>,
+    /// K-quants only (the fields above empty): the Q8_K super-blocks as quantized, which the K-quant kernels
+    /// broadcast to both rows of a pair as they go.
+    pub q8k: Vec<BlockQ8K>,
 }
 
 impl WideActs {
     /// `x` (one row's blocks) rearranged for weights of the 32-weight type `t`.
     ///
     /// # Panics
-    /// When `t` is a K-quant (those take Q8_K activations; the wide kernels cover the 32-weight types).
+    /// When `t` is a K-quant (those take Q8_K activations: [`WideActs::new_k`]).
     pub fn new(t: BlockType, x: &[BlockQ8]) -> Self {
         assert!(!t.is_k_quant(), "the wide kernels take the 32-weight block types");
         let q8 = t == BlockType::Q8_0;
@@ -79,12 +84,33 @@ impl WideActs {
             q8_start,
             d: x.iter().map(|y| y.d).collect(),
             dsum: x.iter().map(|y| y.d * y.sum as f32).collect(),
+            q8k: vec![],
         }
     }
 
-    /// Blocks per row.
+    /// Q8_K activations `x` for weights of the K-quant `t`, kept as they are.
+    ///
+    /// # Panics
+    /// When `t` is not a K-quant.
+    pub fn new_k(t: BlockType, x: Vec<BlockQ8K>) -> Self {
+        assert!(t.is_k_quant(), "Q8_K activations are for the K-quants");
+        WideActs {
+            block_type: t,
+            ys: vec![],
+            q8_start: vec![],
+            d: vec![],
+            dsum: vec![],
+            q8k: x,
+        }
+    }
+
+    /// Blocks (super-blocks for a K-quant) per row.
     pub fn blocks(&self) -> usize {
-        self.d.len()
+        if self.block_type.is_k_quant() {
+            self.q8k.len()
+        } else {
+            self.d.len()
+        }
     }
 }
 
