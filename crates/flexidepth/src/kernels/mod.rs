@@ -4,7 +4,10 @@
 //! for the 32-weight blocks and per 256 (Q8_K) for the K-quants, as ggml pairs them, and each weight row is dotted
 //! with them by an AVX2 kernel (chosen at runtime, scalar fallback), rows split across threads. Several activation
 //! rows (a batch of sequences) go through a rows kernel ([`rows`]) that unpacks each weight block once for all of
-//! them.
+//! them. One activation row (decode) goes, on CPUs with AVX-512 F/BW/VL/VNNI, through the wide kernels
+//! (`avx512.rs`, `avx512_k.rs`: two weight rows per 512-bit register, eight per pass, the activations laid out once
+//! by [`wide`]), bit-identical to the AVX2 ones; [`matvec_many`] runs several such products of the same row in one
+//! parallel region.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
