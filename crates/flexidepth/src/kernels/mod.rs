@@ -20,7 +20,6 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_k;
 pub mod blocks;
-mod fused;
 pub mod kquants;
 pub mod rows;
 pub mod vexp;
@@ -28,7 +27,6 @@ pub mod wide;
 
 use crate::error::{Error, Result};
 use blocks::{quantize_q8, Acts, BlockQ8, BlockType};
-pub use fused::matvec_many;
 use kquants::{quantize_q8k, BlockQ8K};
 use rayon::prelude::*;
 use rows::{tile_ranges, ActTile, DotRowsFn};
@@ -179,12 +177,6 @@ pub fn kernel_name() -> &'static str {
 /// Weight rows dotted with every activation row before the next ones are read (a multiple of 4, for the four-row
 /// kernel; 64 rows of the default model's Q4_1 are 23 KB, in cache).
 const WEIGHT_BLOCK: usize = 64;
-
-/// Weight rows per parallel task of a wide one-row product of `rows` rows: a few tasks per thread (for balance on
-/// a shared machine), a multiple of the kernel's eight rows per pass.
-fn wide_chunk(rows: usize) -> usize {
-    (rows.div_ceil(rayon::current_num_threads() * 4).max(16) + 7) & !7
-}
 
 /// Activations of `m` rows quantized for one block type (see [`Acts`]).
 enum QuantActs {
@@ -354,8 +346,17 @@ impl QuantMatrix {
     /// `y = x · Wᵀ` for one activation row `x: [cols]` with a wide kernel, `y: [rows]`: the weight rows split
     /// across threads in multiples of eight (the kernel's rows per pass).
     fn matvec_wide(&self, wide: DotWideFn, x: &[f32], y: &mut [f32]) {
-        let acts = WideActs::quantize(self.block_type, x);
-        let chunk = wide_chunk(self.rows);
+        let t = self.block_type;
+        let acts = if t.is_k_quant() {
+            let mut xq = vec![BlockQ8K::default(); self.cols / kquants::QK_K];
+            quantize_q8k(x, &mut xq);
+            WideActs::new_k(t, xq)
+        } else {
+            let mut xq = vec![BlockQ8::default(); self.cols / blocks::QK];
+            quantize_q8(x, &mut xq);
+            WideActs::new(t, &xq)
+        };
+        let chunk = (self.rows.div_ceil(rayon::current_num_threads() * 4).max(16) + 7) & !7;
         let rb = self.row_bytes();
         y.par_chunks_mut(chunk)
             .enumerate()

@@ -9,9 +9,8 @@
 //! (`w ^ 0x80`) and the product starts from `−128 · Σy` over each lane's four bytes ([`WideActs::q8_start`]).
 //! The K-quants' kernels read their Q8_K activations as they are ([`WideActs::new_k`]).
 
-use super::blocks::quantize_q8;
 use super::blocks::{BlockQ8, BlockType, QK};
-use super::kquants::{quantize_q8k, BlockQ8K, QK_K};
+use super::kquants::BlockQ8K;
 
 /// 64 activation bytes of one block for two weight rows, aligned for one 512-bit load.
 #[derive(Clone, Copy)]
@@ -86,20 +85,6 @@ impl WideActs {
             d: x.iter().map(|y| y.d).collect(),
             dsum: x.iter().map(|y| y.d * y.sum as f32).collect(),
             q8k: vec![],
-        }
-    }
-
-    /// One row `x` (whole blocks of `t`) quantized for weights of type `t` (Q8 per 32 values, Q8_K per 256 for a
-    /// K-quant) and laid out for the wide kernels.
-    pub fn quantize(t: BlockType, x: &[f32]) -> Self {
-        if t.is_k_quant() {
-            let mut xq = vec![BlockQ8K::default(); x.len() / QK_K];
-            quantize_q8k(x, &mut xq);
-            WideActs::new_k(t, xq)
-        } else {
-            let mut xq = vec![BlockQ8::default(); x.len() / QK];
-            quantize_q8(x, &mut xq);
-            WideActs::new(t, &xq)
         }
     }
 

@@ -54,11 +54,14 @@ impl Attention {
 
     /// [`Attention::project_kv`] of rows at any positions (the rows of a batch of sequences).
     pub fn project_kv_at(&self, ops: &dyn Ops, x: &Tensor, rope: &Rope, pos: &QueryPos) -> Result<(Tensor, Tensor)> {
-        // k and v in one call (one parallel region in decode).
-        let kv = ops.linear_many(x, &[&self.k_proj, &self.v_proj])?;
-        let k = self.split_heads(ops, &kv[0], self.num_kv_heads, self.k_norm.as_ref())?;
+        let k = self.split_heads(
+            ops,
+            &ops.linear(x, &self.k_proj)?,
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        )?;
         let k = ops.rope(&k, rope, pos)?;
-        let v = self.split_heads(ops, &kv[1], self.num_kv_heads, None)?;
+        let v = self.split_heads(ops, &ops.linear(x, &self.v_proj)?, self.num_kv_heads, None)?;
         Ok((k, v))
     }
 

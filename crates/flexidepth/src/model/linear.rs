@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::kernels::blocks::BlockType;
-use crate::kernels::{matvec_many, Kernels, QuantMatrix};
+use crate::kernels::QuantMatrix;
 use crate::weights::StoredTensor;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
@@ -161,40 +161,6 @@ impl Linear {
             None => y,
         })
     }
-}
-
-/// `[x · W_iᵀ + b_i]` for several layers reading the same `x: [rows, in]` (a decode step's k and v projections,
-/// or gate and up): when `x` is one row and every layer is packed to `in` columns, all the products run in one
-/// parallel region ([`matvec_many`]); otherwise each layer's [`Linear::forward`]. The results are the same bits
-/// either way.
-pub fn forward_many(x: &Tensor, layers: &[&Linear]) -> Result<Vec<Tensor>> {
-    let packed: Option<Vec<&QuantMatrix>> = layers
-        .iter()
-        .map(|l| match &l.weight {
-            LinearWeight::Packed(q) => Some(&**q),
-            _ => None,
-        })
-        .collect();
-    let one_row = x.rank() == 2 && x.dim(0)? == 1 && x.dtype() == DType::F32;
-    let ws = match packed {
-        Some(ws) if one_row && ws.iter().all(|w| w.cols == x.dims()[1]) => ws,
-        _ => return layers.iter().map(|l| l.forward(x)).collect(),
-    };
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows]).collect();
-    matvec_many(Kernels::detected(), &ws, &xs, &mut ys);
-    layers
-        .iter()
-        .zip(ys)
-        .map(|(l, y)| {
-            l.rows_computed.fetch_add(1, Ordering::Relaxed);
-            let y = Tensor::from_vec(y, (1, l.out_features), x.device())?;
-            Ok(match &l.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            })
-        })
-        .collect()
 }
 
 /// The block type's own matrix, when our kernels cover it and the tensor lives on the CPU.

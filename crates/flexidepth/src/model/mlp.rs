@@ -18,8 +18,8 @@ pub struct Mlp {
 impl Mlp {
     /// `x: [rows, hidden]` → `[rows, hidden]`.
     pub fn forward(&self, ops: &dyn Ops, x: &Tensor) -> Result<Tensor> {
-        // gate and up in one call (one parallel region in decode).
-        let gate_up = ops.linear_many(x, &[&self.gate_proj, &self.up_proj])?;
-        ops.linear(&(candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?, &self.down_proj)
+        let gate = candle_nn::ops::silu(&ops.linear(x, &self.gate_proj)?)?;
+        let up = ops.linear(x, &self.up_proj)?;
+        ops.linear(&(gate * up)?, &self.down_proj)
     }
 }

@@ -17,11 +17,6 @@ use candle_core::Tensor;
 pub trait Ops: Sync {
     /// `x · Wᵀ + b` on `x: [rows, in]`.
     fn linear(&self, x: &Tensor, linear: &Linear) -> Result<Tensor>;
-    /// [`Ops::linear`] of several layers reading the same `x` (k and v, gate and up), in order; an implementation
-    /// may compute them together (one parallel region), with the same results.
-    fn linear_many(&self, x: &Tensor, layers: &[&Linear]) -> Result<Vec<Tensor>> {
-        layers.iter().map(|l| self.linear(x, l)).collect()
-    }
     /// RMSNorm over the last dimension.
     fn rms_norm(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor>;
     /// Softmax over the last dimension.
@@ -39,9 +34,6 @@ pub struct Fused;
 impl Ops for Fused {
     fn linear(&self, x: &Tensor, linear: &Linear) -> Result<Tensor> {
         linear.forward(x)
-    }
-    fn linear_many(&self, x: &Tensor, layers: &[&Linear]) -> Result<Vec<Tensor>> {
-        super::linear::forward_many(x, layers)
     }
     fn rms_norm(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
         norm.forward(x)
