@@ -6,8 +6,7 @@
 //! rows (a batch of sequences) go through a rows kernel ([`rows`]) that unpacks each weight block once for all of
 //! them. One activation row (decode) goes, on CPUs with AVX-512 F/BW/VL/VNNI, through the wide kernels
 //! (`avx512.rs`, `avx512_k.rs`: two weight rows per 512-bit register, eight per pass, the activations laid out once
-//! by [`wide`]), bit-identical to the AVX2 ones; [`matvec_many`] runs several such products of the same row in one
-//! parallel region.
+//! by [`wide`]), bit-identical to the AVX2 ones.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
