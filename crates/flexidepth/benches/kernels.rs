@@ -1,13 +1,13 @@
 //! Throughput of the quantized matrix-vector kernels on the default models' shapes (decode: one activation row),
 //! then several activation rows (batched decode, short prompts): row by row (one- and four-row kernels), the rows
 //! kernel, and the dequantized f32 GEMM that `Linear` switches to from `PACKED_GEMM_MIN_ROWS` rows.
-//! Run: `cargo bench -p flexidepth --bench kernels [-- rows]` (RAYON_NUM_THREADS sets the threads; `rows`: only
-//! the several-rows table). Prints GB/s of weights, and µs per call and per activation row.
+//! Run: `cargo bench -p flexidepth --bench kernels [-- rows|one]` (RAYON_NUM_THREADS sets the threads; `rows`:
+//! only the several-rows table; `one`: only the one-row table). Prints GB/s of weights, and µs per call and per activation row.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use flexidepth::kernels::blocks::{self, BlockType};
-use flexidepth::kernels::{dot4_fn, dot_fn, rows_kernels, DotFn, Kernels, QuantMatrix};
+use flexidepth::kernels::{dot4_fn, dot_fn, rows_kernels, wide_fn, DotFn, Kernels, QuantMatrix};
 use std::time::Instant;
 
 fn matrix(t: GgmlDType, rows: usize, cols: usize) -> QuantMatrix {
@@ -105,17 +105,22 @@ fn main() {
         let m = matrix(t, rows, cols);
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut y = vec![0f32; rows];
-        let kernels: [(&str, DotFn, bool); 3] = [
-            ("scalar", blocks::dot_scalar, false),
-            ("1-row", dot_fn(), false),
-            ("4-row", dot_fn(), true),
+        let kernels: [(&str, DotFn, bool, bool); 4] = [
+            ("scalar", blocks::dot_scalar, false, false),
+            ("1-row", dot_fn(), false, false),
+            ("4-row", dot_fn(), true, false),
+            ("wide", dot_fn(), true, true),
         ];
-        for (kname, dot, four) in kernels {
+        for (kname, dot, four, wide) in kernels {
+            if wide && wide_fn().is_none() {
+                continue;
+            }
             let reps = (200_000_000 / m.storage_bytes()).clamp(5, 5000);
             let k = Kernels {
                 dot,
                 dot4: if four { dot4_fn() } else { None },
                 rows: None,
+                wide: if wide { wide_fn() } else { None },
             };
             let run = |y: &mut [f32]| m.matmul_with(k, &x, 1, y);
             run(&mut y);
@@ -134,5 +139,7 @@ fn main() {
             );
         }
     }
-    several_rows();
+    if !std::env::args().any(|a| a == "one") {
+        several_rows();
+    }
 }

@@ -42,6 +42,23 @@ impl Default for BlockQ8K {
 /// `max|x| / 127` (as [`super::blocks::quantize_q8`]; a non-finite value gives a NaN scale, so it is not rounded
 /// away).
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::blocks::sse41_avx2() {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_q8k_avx2(x, out) };
+    }
+    quantize_q8k_body(x, out)
+}
+
+/// [`quantize_q8k`] compiled for SSE4.1 + AVX2 (the same code; see [`super::blocks::sse41_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.1,avx2")]
+unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut [BlockQ8K]) {
+    quantize_q8k_body(x, out)
+}
+
+#[inline(always)]
+pub(super) fn quantize_q8k_body(x: &[f32], out: &mut [BlockQ8K]) {
     for (chunk, block) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         let (d, inv) = super::blocks::q8_scale(chunk);
         for (q, &v) in block.qs.iter_mut().zip(chunk) {

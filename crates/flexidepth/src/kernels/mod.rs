@@ -4,7 +4,9 @@
 //! for the 32-weight blocks and per 256 (Q8_K) for the K-quants, as ggml pairs them, and each weight row is dotted
 //! with them by an AVX2 kernel (chosen at runtime, scalar fallback), rows split across threads. Several activation
 //! rows (a batch of sequences) go through a rows kernel ([`rows`]) that unpacks each weight block once for all of
-//! them.
+//! them. One activation row (decode) goes, on CPUs with AVX-512 F/BW/VL/VNNI, through the wide kernels
+//! (`avx512.rs`, `avx512_k.rs`: two weight rows per 512-bit register, eight per pass, the activations laid out once
+//! by [`wide`]), bit-identical to the AVX2 ones.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -12,10 +14,15 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_rows;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_k;
 pub mod blocks;
 pub mod kquants;
 pub mod rows;
 pub mod vexp;
+pub mod wide;
 
 use crate::error::{Error, Result};
 use blocks::{quantize_q8, Acts, BlockQ8, BlockType};
@@ -23,6 +30,7 @@ use kquants::{quantize_q8k, BlockQ8K};
 use rayon::prelude::*;
 use rows::{tile_ranges, ActTile, DotRowsFn};
 use std::sync::OnceLock;
+use wide::WideActs;
 
 /// A dot-product kernel: one weight row (its blocks) with activations quantized for its block type.
 pub type DotFn = fn(BlockType, &[u8], Acts) -> f32;
@@ -44,6 +52,46 @@ pub fn dot4_fn() -> Option<Dot4Fn> {
         }
         None
     })
+}
+
+/// A wide one-row kernel: weight rows `first..first + out.len()` of a matrix (`data`,
+/// rows of `row_bytes` bytes) · one activation row laid out by [`WideActs`], into `out`. Arguments: block type,
+/// `data`, `row_bytes`, `first`, activations, `out`.
+pub type DotWideFn = fn(BlockType, &[u8], usize, usize, &WideActs, &mut [f32]);
+
+/// The wide one-row kernel this CPU runs, if any: AVX-512 F/BW/VL/VNNI, eight weight rows per pass, bit-identical
+/// to the AVX2 kernels (see `avx512.rs`, and `avx512_k.rs` for the K-quants).
+pub fn wide_fn() -> Option<DotWideFn> {
+    static F: OnceLock<Option<DotWideFn>> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if ["avx2", "fma", "f16c"]
+            .into_iter()
+            .chain(["avx512f", "avx512bw", "avx512vl", "avx512vnni"])
+            .all(detected)
+        {
+            // SAFETY: the features the kernel needs were just detected.
+            return Some(|t, data, row_bytes, first, x, out| unsafe {
+                avx512::dot_range(t, data, row_bytes, first, x, out)
+            });
+        }
+        None
+    })
+}
+
+/// Whether this CPU has the x86 feature `name` (one of those the kernels use).
+#[cfg(target_arch = "x86_64")]
+fn detected(name: &str) -> bool {
+    match name {
+        "avx2" => std::is_x86_feature_detected!("avx2"),
+        "fma" => std::is_x86_feature_detected!("fma"),
+        "f16c" => std::is_x86_feature_detected!("f16c"),
+        "avx512f" => std::is_x86_feature_detected!("avx512f"),
+        "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+        "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+        "avx512vnni" => std::is_x86_feature_detected!("avx512vnni"),
+        _ => false,
+    }
 }
 
 /// Every rows kernel this CPU runs, slowest first: the scalar fallback, AVX2, AVX-512 VNNI (each bit-identical to
@@ -78,12 +126,14 @@ pub fn dot_rows_fn() -> DotRowsFn {
     *F.get_or_init(|| rows_kernels().last().expect("the scalar kernel is always there").1)
 }
 
-/// The kernels one product uses: one row, four weight rows, several activation rows (`None`: row by row).
+/// The kernels one product uses: one row, four weight rows, several activation rows (`None`: row by row), and the
+/// wide one-row kernel that one activation row takes where there is one (`None`: `dot4`/`dot`).
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub dot: DotFn,
     pub dot4: Option<Dot4Fn>,
     pub rows: Option<DotRowsFn>,
+    pub wide: Option<DotWideFn>,
 }
 
 impl Kernels {
@@ -93,6 +143,7 @@ impl Kernels {
             dot: dot_fn(),
             dot4: dot4_fn(),
             rows: Some(dot_rows_fn()),
+            wide: wide_fn(),
         }
     }
 }
@@ -223,6 +274,9 @@ impl QuantMatrix {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
         let t = self.block_type;
+        if let Some(wide) = k.wide.filter(|_| m == 1) {
+            return self.matvec_wide(wide, x, y);
+        }
         let nb = self.cols / t.block_elems();
         let xq = QuantActs::new(t, x, self.cols);
         let rows_kernel = k.rows.filter(|_| m >= 2);
@@ -286,6 +340,26 @@ impl QuantMatrix {
                 y[i * self.rows + first..i * self.rows + first + len].copy_from_slice(out);
             }
         }
+    }
+
+    /// `y = x · Wᵀ` for one activation row `x: [cols]` with a wide kernel, `y: [rows]`: the weight rows split
+    /// across threads in multiples of eight (the kernel's rows per pass).
+    fn matvec_wide(&self, wide: DotWideFn, x: &[f32], y: &mut [f32]) {
+        let t = self.block_type;
+        let acts = if t.is_k_quant() {
+            let mut xq = vec![BlockQ8K::default(); self.cols / kquants::QK_K];
+            quantize_q8k(x, &mut xq);
+            WideActs::new_k(t, xq)
+        } else {
+            let mut xq = vec![BlockQ8::default(); self.cols / blocks::QK];
+            quantize_q8(x, &mut xq);
+            WideActs::new(t, &xq)
+        };
+        let chunk = (self.rows.div_ceil(rayon::current_num_threads() * 4).max(16) + 7) & !7;
+        let rb = self.row_bytes();
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, out)| wide(self.block_type, &self.data, rb, ci * chunk, &acts, out));
     }
 
     /// The whole matrix as f32 `[rows, cols]` (rows dequantized in parallel).

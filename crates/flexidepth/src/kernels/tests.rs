@@ -141,6 +141,7 @@ fn kernels() -> Vec<(String, Kernels)> {
         dot,
         dot4: None,
         rows: None,
+        wide: None,
     };
     let mut out = vec![
         ("scalar".to_string(), none(blocks::dot_scalar)),
@@ -153,12 +154,22 @@ fn kernels() -> Vec<(String, Kernels)> {
             },
         ),
     ];
+    if let Some(wide) = wide_fn() {
+        out.push((
+            "wide".to_string(),
+            Kernels {
+                wide: Some(wide),
+                ..none(dot_fn())
+            },
+        ));
+    }
     for (name, rows) in rows_kernels() {
         let scalar = name == "scalar";
         let k = Kernels {
             dot: if scalar { blocks::dot_scalar } else { dot_fn() },
             dot4: if scalar { None } else { dot4_fn() },
             rows: Some(rows),
+            wide: None,
         };
         out.push((format!("rows {name}"), k));
     }
@@ -176,9 +187,11 @@ fn non_finite_activations_are_not_quantized_away() {
             let mut x = vec![0.25f32; cols];
             x[40] = bad;
             for (name, k) in kernels() {
-                let mut y = vec![0f32; 2 * rows];
-                q.matmul_with(k, &[x.clone(), x.clone()].concat(), 2, &mut y);
-                assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad}: {y:?}");
+                for m in [1, 2] {
+                    let mut y = vec![0f32; m * rows];
+                    q.matmul_with(k, &x.repeat(m), m, &mut y);
+                    assert!(y.iter().all(|v| v.is_nan()), "{t:?} {name} {bad} m={m}: {y:?}");
+                }
             }
         }
         // Finite activations keep finite products.
@@ -258,6 +271,8 @@ fn the_detected_kernels_are_the_cpus_own() {
         _ => &["scalar"],
     };
     assert_eq!(names, want);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(wide_fn().is_some(), vnni && std::is_x86_feature_detected!("avx512bw"));
     assert_eq!(dot_rows_fn() as usize, rows_kernels().last().unwrap().1 as usize);
 }
 
@@ -323,6 +338,126 @@ fn bad_sizes_are_refused() {
         assert!(
             QuantMatrix::new(t, 2, 512, vec![0; 4 * t.block_bytes()]).is_ok(),
             "{t:?}"
+        );
+    }
+}
+
+/// The wide one-row kernel (where this CPU has one) gives every weight row the bits the AVX2 one- and four-row
+/// kernels give it, for every block type, on every range of rows (lengths 1..=19 from several first rows: whole
+/// passes of eight, pairs and an odd last row), and refuses activations laid out for another type.
+#[test]
+fn wide_kernel_equals_the_avx2_kernels() {
+    let Some(wide) = wide_fn() else {
+        return;
+    };
+    for t in ALL {
+        let bt = BlockType::from_ggml(t).unwrap();
+        let widths = if bt.is_k_quant() { [256, 768] } else { [32, 288] };
+        for cols in widths {
+            let (q, _) = random_matrix(t, 27, cols, 9);
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 13 % 61) as f32 / 30.0 - 1.0) * 1.7).collect();
+            let (mut xq, mut xk) = (
+                vec![BlockQ8::default(); cols / QK],
+                vec![kquants::BlockQ8K::default(); cols / QK_K],
+            );
+            let (acts, xa) = if bt.is_k_quant() {
+                kquants::quantize_q8k(&x, &mut xk);
+                (wide::WideActs::new_k(bt, xk.clone()), Acts::Q8K(&xk))
+            } else {
+                quantize_q8(&x, &mut xq);
+                (wide::WideActs::new(bt, &xq), Acts::Q8(&xq))
+            };
+            let alone: Vec<f32> = (0..27).map(|r| dot_fn()(bt, q.row(r), xa)).collect();
+            let four: Vec<f32> = (0..24)
+                .step_by(4)
+                .flat_map(|r| dot4_fn().unwrap()(bt, [q.row(r), q.row(r + 1), q.row(r + 2), q.row(r + 3)], xa))
+                .collect();
+            assert!(alone[..24].iter().zip(&four).all(|(a, b)| a.to_bits() == b.to_bits()));
+            for first in [0, 1, 5] {
+                for len in 1..=(27 - first).min(19) {
+                    let mut out = vec![f32::NAN; len];
+                    wide(bt, &q.data, q.row_bytes(), first, &acts, &mut out);
+                    for (j, v) in out.iter().enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            alone[first + j].to_bits(),
+                            "{t:?} cols {cols} rows {first}..{}: row {}: {v} vs {}",
+                            first + len,
+                            first + j,
+                            alone[first + j]
+                        );
+                    }
+                }
+            }
+        }
+        let other = if bt == BlockType::Q8_0 {
+            BlockType::Q4_1
+        } else {
+            BlockType::Q8_0
+        };
+        let (q, _) = random_matrix(t, 3, 256, 1);
+        let mut xq = vec![BlockQ8::default(); 8];
+        quantize_q8(&[0.5; 256], &mut xq);
+        let acts = wide::WideActs::new(other, &xq);
+        let refused = std::panic::catch_unwind(|| wide(bt, &q.data, q.row_bytes(), 0, &acts, &mut [0f32; 3]));
+        assert!(refused.is_err(), "{t:?} with activations for {other:?}");
+    }
+}
+
+/// The quantizers this CPU runs (compiled for its SIMD features where it has them) give the plain code's blocks
+/// bit for bit: values exactly half-way between two integers (rounded away from zero), just below them, zero and
+/// non-finite blocks, and pseudo-random ones.
+#[test]
+fn quantizers_equal_the_plain_code() {
+    let mut next = random_words(11);
+    let mut x: Vec<f32> = Vec::new();
+    // A block whose scale is exactly 1 (max 127): each value is its own quantized value before rounding.
+    let halves = [
+        0.5f32,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        126.5,
+        -126.5,
+        0.49999997,
+        -0.49999997,
+        2.4999998,
+        0.0,
+        -0.0,
+    ];
+    for b in 0..8 {
+        let mut block: Vec<f32> = (0..QK).map(|j| halves[(j + b) % halves.len()]).collect();
+        block[b] = if b % 2 == 0 { 127.0 } else { -127.0 };
+        x.extend(block);
+    }
+    x.extend([0f32; QK]);
+    let mut bad = vec![0.25f32; QK];
+    bad[3] = f32::NAN;
+    x.extend(bad);
+    x.extend((0..QK * 30).map(|_| (next() % 2_000_001) as f32 / 1e4 - 100.0));
+    x.extend((0..QK_K - x.len() % QK_K).map(|i| i as f32 * 0.3 - 7.0));
+    let n = x.len() / QK;
+    let (mut fast, mut plain) = (vec![BlockQ8::default(); n], vec![BlockQ8::default(); n]);
+    quantize_q8(&x, &mut fast);
+    blocks::quantize_q8_body(&x, &mut plain);
+    for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+        assert_eq!((a.d.to_bits(), a.sum, a.qs), (b.d.to_bits(), b.sum, b.qs), "block {i}");
+    }
+    assert_eq!(&plain[0].qs[1..4], &[-1, 2, -2], "-0.5 and ±1.5 round away from zero");
+    let n = x.len() / QK_K;
+    let (mut fast, mut plain) = (
+        vec![kquants::BlockQ8K::default(); n],
+        vec![kquants::BlockQ8K::default(); n],
+    );
+    kquants::quantize_q8k(&x, &mut fast);
+    kquants::quantize_q8k_body(&x, &mut plain);
+    for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+        assert_eq!(
+            (a.d.to_bits(), a.bsums, a.qs),
+            (b.d.to_bits(), b.bsums, b.qs),
+            "super-block {i}"
         );
     }
 }
