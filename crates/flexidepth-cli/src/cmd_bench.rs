@@ -40,10 +40,11 @@ pub struct Args {
     /// Weight formats (comma list): q (GGUF blocks, our kernels) or f32.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q")]
     pub dtype: Vec<crate::DtypeArg>,
-    /// Depth policies (comma list): full, flexi[:THRESHOLD] (default: the depth file's), flexi-ffn[:THRESHOLD],
-    /// flexi-attn[:THRESHOLD], skip, prune:K (ShortGPT), exit:L, dmtd:TAU[:shadow] (Direct Multi-Token Decoding in
-    /// cycles of TAU, with cyclical refilling or the no-refill shadow ablation; its prompt rows are full depth,
-    /// as its prefill is).
+    /// Depth policies (comma list): full, flexi[:THRESHOLD] (default: the depth file's), flexi-layer[:THRESHOLD],
+    /// flexi-ffn[:THRESHOLD], flexi-attn[:THRESHOLD], mindskip[:THRESHOLD] (a depth file trained for the attention
+    /// unit), skip, prune:K (ShortGPT), laco:K (LaCo's merge of K layers), exit:L (early exit after L layers),
+    /// dmtd:TAU[:shadow] (Direct Multi-Token Decoding in cycles of TAU, with cyclical refilling or the no-refill
+    /// shadow ablation; its prompt rows are full depth, as its prefill is).
     #[arg(long, default_value = "full,flexi,skip,prune:4")]
     pub configs: String,
     /// Decoding layers D of dmtd rows (default: the model config's DMTD layout; required without one).

@@ -66,6 +66,10 @@ pub struct Args {
         default_value = "layerskip,shortgpt,laco,mindskip,flexidepth"
     )]
     pub methods: Vec<String>,
+    /// Run no cell: write the tables, JSON and figure from the cells finished so far (by an earlier run, or by
+    /// one still running on the same folder), naming the cells not yet finished.
+    #[arg(long)]
+    pub report_only: bool,
     /// Output folder: args.json, cells/, compare.md, compare.json, compare.svg.
     #[arg(short = 'o', long)]
     pub out: PathBuf,
@@ -174,6 +178,9 @@ fn file_id(p: &Option<PathBuf>) -> serde_json::Value {
 
 pub fn run(args: Args) -> Result<()> {
     let (budgets, task_names) = check_args(&args)?;
+    if args.out.exists() && !args.out.is_dir() {
+        anyhow::bail!("-o {} is a file, not a folder", args.out.display());
+    }
     parse_methods(&args.methods)?;
     let loaded = tasks::load_tasks(&task_names, args.task.num_fewshot, args.task.limit, args.task.seed)?;
     let model_name = args.model.model.model.clone();
@@ -232,18 +239,29 @@ pub fn run(args: Args) -> Result<()> {
         args: &args,
     };
     let t0 = std::time::Instant::now();
-    let done = grid::run_grid(
-        &grid_dir,
-        &cells,
-        &mut |key| run_cell(&mut ctx, key, &cells).map_err(|e| flexidepth::Error::Input(format!("{e:#}"))),
-        &mut |m| eprintln!("compare: {m}"),
-    )?;
-    write_outputs(&ctx, &grid_dir, &ks, &task_names, &done)?;
-    eprintln!(
-        "compare: {} cells in {:.1} s this run",
-        cells.len(),
-        t0.elapsed().as_secs_f64()
-    );
+    let (earlier, missing) = grid_dir.finished(&cells)?;
+    let to_run = missing.len();
+    let (done, missing) = match args.report_only {
+        true => (earlier, missing),
+        false => (
+            grid::run_grid(
+                &grid_dir,
+                &cells,
+                &mut |key| run_cell(&mut ctx, key, &cells).map_err(|e| flexidepth::Error::Input(format!("{e:#}"))),
+                &mut |m| eprintln!("compare: {m}"),
+            )?,
+            Vec::new(),
+        ),
+    };
+    write_outputs(&ctx, &grid_dir, &ks, &task_names, &done, &missing)?;
+    if !args.report_only {
+        eprintln!(
+            "compare: {to_run} of {} cells run in {:.1} s ({} finished earlier)",
+            cells.len(),
+            t0.elapsed().as_secs_f64(),
+            cells.len() - to_run
+        );
+    }
     Ok(())
 }
 
@@ -428,6 +446,7 @@ fn run_cell(ctx: &mut Ctx, key: &CellKey, cells: &[CellKey]) -> Result<(Cell, Ve
         limit: ctx.args.task.limit,
         seed: ctx.args.task.seed,
         chat: ctx.args.task.chat,
+        batch_size: ctx.opts.batch_size,
         num_layers: ctx.model.config.num_hidden_layers,
         full_weight_bytes_per_token: full_bytes,
         policy_setup_s: setup_s,
@@ -449,20 +468,42 @@ fn run_cell(ctx: &mut Ctx, key: &CellKey, cells: &[CellKey]) -> Result<(Cell, Ve
     Ok((cell, items))
 }
 
-fn write_outputs(ctx: &Ctx, dir: &GridDir, ks: &[(Budget, usize)], tasks: &[TaskName], cells: &[Cell]) -> Result<()> {
+/// compare.md, compare.json and compare.svg from the finished `cells`; `missing` (cells not finished, under
+/// `--report-only`) is named at the top of compare.md.
+fn write_outputs(
+    ctx: &Ctx,
+    dir: &GridDir,
+    ks: &[(Budget, usize)],
+    tasks: &[TaskName],
+    cells: &[Cell],
+    missing: &[CellKey],
+) -> Result<()> {
     let n = ctx.model.config.num_hidden_layers;
     let rows = report::rows(cells, tasks)?;
     let title = format!("{} ({} layers)", ctx.model_name, n);
-    let md = report::markdown(
-        &title,
-        &rows,
-        cells,
-        ks,
-        n,
-        tasks,
-        ctx.args.task.limit,
-        ctx.args.task.seed,
-    );
+    let (limit, seed) = (ctx.args.task.limit, ctx.args.task.seed);
+    let mut md = report::markdown(&title, &rows, cells, ks, n, tasks, limit, seed);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(CellKey::stem).collect();
+        let line = format!(
+            "**Partial grid**: {} of {} cells finished; not yet run: {}.",
+            cells.len(),
+            cells.len() + missing.len(),
+            names.join(", ")
+        );
+        eprintln!("compare: {line}");
+        md = format!("{line}\n\n{md}");
+    }
+    let mut sizes: Vec<usize> = cells.iter().map(|c| c.batch_size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.len() > 1 {
+        // Batched steps round differently from one-at-a-time decoding (see `eval --batch-size`).
+        md.push_str(&format!(
+            "\nNote: the cells ran generation at different --batch-size values ({sizes:?}; each cell's is in \
+             compare.json).\n"
+        ));
+    }
     println!("{md}");
     flexidepth::error::write_atomic(&dir.dir().join("compare.md"), md.as_bytes())?;
     let rep = report::CompareReport::new(&ctx.model_name, n, ks, tasks, &rows, cells);

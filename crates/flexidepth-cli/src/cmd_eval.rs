@@ -59,7 +59,7 @@ pub struct TaskArgs {
     pub code_timeout: f64,
     /// Generation requests (gsm8k, humaneval, coqa) decoded together, one batched decode step for all (the
     /// harness's --batch_size). Greedy outputs can differ from batch 1 where two logits nearly tie (batched steps
-    /// round differently); log-likelihood tasks are scored item by item at any size.
+    /// round differently); log-likelihood tasks are scored item by item at any size. At most 64.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
 }
@@ -151,11 +151,12 @@ pub fn run(args: Args) -> Result<()> {
     let n_layers = model.config.num_hidden_layers;
     let full_bytes: f64 = model.layer_bytes().iter().map(|b| b.base() as f64).sum();
     out(format!(
-        "model: {}  policy: {} (built in {setup_s:.1} s)  limit: {}  seed: {}",
+        "model: {}  policy: {} (built in {setup_s:.1} s)  limit: {}  seed: {}  batch size: {}",
         args.model.model.model,
         policy.label(),
         args.task.limit.map_or("all".to_string(), |l| l.to_string()),
-        args.task.seed
+        args.task.seed,
+        args.task.batch_size
     ))?;
     out(report::results_table(&results))?;
     out(report::cost_table(&results, n_layers, full_bytes))?;
@@ -167,6 +168,7 @@ pub fn run(args: Args) -> Result<()> {
             limit: args.task.limit,
             seed: args.task.seed,
             chat: args.task.chat,
+            batch_size: args.task.batch_size,
             num_layers: n_layers,
             full_weight_bytes_per_token: full_bytes,
             policy_setup_s: setup_s,

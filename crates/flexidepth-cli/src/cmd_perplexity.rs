@@ -81,9 +81,11 @@ pub fn run(args: Args) -> Result<()> {
         if args.scoring != ScoringArg::All {
             anyhow::bail!("--dmtd scores every position, per cycle offset; drop --scoring");
         }
-        if tau > args.ctx {
+        if tau >= args.ctx {
             anyhow::bail!(
-                "--dmtd {tau} is longer than the window (--ctx-size {}): its later offsets would score nothing",
+                "--dmtd {tau} needs windows of at least {} tokens (--ctx-size is {}): its last offsets would score \
+                 nothing",
+                tau + 1,
                 args.ctx
             );
         }

@@ -117,7 +117,8 @@ fn saved_config_path(out: &Path) -> PathBuf {
 fn build_config(args: &Args) -> Result<TrainConfig> {
     let mut c = match &args.config {
         Some(path) => {
-            let text = flexidepth::error::read_to_string(path)?;
+            let text = flexidepth::error::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
             TrainConfig::from_toml(path, &text)?
         }
         None => {
@@ -222,15 +223,19 @@ pub fn run(args: Args) -> Result<()> {
             config.out.display()
         );
     }
-    // The output folder and the data before the model loads: a bad path fails in a second, not after the load.
+    // The data and the output folder before the model loads: a bad path fails in a second, not after the load,
+    // and bad data leaves no folder behind.
+    if config.out.exists() && !config.out.is_dir() {
+        bail!("the output {} is a file, not a folder", config.out.display());
+    }
+    let text = flexidepth::error::read_to_string(&config.data)
+        .with_context(|| format!("cannot read the data file {}", config.data.display()))?;
+    let samples = parse_jsonl(&config.data, &text)?;
     std::fs::create_dir_all(&config.out).with_context(|| format!("cannot create {}", config.out.display()))?;
     if !args.resume {
         flexidepth::error::write_atomic(&saved_config_path(&config.out), config.to_toml()?.as_bytes())
             .with_context(|| format!("cannot write to the output folder {}", config.out.display()))?;
     }
-    let text = flexidepth::error::read_to_string(&config.data)
-        .with_context(|| format!("cannot read the data file {}", config.data.display()))?;
-    let samples = parse_jsonl(&config.data, &text)?;
     let files = ModelFiles::open(&config.model).with_context(|| format!("cannot open model '{}'", config.model))?;
     let data = tokenize(&samples, &files.tokenizer, config.max_len)?;
     eprintln!(

@@ -54,4 +54,18 @@ fn bad_budgets_and_tasks_are_clear_errors() {
         text(&o.stderr)
     );
     assert!(!dir.path().join("grid").exists(), "nothing written on a bad argument");
+    // --report-only runs no cell: on a fresh folder there is nothing to report.
+    let o = flexidepth(&[
+        "compare",
+        "--budgets",
+        "1/8",
+        "--tasks",
+        "arc_easy",
+        "--report-only",
+        "-o",
+        out,
+    ]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.contains("no full-depth cell"), "{err}");
+    assert!(!err.contains("running"), "{err}");
 }

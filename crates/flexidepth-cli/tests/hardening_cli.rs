@@ -126,8 +126,27 @@ fn flags_outside_their_domains_are_refused() {
         "--dmtd scores every position",
     );
     clean_error(
-        &["perplexity", "-m", &m, "-f", &m, "--dmtd", "9", "--ctx-size", "8"],
-        "longer than the window",
+        &["perplexity", "-m", &m, "-f", &m, "--dmtd", "8", "--ctx-size", "8"],
+        "needs windows of at least 9 tokens",
+    );
+    // A text (or --max-tokens) shorter than the cycle: named, not rows of ratio 1 for offsets that scored nothing.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "hi there").unwrap();
+    clean_error(
+        &[
+            "perplexity",
+            "-m",
+            &m,
+            "-f",
+            short.to_str().unwrap(),
+            "--dmtd",
+            "10",
+            "--dmtd-decoding-layers",
+            "1",
+            "--ctx-size",
+            "32",
+        ],
+        "needs a window of at least 11 tokens",
     );
     let run = dir.path().join("run").display().to_string();
     clean_error(

@@ -139,7 +139,16 @@ fn trains_writes_outputs_and_refuses_bad_data() {
     let mut args = train_args(&data, &file);
     args.extend(["-m", "no-such-model"]);
     let e = text(&flexidepth(&args).stderr);
-    assert!(e.contains("cannot create") && !e.contains("no-such-model"), "{e}");
+    assert!(
+        e.contains("is a file, not a folder") && !e.contains("no-such-model"),
+        "{e}"
+    );
+    // Bad data leaves no run folder behind.
+    let out3 = dir.path().join("run3");
+    let o = flexidepth(&train_args(&bad, out3.to_str().unwrap()));
+    assert!(!o.status.success() && !out3.exists());
+    let e = text(&flexidepth(&["train", "--config", &missing]).stderr);
+    assert!(e.contains("cannot read the config file"), "{e}");
 }
 
 #[test]

@@ -96,12 +96,23 @@ fn window_rows(base: &Model, model: &Model, ids: &[u32], layout: &DmtdLayout) ->
 /// position but the first predicted). Without deltas, pass the same model twice.
 ///
 /// # Errors
-/// [`Error::Input`] when there is no window, a window has fewer than 2 tokens, or the layout does not fit.
+/// [`Error::Input`] when there is no window, a window has fewer than 2 tokens, no window has τ + 1 tokens (an offset
+/// would score nothing), or the layout does not fit.
 pub fn dmtd_quality(base: &Model, model: &Model, windows: &[Vec<u32>], layout: &DmtdLayout) -> Result<DmtdQuality> {
     if windows.is_empty() {
         return Err(Error::Input("DMTD quality needs at least one window".into()));
     }
     let tau = layout.mtp_horizon;
+    // A window of n tokens predicts n − 1 positions: with fewer than τ, some offsets would score nothing (and
+    // show a meaningless ratio of 1).
+    let longest = windows.iter().map(Vec::len).max().unwrap_or(0);
+    if longest < tau + 1 {
+        return Err(Error::Input(format!(
+            "DMTD τ = {tau} scores every cycle offset, which needs a window of at least {} tokens; the longest \
+             here has {longest} (give more text, a larger --max-tokens or --ctx-size, or a smaller τ)",
+            tau + 1
+        )));
+    }
     let (mut all, mut per) = (Sums::default(), vec![Sums::default(); tau]);
     for ids in windows {
         if ids.len() < 2 {

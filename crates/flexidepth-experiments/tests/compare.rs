@@ -202,6 +202,10 @@ fn a_killed_grid_reruns_only_the_cells_it_had_not_finished() {
     assert_eq!(*ran.borrow(), ["full", "layerskip-skip1"]);
     let first = grid.load(&cells[0]).unwrap().expect("the first cell was written");
     assert!(grid.load(&cells[1]).unwrap().is_none());
+    // What a report of the unfinished grid reads: the first cell, the other two missing.
+    let (done, missing) = grid.finished(&cells).unwrap();
+    assert_eq!(done, vec![first.clone()]);
+    assert_eq!(missing, cells[1..].to_vec());
     // The rerun, with the same arguments: only the two unfinished cells run.
     let grid = GridDir::open(dir.path(), &args).unwrap();
     ran.borrow_mut().clear();

@@ -335,6 +335,20 @@ impl GridDir {
         Ok(Some(cell))
     }
 
+    /// The cells of `cells` an earlier (or a concurrent) run finished, in order, and the keys of the others.
+    ///
+    /// Errors: as [`GridDir::load`].
+    pub fn finished(&self, cells: &[CellKey]) -> Result<(Vec<Cell>, Vec<CellKey>)> {
+        let (mut done, mut missing) = (Vec::new(), Vec::new());
+        for key in cells {
+            match self.load(key)? {
+                Some(cell) => done.push(cell),
+                None => missing.push(*key),
+            }
+        }
+        Ok((done, missing))
+    }
+
     /// Write a finished cell: its items first, then its summary (whose presence marks the cell done), each
     /// atomically.
     pub fn save(&self, cell: &Cell, items_json: &[u8]) -> Result<()> {

@@ -14,6 +14,8 @@ pub struct EvalReport {
     pub limit: Option<usize>,
     pub seed: u64,
     pub chat: bool,
+    /// Generation requests decoded together (`--batch-size`).
+    pub batch_size: usize,
     pub num_layers: usize,
     /// Weight bytes of all layers at full depth, per token (what `weight_bytes_per_token` is a share of).
     pub full_weight_bytes_per_token: f64,

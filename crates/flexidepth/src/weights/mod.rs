@@ -142,7 +142,7 @@ impl WeightSource {
     /// Shape and storage type (`Q4_1`, `F32`, `BF16`, ...) of a tensor, without reading its data.
     pub fn describe(&self, name: &str) -> Option<(Vec<usize>, String)> {
         match self {
-            WeightSource::Gguf(g) => g.info(name).map(|(s, t)| (s, format!("{t:?}"))),
+            WeightSource::Gguf(g) => g.info(name).map(|(s, t)| (s, ggml_name(&format!("{t:?}")))),
             WeightSource::Safetensors(s) => {
                 s.st.get(name)
                     .ok()
@@ -151,7 +151,7 @@ impl WeightSource {
         }
     }
 
-    /// Storage types per tensor kind (`q_proj: Q4_1`, ...), for `info`.
+    /// Storage types per tensor kind (`q_proj: Q4_1`, `down_proj: Q4_K+Q6_K`, ...), for `info`.
     pub fn dtype_summary(&self) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for n in self.names() {
@@ -205,5 +205,30 @@ impl WeightSource {
             return Ok(None);
         }
         self.dense(name, shape, dtype, device).map(Some)
+    }
+}
+
+/// ggml's name of a block type (`Q4_K`) from candle's Debug name of it (`Q4K`); other names unchanged.
+fn ggml_name(debug: &str) -> String {
+    match debug.strip_suffix('K') {
+        Some(q) if q.starts_with('Q') && !q.contains('_') => format!("{q}_K"),
+        _ => debug.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod ggml_name_tests {
+    #[test]
+    fn k_quants_get_ggml_names() {
+        use candle_core::quantized::GgmlDType;
+        for (t, want) in [
+            (GgmlDType::Q4K, "Q4_K"),
+            (GgmlDType::Q6K, "Q6_K"),
+            (GgmlDType::Q8K, "Q8_K"),
+            (GgmlDType::Q5_0, "Q5_0"),
+            (GgmlDType::F32, "F32"),
+        ] {
+            assert_eq!(super::ggml_name(&format!("{t:?}")), want);
+        }
     }
 }
